@@ -1,0 +1,3 @@
+"""modelwatch: availability and latency monitor for AI model APIs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""Allow ``python -m modelwatch``."""
+
+from modelwatch.cli import main
+
+main()

@@ -1,0 +1,317 @@
+"""The ``modelwatch`` command line.
+
+Every command prints errors as one sentence (never a traceback) and exits 2
+for usage and configuration errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from modelwatch import __version__
+from modelwatch.config import ConfigError, ProbeJob, default_config_path, load_config, parse_duration
+from modelwatch.logs import LEVELS, setup_logging, stop_logging
+from modelwatch.outcomes import COLUMNS, Outcome, ProbeResult
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Failure(Exception):
+    """A one-line error the CLI prints before exiting with ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _set_level(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value:
+        ctx.ensure_object(dict)["log_level"] = value
+    return value
+
+
+def log_level_option(fn):  # noqa: ANN001, ANN201 - click decorator
+    """``--log-level`` accepted before or after the command name."""
+    return click.option("--log-level", type=click.Choice(LEVELS), callback=_set_level,
+                        expose_value=False, is_eager=True,
+                        help="debug, info, warning or error (default info).")(fn)
+
+
+def config_option(fn):  # noqa: ANN001, ANN201
+    """``-c/--config FILE``."""
+    return click.option("-c", "--config", "config_path", metavar="FILE",
+                        help="Config file (default $MODELWATCH_CONFIG, else "
+                             "/etc/modelwatch/modelwatch.yaml).")(fn)
+
+
+def _load(path: str | None):  # noqa: ANN202
+    path = path or default_config_path()
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise Failure("invalid configuration:\n  " + "\n  ".join(exc.problems)) from None
+
+
+def _start_logging() -> None:
+    level = click.get_current_context().find_root().ensure_object(dict).get("log_level", "info")
+    setup_logging(level)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="modelwatch")
+@log_level_option
+def cli() -> None:
+    """Availability and latency monitor for AI model APIs.
+
+    Probes REST and realtime model endpoints on a schedule, records every
+    result in SQLite and exposes Prometheus metrics. See docs/ for the config
+    reference.
+    """
+
+
+@cli.command()
+@config_option
+@log_level_option
+def run(config_path: str | None) -> None:
+    """Run the daemon: schedule probes, write SQLite, serve /metrics.
+
+    Example: modelwatch run -c /etc/modelwatch/modelwatch.yaml
+    SIGTERM or SIGINT stop it cleanly (exit 0); SIGHUP reloads the config.
+    """
+    config = _load(config_path)
+    _start_logging()
+    asyncio.run(_run_daemon(config))
+
+
+async def _run_daemon(config, on_ready=None, stop_after: float | None = None) -> None:  # noqa: ANN001
+    from modelwatch.daemon import Daemon, install_signal_handlers
+
+    daemon = Daemon(config)
+    stop = asyncio.Event()
+    install_signal_handlers(stop, daemon)
+    if stop_after:
+        asyncio.get_running_loop().call_later(stop_after, stop.set)
+    try:
+        await daemon.run(stop, on_ready)
+    except OSError as exc:
+        raise Failure(f"cannot start: {exc.strerror or exc}", 1) from None
+
+
+@cli.command()
+@config_option
+@click.argument("targets", nargs=-1, metavar="[TARGET]...")
+@click.option("--kind", type=click.Choice(["rest", "realtime"]), help="Only probes of this kind.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per probe (JSON Lines).")
+@click.option("--dry-run", is_flag=True, help="Probe nothing; print probes, tokens and cost per day.")
+@log_level_option
+def probe(config_path: str | None, targets: tuple[str, ...], kind: str | None, as_json: bool,
+          dry_run: bool) -> None:
+    """Run the matching probes once, now, concurrently.
+
+    TARGET is a target name or a glob (e.g. 'gpt-*'); none means all.
+    Exit 0 if every probe is ok, 1 if any failed, 2 on a config error.
+    Example: modelwatch probe gpt-4o-mini --json
+    """
+    config = _load(config_path)
+    jobs = _select(config.jobs, targets, kind)
+    _start_logging()
+    if dry_run:
+        from modelwatch.cost import dry_run_lines
+
+        click.echo("\n".join(dry_run_lines(jobs)))
+        return
+    from modelwatch.probes import prober_for
+    from modelwatch.probes.base import new_http_session, run_probe
+
+    async def all_once() -> list[ProbeResult]:
+        async with new_http_session() as http:
+            return await asyncio.gather(*(run_probe(j, http, prober_for(j.provider.type, j.probe.kind))
+                                          for j in jobs))
+
+    results = asyncio.run(all_once())
+    for r in results:
+        click.echo(json.dumps(r.as_row()) if as_json else format_result(r))
+    if any(r.outcome != Outcome.OK.value for r in results):
+        raise Failure("", 1)
+
+
+def _select(jobs: tuple[ProbeJob, ...], targets: tuple[str, ...], kind: str | None) -> list[ProbeJob]:
+    chosen = [j for j in jobs if (not kind or j.probe.kind == kind)
+              and (not targets or any(fnmatch.fnmatchcase(j.target, t) for t in targets))]
+    if not chosen:
+        what = ", ".join(targets) if targets else "any target"
+        raise Failure(f"no enabled probe matches {what}" + (f" with kind {kind}" if kind else ""))
+    return chosen
+
+
+def format_result(r: ProbeResult) -> str:
+    """One human line per probe result."""
+    def s(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1000:.0f}ms"
+    line = (f"{r.target:<24} {r.kind:<8} {r.outcome:<17} connect={s(r.connect_s)} "
+            f"ttfb={s(r.ttfb_s)} ttft={s(r.ttft_s)} total={s(r.duration_s)}")
+    if r.input_tokens is not None or r.output_tokens is not None:
+        line += f" tokens={r.input_tokens or 0}/{r.output_tokens or 0}"
+    if r.outcome != Outcome.OK.value:
+        status = f" http={r.http_status}" if r.http_status else ""
+        line += f"{status} code={r.error_code or '-'}" + (f" error={r.error!r}" if r.error else "")
+    return line
+
+
+@cli.command("check-config")
+@config_option
+@log_level_option
+def check_config(config_path: str | None) -> None:
+    """Validate a config file and its includes; name every problem.
+
+    Example: modelwatch check-config -c modelwatch.yaml
+    Exit 0 if valid, 2 otherwise (each problem as file: key.path: reason).
+    """
+    config = _load(config_path)
+    targets = len({j.target for j in config.jobs})
+    click.echo(f"{config.path}: ok, {len(config.providers)} providers, {targets} targets, "
+               f"{len(config.jobs)} probes")
+
+
+@cli.command()
+@config_option
+@click.option("--db", "db_path", metavar="PATH", help="Read this database instead of the config's.")
+@click.option("--since", default="24h", show_default=True, help="How far back, e.g. 1h, 7d.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True)
+@log_level_option
+def report(config_path: str | None, db_path: str | None, since: str, fmt: str) -> None:
+    """Availability, outcomes and latency percentiles per target and kind.
+
+    Example: modelwatch report --db /var/lib/modelwatch/modelwatch.db --since 7d
+    """
+    from modelwatch.report import build_report, render
+
+    try:
+        since_s = parse_duration(since)
+    except ValueError as exc:
+        raise Failure(f"--since {exc}") from None
+    path = Path(db_path) if db_path else _load(config_path).storage.path
+    if not path.exists():
+        raise Failure(f"no database at {path}")
+    try:
+        rows = build_report(path, since_s)
+    except Exception as exc:  # noqa: BLE001 - sqlite3 errors of a foreign or broken file
+        raise Failure(f"cannot read {path}: {exc}", 1) from None
+    click.echo(render(rows, fmt))
+
+
+@cli.command()
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
+              help="Address to serve on (port 0 picks a free port).")
+@click.option("--scenario", "scenario_path", metavar="FILE",
+              help="Scenario YAML (default: the bundled demo scenario).")
+@log_level_option
+def sim(listen: str, scenario_path: str | None) -> None:
+    """Run the provider simulator (OpenAI-style endpoints) on loopback.
+
+    Example: modelwatch sim --listen 127.0.0.1:8080 --scenario scenario.yaml
+    Prints 'listening on URL' once ready; Ctrl-C stops it.
+    """
+    from modelwatch.sim import ScenarioError, default_scenario, load_scenario, serve
+
+    try:
+        scenario = load_scenario(scenario_path) if scenario_path else default_scenario()
+    except ScenarioError as exc:
+        raise Failure(str(exc)) from None
+    _start_logging()
+    try:
+        serve(listen, scenario, on_ready=lambda url: click.echo(f"modelwatch sim: listening on {url}"))
+    except OSError as exc:
+        raise Failure(f"cannot listen on {listen}: {exc.strerror or exc}", 1) from None
+    except ValueError as exc:
+        raise Failure(str(exc)) from None
+
+
+@cli.command()
+@click.option("--for", "duration", metavar="DURATION", help="Stop by itself after this long (e.g. 30s).")
+@click.option("--db", "db_path", metavar="PATH", help="Database file (default: a new temporary one).")
+@log_level_option
+def demo(duration: str | None, db_path: str | None) -> None:
+    """Run the simulator and the daemon together, no keys needed.
+
+    Probes a healthy, a flaky and a slow model on the bundled simulator and
+    prints where to look. Example: modelwatch demo --for 60s
+    """
+    stop_after = parse_duration(duration) if duration else None
+    sim_proc, sim_url = _start_sim_process()
+    try:
+        db = db_path or str(Path(tempfile.mkdtemp(prefix="modelwatch-demo-")) / "modelwatch.db")
+        os.environ.update(MODELWATCH_SIM_URL=sim_url, MODELWATCH_DEMO_DB=db,
+                          MODELWATCH_DEMO_LISTEN=_free_listen("127.0.0.1", 9477))
+        config = _load(str(resources.files("modelwatch") / "data" / "demo-config.yaml"))
+        _start_logging()
+
+        def ready(url: str) -> None:
+            click.echo(f"modelwatch demo is running (Ctrl-C to stop)\n"
+                       f"  metrics:   {url}/metrics\n  health:    {url}/-/healthy\n"
+                       f"  simulator: {sim_url}\n  database:  {db}\n"
+                       f"  report:    modelwatch report --db {db}")
+        asyncio.run(_run_daemon(config, ready, stop_after))
+    finally:
+        sim_proc.terminate()
+        sim_proc.wait(10)
+
+
+def _start_sim_process() -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "modelwatch", "sim", "--listen", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    match = re.search(r"listening on (\S+)", line)
+    if not match:
+        proc.kill()
+        raise Failure("the simulator did not start", 1)
+    return proc, match.group(1)
+
+
+def _free_listen(host: str, port: int) -> str:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return f"{host}:0"
+    return f"{host}:{port}"
+
+
+def main() -> None:
+    """Console entry point: run the CLI, turning every error into one line."""
+    code = 0
+    try:
+        cli.main(prog_name="modelwatch", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        code = 130
+    except Failure as exc:
+        if str(exc):
+            click.echo(f"modelwatch: {exc}", err=True)
+        code = exc.code
+    except KeyboardInterrupt:
+        code = 0
+    except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
+        click.echo(f"modelwatch: error: {type(exc).__name__}: {exc}", err=True)
+        code = 1
+    finally:
+        stop_logging()
+    sys.exit(code)

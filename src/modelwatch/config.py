@@ -1,0 +1,470 @@
+"""Configuration: strict YAML, validated by pydantic, every problem reported at once.
+
+A config is one YAML file plus the files its ``include:`` globs name. Loading
+expands ``${VAR}`` (and ``${VAR:-default}``) in string values, applies
+``defaults:`` to every probe, validates each piece strictly (unknown keys are
+errors) and then checks what spans pieces: providers that targets name, probe
+kinds the provider type supports, duplicate names. Problems are collected as
+``file: key.path: reason`` lines and raised together as :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from modelwatch.secrets import Secret
+
+DEFAULT_PATH = "/etc/modelwatch/modelwatch.yaml"
+PROVIDER_TYPES = ("openai", "azure-openai", "anthropic", "gemini", "openai-compatible")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+
+
+class ConfigError(Exception):
+    """One or more configuration problems, each ``file: path: reason``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``500ms``, ``30s``, ``5m``, ``1h``, ``30d`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 500ms, 30s, 5m, 1h or 30d")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError("must be a duration such as 500ms, 30s, 5m, 1h or 30d")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("must be longer than zero")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling of a duration, for messages and docs."""
+    for unit in ("d", "h", "m", "s"):
+        size = _UNITS[unit]
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    return f"{round(seconds * 1000)}ms"
+
+
+def parse_listen(value: Any) -> tuple[str, int]:
+    """``host:port`` (IPv6 as ``[::1]:9477``) into a (host, port) pair."""
+    text = str(value).strip()
+    match = re.match(r"^(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]*)):(\d{1,5})$", text)
+    if not match or int(match.group(3)) > 65535:
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9477 or [::1]:9477")
+    return (match.group(1) or match.group(2) or "0.0.0.0"), int(match.group(3))
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Strict):
+    """Where results are written and how long raw rows are kept."""
+
+    path: Path = Path("/var/lib/modelwatch/modelwatch.db")
+    retention: Duration = 30 * 86400.0
+
+
+class ServerConfig(_Strict):
+    """The daemon's HTTP endpoint (/metrics, /-/healthy)."""
+
+    listen: str = "127.0.0.1:9477"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+
+class ProbeSettings(_Strict):
+    """Probe fields that ``defaults:`` may set for every probe."""
+
+    interval: Duration = 60.0
+    timeout: Duration = 30.0
+    connect_timeout: Duration | None = None
+    ttft_timeout: Duration | None = None
+    prompt: str = Field("Say OK", min_length=1, max_length=2000)
+    max_tokens: int = Field(16, ge=1, le=4096)
+    max_tokens_field: Literal["max_completion_tokens", "max_tokens"] | None = None
+    max_response_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
+    enabled: bool = True
+
+
+class ProbeConfig(ProbeSettings):
+    """One probe of a target: its kind plus any probe setting."""
+
+    kind: Literal["rest", "realtime"]
+
+
+class ProviderConfig(_Strict):
+    """An API endpoint and its credentials."""
+
+    type: Literal["openai", "azure-openai", "anthropic", "gemini", "openai-compatible"]
+    base_url: str
+    api_key: Secret | None = None
+    api_key_file: Path | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    max_concurrent_probes: int = Field(8, ge=1, le=1000)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        if "@" in v.split("/", 3)[2]:
+            raise ValueError("must not contain credentials; use api_key or api_key_file")
+        return v.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if name.lower() in ("authorization", "api-key", "x-api-key", "x-goog-api-key"):
+                raise ValueError(f"header {name!r} carries a key; use api_key or api_key_file")
+        return v
+
+
+class PriceConfig(_Strict):
+    """What the model costs, in USD per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class TargetConfig(_Strict):
+    """A model on a provider and the probes that watch it."""
+
+    name: str = Field(pattern=_NAME)
+    provider: str
+    model: str = Field(min_length=1)
+    price: PriceConfig | None = None
+    probes: list[ProbeConfig] = Field(min_length=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeJob:
+    """One scheduled probe: a target's probe with its provider resolved."""
+
+    target: str
+    provider_name: str
+    provider: ProviderConfig
+    api_key: Secret | None
+    model: str
+    probe: ProbeConfig
+    location: str | None
+    price: PriceConfig | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(target, kind): unique in a config, the identity of a series."""
+        return (self.target, self.probe.kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A loaded, valid configuration."""
+
+    path: Path
+    storage: StorageConfig
+    server: ServerConfig
+    location: str | None
+    max_concurrent_probes: int
+    providers: dict[str, ProviderConfig]
+    jobs: tuple[ProbeJob, ...]
+
+
+_TOP_KEYS = {"storage", "server", "location", "defaults", "include", "providers", "targets",
+             "max_concurrent_probes"}
+_INCLUDE_KEYS = {"include", "providers", "targets"}
+
+
+@dataclasses.dataclass
+class _Pieces:
+    """What the files contribute, each piece remembering the file it came from."""
+
+    providers: dict[str, tuple[Path, Any]] = dataclasses.field(default_factory=dict)
+    targets: list[tuple[Path, int, Any]] = dataclasses.field(default_factory=list)
+    visited: set[Path] = dataclasses.field(default_factory=set)
+
+
+class _Problems:
+    """Collects ``file: path: reason`` lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.unset: set[tuple[Path, str]] = set()  # values left empty by a missing variable
+
+    def add(self, file: Path | str, path: str, reason: str) -> None:
+        self.lines.append(f"{file}: {path}: {reason}" if path else f"{file}: {reason}")
+
+    def from_validation(self, file: Path, prefix: str, exc: ValidationError) -> None:
+        for err in exc.errors(include_url=False, include_input=False):
+            path = _join(prefix, err["loc"])
+            if (file, path) not in self.unset:  # already reported as a missing variable
+                self.add(file, path, _reason(err))
+
+
+def _join(prefix: str, loc: tuple) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif str(part).startswith(("function-", "constrained-")):
+            continue
+        else:
+            path = f"{path}.{part}" if path else str(part)
+    return path
+
+
+def _reason(err: dict) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return "must be one of " + expected.replace("'", "")
+    if kind == "string_pattern_mismatch":
+        return "must be letters, digits and . _ : / - (at most 128, starting with a letter or digit)"
+    if kind in ("too_short",) and "list" in msg.lower():
+        return "must not be empty"
+    return msg.removeprefix("Value error, ").rstrip(".").replace("Input should", "must")
+
+
+def _read_yaml(file: Path, problems: _Problems) -> dict | None:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.add(file, "", f"cannot read file: {exc.strerror or exc}")
+        return None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problems.add(file, "", f"invalid YAML: {where}{getattr(exc, 'problem', None) or exc}")
+        return None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        problems.add(file, "", "must be a YAML mapping at the top level")
+        return None
+    return data
+
+
+def _expand_env(value: Any, file: Path, path: str, problems: _Problems) -> Any:
+    """Expand ``${VAR}`` in every string of a parsed YAML tree."""
+    if isinstance(value, str):
+        def sub(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            problems.add(file, path, f"environment variable {name} is not set")
+            problems.unset.add((file, path))
+            return ""
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, file, f"{path}.{k}" if path else str(k), problems)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, file, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _gather(file: Path, data: dict, pieces: _Pieces, problems: _Problems, allowed: set[str]) -> None:
+    """Record a file's providers and targets, then follow its includes."""
+    for key in data:
+        if key not in allowed:
+            reason = "unknown key" if key not in _TOP_KEYS else "not allowed in an included file"
+            problems.add(file, str(key), reason)
+    providers = data.get("providers") or {}
+    if not isinstance(providers, dict):
+        problems.add(file, "providers", "must be a mapping of provider name to provider")
+        providers = {}
+    for name, raw in providers.items():
+        if name in pieces.providers:
+            problems.add(file, f"providers.{name}",
+                         f"provider already defined in {pieces.providers[name][0]}")
+        else:
+            pieces.providers[str(name)] = (file, raw)
+    targets = data.get("targets") or []
+    if not isinstance(targets, list):
+        problems.add(file, "targets", "must be a list of targets")
+        targets = []
+    pieces.targets.extend((file, i, raw) for i, raw in enumerate(targets))
+    includes = data.get("include") or []
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list):
+        problems.add(file, "include", "must be a list of paths or globs")
+        return
+    for i, pattern in enumerate(includes):
+        _include(file, f"include[{i}]", str(pattern), pieces, problems)
+
+
+def _include(file: Path, path: str, pattern: str, pieces: _Pieces, problems: _Problems) -> None:
+    full = pattern if os.path.isabs(pattern) else str(file.parent / pattern)
+    if glob.has_magic(full):
+        matches = sorted(glob.glob(full))
+    elif os.path.exists(full):
+        matches = [full]
+    else:
+        problems.add(file, path, f"included file {pattern} does not exist")
+        return
+    for match in matches:
+        child = Path(match)
+        if child.resolve() in pieces.visited:
+            continue
+        pieces.visited.add(child.resolve())
+        data = _read_yaml(child, problems)
+        if data is not None:
+            data = _expand_env(data, child, "", problems)
+            _gather(child, data, pieces, problems, _INCLUDE_KEYS)
+
+
+def _validate(model: type[BaseModel], raw: Any, file: Path, path: str, problems: _Problems) -> Any:
+    try:
+        return model.model_validate(raw if raw is not None else {})
+    except ValidationError as exc:
+        problems.from_validation(file, path, exc)
+        return None
+
+
+def _provider(name: str, file: Path, raw: Any, problems: _Problems
+              ) -> tuple[ProviderConfig, Secret | None] | None:
+    path = f"providers.{name}"
+    provider = _validate(ProviderConfig, raw, file, path, problems)
+    if provider is None:
+        return None
+    if provider.api_key and provider.api_key_file:
+        problems.add(file, path, "set api_key or api_key_file, not both")
+        return None
+    key = provider.api_key
+    if provider.api_key_file:
+        key = _read_key_file(file, path, provider.api_key_file, problems)
+    elif key is None and provider.type != "openai-compatible":
+        problems.add(file, path, f"provider type {provider.type} needs api_key or api_key_file")
+        return None
+    return provider, key
+
+
+def _read_key_file(file: Path, path: str, key_file: Path, problems: _Problems) -> Secret | None:
+    full = key_file if key_file.is_absolute() else file.parent / key_file
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not key_file.is_absolute() and creds and (Path(creds) / key_file).exists():
+        full = Path(creds) / key_file
+    try:
+        return Secret(full.read_text(encoding="utf-8"))
+    except OSError as exc:
+        problems.add(file, f"{path}.api_key_file", f"cannot read {full}: {exc.strerror or exc}")
+    except (ValueError, UnicodeDecodeError):
+        problems.add(file, f"{path}.api_key_file", f"{full} holds no key")
+    return None
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Load, expand, validate and resolve a config file and its includes."""
+    from modelwatch.probes import supported_kinds  # the probe registry is the source of kinds
+
+    file = Path(path)
+    problems = _Problems()
+    data = _read_yaml(file, problems)
+    if data is None:
+        raise ConfigError(problems.lines)
+    data = _expand_env(data, file, "", problems)
+    pieces = _Pieces(visited={file.resolve()})
+    _gather(file, data, pieces, problems, _TOP_KEYS)
+
+    storage = _validate(StorageConfig, data.get("storage"), file, "storage", problems)
+    server = _validate(ServerConfig, data.get("server"), file, "server", problems)
+    defaults = _validate(ProbeSettings, data.get("defaults"), file, "defaults", problems)
+    default_values = defaults.model_dump(exclude_unset=True) if defaults else {}
+    location = data.get("location")
+    if location is not None and not (isinstance(location, str) and re.match(_NAME, location)):
+        problems.add(file, "location", "must be a short name such as eu-west")
+    max_concurrent = data.get("max_concurrent_probes", 64)
+    if not isinstance(max_concurrent, int) or isinstance(max_concurrent, bool) or not 1 <= max_concurrent <= 10000:
+        problems.add(file, "max_concurrent_probes", "must be a whole number from 1 to 10000")
+
+    providers: dict[str, tuple[ProviderConfig, Secret | None]] = {}
+    for name, (pfile, raw) in pieces.providers.items():
+        resolved = _provider(name, pfile, raw, problems)
+        if resolved:
+            providers[name] = resolved
+
+    jobs = _resolve_targets(pieces, providers, default_values, location, supported_kinds, problems)
+    if problems.lines:
+        raise ConfigError(problems.lines)
+    return Config(path=file, storage=storage, server=server, location=location,
+                  max_concurrent_probes=max_concurrent,
+                  providers={n: p for n, (p, _) in providers.items()}, jobs=tuple(jobs))
+
+
+def _resolve_targets(pieces: _Pieces, providers: dict, default_values: dict, location: str | None,
+                     supported_kinds: Any, problems: _Problems) -> list[ProbeJob]:
+    jobs: list[ProbeJob] = []
+    seen: dict[str, Path] = {}
+    for file, index, raw in pieces.targets:
+        path = f"targets[{index}]"
+        if isinstance(raw, dict) and isinstance(raw.get("probes"), list):
+            raw = {**raw, "probes": [{**default_values, **p} if isinstance(p, dict) else p
+                                     for p in raw["probes"]]}
+        target = _validate(TargetConfig, raw, file, path, problems)
+        if target is None:
+            continue
+        if target.name in seen:
+            problems.add(file, f"{path}.name", f"target {target.name} is already defined in {seen[target.name]}")
+            continue
+        seen[target.name] = file
+        if target.provider not in providers:
+            if target.provider not in pieces.providers:
+                problems.add(file, f"{path}.provider", f"no provider named {target.provider}")
+            continue
+        provider, key = providers[target.provider]
+        kinds: set[str] = set()
+        for i, probe in enumerate(target.probes):
+            ppath = f"{path}.probes[{i}]"
+            if probe.kind in kinds:
+                problems.add(file, f"{ppath}.kind",
+                             f"target {target.name} already has a {probe.kind} probe; use a second target")
+                continue
+            kinds.add(probe.kind)
+            if probe.kind not in supported_kinds(provider.type):
+                have = ", ".join(sorted(supported_kinds(provider.type))) or "none yet"
+                problems.add(file, f"{ppath}.kind",
+                             f"provider type {provider.type} has no {probe.kind} probe (supported: {have})")
+                continue
+            if probe.enabled:
+                jobs.append(ProbeJob(target.name, target.provider, provider, key, target.model,
+                                     probe, location, target.price))
+    return jobs
+
+
+def default_config_path() -> str:
+    """``$MODELWATCH_CONFIG``, else the system path."""
+    return os.environ.get("MODELWATCH_CONFIG") or DEFAULT_PATH

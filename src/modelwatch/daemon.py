@@ -1,0 +1,131 @@
+"""The daemon: scheduler, probes, store, metrics and HTTP endpoint on one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Callable
+
+from prometheus_client import CollectorRegistry
+
+from modelwatch.config import Config, ConfigError, ProbeJob, load_config, parse_listen
+from modelwatch.metrics import ProbeMetrics
+from modelwatch.outcomes import Outcome, ProbeResult
+from modelwatch.probes import prober_for
+from modelwatch.probes.base import new_http_session, run_probe
+from modelwatch.scheduler import Scheduler, watch_loop_lag
+from modelwatch.server import create_app, start_server
+from modelwatch.store import Store
+
+log = logging.getLogger("modelwatch.daemon")
+
+STOP_GRACE_S = 5.0  # in-flight probes get this long to finish on shutdown
+
+
+class Daemon:
+    """One running modelwatch: owns the loop-side state between start and stop."""
+
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.registry = registry or CollectorRegistry()
+        self.metrics = ProbeMetrics(self.registry, config.location)
+        self.url: str | None = None
+        self.store: Store | None = None
+        self._scheduler: Scheduler | None = None
+        self._http = None
+
+    async def run(self, stop: asyncio.Event, on_ready: Callable[[str], None] | None = None) -> None:
+        """Run until ``stop`` is set, then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        self.store = await loop.run_in_executor(None, self._open_store)
+        self._http = new_http_session()
+        self._scheduler = Scheduler(self._probe, self.metrics, cfg.max_concurrent_probes)
+        host, port = parse_listen(cfg.server.listen)
+        runner, bound = await start_server(create_app(self.registry, self.reload), host, port)
+        self.url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_ts.set(time.time())
+        self._apply_jobs(cfg.jobs)
+        tasks = [loop.create_task(self._scheduler.run()), loop.create_task(watch_loop_lag(self.metrics))]
+        log.info("started url=%s targets=%d probes=%d db=%s", self.url,
+                 len({j.target for j in cfg.jobs}), len(cfg.jobs), cfg.storage.path)
+        if on_ready:
+            on_ready(self.url)
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            dropped = await self._scheduler.drain(STOP_GRACE_S)
+            await runner.cleanup()
+            await self._http.close()
+            await loop.run_in_executor(None, self.store.close)
+            log.info("stopped cancelled_probes=%d", dropped)
+
+    def _open_store(self) -> Store:
+        return Store(self.config.storage.path, self.config.storage.retention,
+                     on_error=self.metrics.store_errors.inc,
+                     on_pending=self.metrics.store_pending.set)
+
+    def _apply_jobs(self, jobs: tuple[ProbeJob, ...]) -> None:
+        added, removed = self._scheduler.set_jobs(jobs)
+        for job in removed:
+            self.metrics.remove_job(job)
+        for job in added:
+            self.metrics.add_job(job)
+
+    async def _probe(self, job: ProbeJob) -> None:
+        result = await run_probe(job, self._http, prober_for(job.provider.type, job.probe.kind))
+        self.metrics.observe(result)
+        self.store.submit(result)
+        _log_result(result)
+
+    async def reload(self) -> tuple[bool, str]:
+        """Load the config file again; swap jobs only if it is valid."""
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.run_in_executor(None, load_config, self.config.path)
+        except ConfigError as exc:
+            self.metrics.reload_ok.set(0)
+            log.error("reload failed, keeping the running config problems=%d first=%r",
+                      len(exc.problems), exc.problems[0])
+            return False, "reload failed: " + "; ".join(exc.problems)
+        if new.location != self.config.location or new.storage != self.config.storage \
+                or new.server != self.config.server:
+            log.warning("reload: storage, server and location changes need a restart")
+            new = _keep_static(new, self.config)
+        self.config = new
+        self._apply_jobs(new.jobs)
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_ts.set(time.time())
+        log.info("reloaded probes=%d", len(new.jobs))
+        return True, f"reloaded {len(new.jobs)} probes"
+
+
+def _keep_static(new: Config, old: Config) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(new, storage=old.storage, server=old.server, location=old.location,
+                               jobs=tuple(dataclasses.replace(j, location=old.location) for j in new.jobs))
+
+
+def _log_result(r: ProbeResult) -> None:
+    if r.outcome == Outcome.OK.value:
+        log.debug("probe ok target=%s kind=%s ttft_s=%s duration_s=%s", r.target, r.kind,
+                  r.ttft_s, r.duration_s)
+    else:
+        log.info("probe failed target=%s kind=%s outcome=%s error_code=%s http_status=%s error=%r",
+                 r.target, r.kind, r.outcome, r.error_code, r.http_status, r.error)
+
+
+def install_signal_handlers(stop: asyncio.Event, daemon: Daemon | None = None) -> None:
+    """SIGTERM/SIGINT set ``stop``; SIGHUP reloads the config."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if daemon is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(daemon.reload()))

@@ -1,0 +1,109 @@
+"""The outcome taxonomy (DESIGN.md) and the result of one probe.
+
+Every probe ends in exactly one :class:`Outcome`. Probers signal a classified
+failure by raising :class:`ProbeFailure`; the common runner turns timeouts,
+transport errors and anything unexpected into outcomes too, so a probe never
+raises past it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    """How one probe ended; the stable values of the ``outcome`` label and column."""
+
+    OK = "ok"
+    TIMEOUT = "timeout"
+    CONNECT_ERROR = "connect_error"
+    AUTH_ERROR = "auth_error"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    RATE_LIMITED = "rate_limited"
+    OVERLOADED = "overloaded"
+    SERVER_ERROR = "server_error"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    BAD_REQUEST = "bad_request"
+    CONTENT_BLOCKED = "content_blocked"
+    PROTOCOL_ERROR = "protocol_error"
+
+
+# Who is usually responsible, for reports and alert routing.
+ATTRIBUTION: dict[Outcome, str] = {
+    Outcome.OK: "none",
+    Outcome.TIMEOUT: "provider",
+    Outcome.CONNECT_ERROR: "provider",
+    Outcome.AUTH_ERROR: "configuration",
+    Outcome.QUOTA_EXHAUSTED: "configuration",
+    Outcome.RATE_LIMITED: "capacity",
+    Outcome.OVERLOADED: "provider",
+    Outcome.SERVER_ERROR: "provider",
+    Outcome.MODEL_UNAVAILABLE: "configuration",
+    Outcome.BAD_REQUEST: "configuration",
+    Outcome.CONTENT_BLOCKED: "none",
+    Outcome.PROTOCOL_ERROR: "provider",
+}
+
+
+class ProbeFailure(Exception):
+    """A classified failure raised by a prober; the runner records it as the outcome."""
+
+    def __init__(self, outcome: Outcome, error_code: str | None, message: str = "",
+                 http_status: int | None = None) -> None:
+        super().__init__(message or error_code or outcome.value)
+        self.outcome = outcome
+        self.error_code = error_code
+        self.message = message
+        self.http_status = http_status
+
+
+def outcome_for_status(status: int) -> Outcome:
+    """The outcome an HTTP error status means when the body says nothing more specific."""
+    if status in (401, 403):
+        return Outcome.AUTH_ERROR
+    if status == 402:
+        return Outcome.QUOTA_EXHAUSTED
+    if status == 404:
+        return Outcome.MODEL_UNAVAILABLE
+    if status == 408:
+        return Outcome.TIMEOUT
+    if status in (429, 498):
+        return Outcome.RATE_LIMITED
+    if status in (503, 529):
+        return Outcome.OVERLOADED
+    if status >= 500:
+        return Outcome.SERVER_ERROR
+    if status >= 400:
+        return Outcome.BAD_REQUEST
+    return Outcome.PROTOCOL_ERROR
+
+
+@dataclasses.dataclass(slots=True)
+class ProbeResult:
+    """One row of ``probe_results``: field names are the column names."""
+
+    ts: float
+    target: str
+    provider: str
+    model: str
+    kind: str
+    outcome: str
+    http_status: int | None = None
+    error_code: str | None = None
+    error: str | None = None
+    connect_s: float | None = None
+    ttfb_s: float | None = None
+    ttft_s: float | None = None
+    duration_s: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    request_id: str | None = None
+    location: str | None = None
+
+    def as_row(self) -> dict:
+        """The result as a dict keyed by column name."""
+        return dataclasses.asdict(self)
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ProbeResult))

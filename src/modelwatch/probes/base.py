@@ -1,0 +1,177 @@
+"""What every prober shares: the phase clock, per-phase budgets and the runner.
+
+A prober is ``async def probe(job, http, m) -> None``. It fills the
+:class:`Measurement` ``m`` (phases, tokens, request id), moves ``m.phase``
+forward as it goes, and raises :class:`~modelwatch.outcomes.ProbeFailure`
+for a classified failure. :func:`run_probe` owns everything generic: the
+start time, the budgets, turning timeouts, transport errors and surprises into
+outcomes, redaction, and the final :class:`~modelwatch.outcomes.ProbeResult`.
+A probe never raises past it and is never retried.
+
+Exceptions a prober may let through, and what they become::
+
+    ProbeFailure                       -> its own outcome
+    TimeoutError (a budget expired)    -> timeout, error_code = the phase waited for
+    aiohttp.ClientConnectorError       -> connect_error (refused, dns, tls, ...)
+    aiohttp.ServerDisconnectedError,
+    ClientPayloadError, ConnectionError -> connect_error before headers, else protocol_error
+    any other Exception                -> protocol_error "internal" (logged at debug)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from typing import Awaitable, Callable
+
+import aiohttp
+
+from modelwatch.config import ProbeJob
+from modelwatch.outcomes import Outcome, ProbeFailure, ProbeResult
+from modelwatch.secrets import short_error
+
+log = logging.getLogger("modelwatch.probe")
+
+PHASES = ("connect", "ttfb", "ttft", "total")
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+class Measurement:
+    """Phase timestamps and facts a prober collects, relative to the probe start."""
+
+    __slots__ = ("start", "phase", "connect_s", "ttfb_s", "ttft_s", "duration_s", "http_status",
+                 "input_tokens", "output_tokens", "request_id", "bytes_read", "budget", "_scope")
+
+    def __init__(self, budget: "Budget") -> None:
+        self.start = time.perf_counter()
+        self.phase = "connect"
+        self.connect_s = self.ttfb_s = self.ttft_s = self.duration_s = None
+        self.http_status: int | None = None
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+        self.request_id: str | None = None
+        self.bytes_read = 0
+        self.budget = budget
+        self._scope: asyncio.Timeout | None = None
+
+    def elapsed(self) -> float:
+        """Seconds since the probe started."""
+        return time.perf_counter() - self.start
+
+    def enter(self, phase: str) -> None:
+        """Start waiting for ``phase``: its budget now bounds the wait."""
+        self.phase = phase
+        if self._scope is not None:
+            self._scope.reschedule(self.budget.deadline(phase))
+
+
+class Budget:
+    """Per-phase deadlines on the loop clock, each capped by the total timeout."""
+
+    __slots__ = ("_start", "_limits", "total")
+
+    def __init__(self, job: ProbeJob, loop_start: float) -> None:
+        p = job.probe
+        self.total = p.timeout
+        self._start = loop_start
+        connect = p.connect_timeout or min(DEFAULT_CONNECT_TIMEOUT, p.timeout)
+        first = p.ttft_timeout or p.timeout
+        self._limits = {"connect": connect, "ttfb": first, "ttft": first, "total": p.timeout}
+
+    def deadline(self, phase: str) -> float:
+        """Loop time by which ``phase`` must be reached."""
+        return self._start + min(self._limits.get(phase, self.total), self.total)
+
+
+Prober = Callable[[ProbeJob, aiohttp.ClientSession, Measurement], Awaitable[None]]
+
+
+async def run_probe(job: ProbeJob, http: aiohttp.ClientSession, prober: Prober) -> ProbeResult:
+    """Run one probe attempt to its end and classify how it ended."""
+    ts = time.time()
+    loop = asyncio.get_running_loop()
+    m = Measurement(Budget(job, loop.time()))
+    outcome, code, message = Outcome.OK, None, None
+    try:
+        async with asyncio.timeout_at(m.budget.deadline("connect")) as scope:
+            m._scope = scope
+            await prober(job, http, m)
+    except ProbeFailure as exc:
+        outcome, code, message = exc.outcome, exc.error_code, exc.message
+        m.http_status = exc.http_status or m.http_status
+    except TimeoutError:
+        phase = "total" if loop.time() >= m.budget.deadline("total") - 1e-3 else m.phase
+        outcome, code = Outcome.TIMEOUT, phase
+        message = f"no {phase} within its budget" if phase != "total" else f"probe exceeded {job.probe.timeout:g}s"
+    except Exception as exc:  # noqa: BLE001 - a probe must never raise past the runner
+        outcome, code, message = classify_transport_error(exc, m)
+    finally:
+        m._scope = None
+    return ProbeResult(
+        ts=ts, target=job.target, provider=job.provider_name, model=job.model, kind=job.probe.kind,
+        outcome=outcome.value, http_status=m.http_status, error_code=code,
+        error=short_error(message) if message else None,
+        connect_s=_r(m.connect_s), ttfb_s=_r(m.ttfb_s), ttft_s=_r(m.ttft_s),
+        duration_s=_r(m.duration_s) if outcome is Outcome.OK else _r(m.elapsed()),
+        input_tokens=m.input_tokens, output_tokens=m.output_tokens, request_id=m.request_id,
+        location=job.location,
+    )
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def classify_transport_error(exc: BaseException, m: Measurement) -> tuple[Outcome, str, str]:
+    """Outcome, error code and message for an exception raised below the protocol."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError) or isinstance(exc, ssl.SSLError):
+        return Outcome.CONNECT_ERROR, "tls", str(exc)
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return Outcome.CONNECT_ERROR, "dns", str(exc)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        errno_name = getattr(exc.os_error, "errno", None)
+        code = "refused" if isinstance(exc.os_error, ConnectionRefusedError) else "connect"
+        return Outcome.CONNECT_ERROR, code, f"{exc} (errno {errno_name})"
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
+                        aiohttp.ClientOSError, ConnectionError)):
+        if m.ttfb_s is None:
+            return Outcome.CONNECT_ERROR, "reset", str(exc) or type(exc).__name__
+        return Outcome.PROTOCOL_ERROR, "disconnected", str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return Outcome.PROTOCOL_ERROR, "bad_response", exc.message
+    log.debug("probe raised an unexpected error", exc_info=exc)
+    return Outcome.PROTOCOL_ERROR, "internal", f"{type(exc).__name__}: {exc}"
+
+
+def connect_trace() -> aiohttp.TraceConfig:
+    """A trace that stamps ``connect_s`` when TCP (and TLS) is up and moves to the ttfb budget."""
+    trace = aiohttp.TraceConfig(trace_config_ctx_factory=_TraceCtx)
+
+    async def connected(session, ctx, params) -> None:  # noqa: ANN001 - aiohttp's signature
+        m = ctx.trace_request_ctx
+        if isinstance(m, Measurement) and m.connect_s is None:
+            m.connect_s = m.elapsed()
+            m.enter("ttfb")
+
+    trace.on_connection_create_end.append(connected)
+    trace.freeze()
+    return trace
+
+
+class _TraceCtx:
+    __slots__ = ("trace_request_ctx",)
+
+    def __init__(self, trace_request_ctx=None) -> None:  # noqa: ANN001
+        self.trace_request_ctx = trace_request_ctx
+
+
+def new_http_session(limit: int = 0) -> aiohttp.ClientSession:
+    """The probe HTTP client: a fresh connection per probe, no redirects, no cookies."""
+    connector = aiohttp.TCPConnector(force_close=True, limit=limit, use_dns_cache=False)
+    return aiohttp.ClientSession(
+        connector=connector, trace_configs=[connect_trace()], auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=None),
+        skip_auto_headers=("User-Agent",),
+    )

@@ -1,0 +1,266 @@
+"""OpenAI Chat Completions streaming probe (OpenAI and OpenAI-compatible servers).
+
+Sends a tiny fixed prompt with a small output cap and ``stream_options.
+include_usage``, then times: response headers (``ttfb_s``), the first chunk
+whose ``delta.content`` is a non-empty string (``ttft_s``; the role-only first
+chunk does not count) and ``data: [DONE]`` (``duration_s``). Decoding and
+classification are pure functions over bytes and dicts, tested with captures.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import aiohttp
+
+from modelwatch.config import ProbeJob
+from modelwatch.outcomes import Outcome, ProbeFailure, outcome_for_status
+from modelwatch.probes.base import Measurement
+from modelwatch.sse import SSEDecoder
+
+ERROR_BODY_LIMIT = 65536
+
+_QUOTA = {"insufficient_quota", "credit_balance_exhausted", "billing_hard_limit_reached",
+          "billing_not_active", "insufficient_balance", "payment_required"}
+_AUTH = {"invalid_api_key", "invalid_authentication", "unauthorized", "authentication_error",
+         "permission_denied", "permission_error", "invalid_organization", "invalid_project",
+         "unsupported_country_region_territory", "api_key_invalid"}
+_MODEL = {"model_not_found", "not_found_error", "notfounderror", "not_found", "deployment_not_found"}
+_RATE = {"rate_limit_exceeded", "rate_limit_error", "capacity_exceeded"}
+_OVERLOAD = {"slow_down", "server_is_overloaded", "overloaded", "overloaded_error",
+             "service_unavailable_error", "engine_overloaded", "unavailable"}
+_SERVER = {"server_error", "internal_error", "internalservererror", "api_error", "internal"}
+_CONTENT = {"content_filter", "content_policy_violation", "moderation"}
+
+
+def build_request(job: ProbeJob) -> tuple[str, dict[str, str], bytes]:
+    """URL, headers and JSON body of the probe request."""
+    p = job.probe
+    cap_field = p.max_tokens_field or (
+        "max_completion_tokens" if job.provider.type == "openai" else "max_tokens")
+    body = {
+        "model": job.model,
+        "messages": [{"role": "user", "content": p.prompt}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        cap_field: p.max_tokens,
+    }
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
+               "Accept-Encoding": "identity", "User-Agent": "modelwatch", **job.provider.headers}
+    if job.api_key is not None:
+        headers["Authorization"] = f"Bearer {job.api_key.reveal()}"
+    return f"{job.provider.base_url}/chat/completions", headers, json.dumps(body).encode()
+
+
+def _norm(value: Any) -> str:
+    return str(value).strip().lower() if value is not None else ""
+
+
+def error_fields(body: Any) -> tuple[str, str, str, int | None]:
+    """(type, code, message, numeric code) from any error shape OpenAI-like servers send.
+
+    Shapes: ``{"error": {...}}``, ``{"error": "text"}``, vLLM's flat
+    ``{"object": "error", ...}``, Gemini-compat's ``[{"error": {...}}]``,
+    Mistral's ``{"detail": ...}`` and ``{"message": ...}``, plain text or HTML.
+    """
+    if isinstance(body, list) and body:
+        body = body[0]
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, list) and inner:
+            inner = inner[0]
+        if isinstance(inner, str):
+            return "", "", inner, None
+        if isinstance(inner, dict):
+            code = inner.get("code")
+            number = code if isinstance(code, int) and not isinstance(code, bool) else None
+            status = inner.get("status")  # Google-style "UNAVAILABLE", "NOT_FOUND", ...
+            message = inner.get("message") or inner.get("detail") or body.get("detail") or ""
+            etype = inner.get("type") or status or ""
+            code = _google_reason(inner) or ("" if number is not None else _norm(code))
+            return _norm(etype), code, str(message), number
+        return "", "", str(inner), None
+    if isinstance(body, (bytes, bytearray)):
+        body = body.decode("utf-8", errors="replace")
+    text = str(body or "")
+    title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
+    if title:
+        return "", "", f"HTML body: {title.group(1).strip()}", None
+    return "", "", text.strip(), None
+
+
+def _google_reason(inner: dict) -> str:
+    """The ErrorInfo ``reason`` of a Google-style error (e.g. API_KEY_INVALID), lower-cased."""
+    for detail in inner.get("details") or ():
+        if isinstance(detail, dict) and detail.get("reason"):
+            return _norm(detail["reason"])
+    return ""
+
+
+def classify_openai_error(status: int | None, body: Any) -> tuple[Outcome, str, str]:
+    """Outcome, error code and message for an error status or an in-stream error object.
+
+    ``status`` is None for an error that arrived inside a 200 stream.
+    """
+    etype, code, message, number = error_fields(body)
+    if status is None and number is not None:
+        status = number
+    names = {etype, code} - {""}
+    error_code = code or etype or (f"http_{status}" if status else "stream_error")
+    if names & _QUOTA or status == 402:
+        return Outcome.QUOTA_EXHAUSTED, error_code, message
+    if status in (401, 403) or names & _AUTH:
+        return Outcome.AUTH_ERROR, error_code, message
+    if names & _CONTENT:
+        return Outcome.CONTENT_BLOCKED, error_code, message
+    if status == 404 or names & _MODEL:
+        return Outcome.MODEL_UNAVAILABLE, error_code, message
+    if names & _RATE or status in (429, 498):
+        return Outcome.RATE_LIMITED, error_code, message
+    if names & _OVERLOAD or status in (503, 529):
+        return Outcome.OVERLOADED, error_code, message
+    if names & _SERVER:
+        return Outcome.SERVER_ERROR, error_code, message
+    if status is None:
+        return Outcome.SERVER_ERROR, error_code, message
+    return outcome_for_status(status), error_code, message
+
+
+def parse_body(raw: bytes) -> Any:
+    """JSON if the body is JSON, else its text."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", errors="replace")
+
+
+class ChatStream:
+    """State of one Chat Completions stream, fed with each SSE ``data`` payload."""
+
+    __slots__ = ("done", "finish_reason", "usage", "content_chunks", "refusal")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.finish_reason: str | None = None
+        self.usage: dict | None = None
+        self.content_chunks = 0
+        self.refusal = False
+
+    def feed(self, data: str) -> bool:
+        """Consume one event payload; True if it carried non-empty content."""
+        if data.startswith("[DONE]"):
+            self.done = True
+            return False
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            raise ProbeFailure(Outcome.PROTOCOL_ERROR, "malformed_chunk",
+                               f"malformed JSON in stream: {data[:60]}") from None
+        if isinstance(obj, list) or not isinstance(obj, dict):
+            raise ProbeFailure(*classify_openai_error(None, obj)) if obj else ProbeFailure(
+                Outcome.PROTOCOL_ERROR, "malformed_chunk", "stream chunk is not an object")
+        if obj.get("error") or obj.get("object") == "error":
+            raise ProbeFailure(*classify_openai_error(None, obj))
+        usage = obj.get("usage") or (obj.get("x_groq") or {}).get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        content = False
+        for choice in obj.get("choices") or ():
+            content = self._choice(choice) or content
+        return content
+
+    def _choice(self, choice: Any) -> bool:
+        if not isinstance(choice, dict):
+            return False
+        reason = choice.get("finish_reason")
+        if reason:
+            self.finish_reason = reason
+            if reason == "error":
+                raise ProbeFailure(Outcome.SERVER_ERROR, "finish_reason_error",
+                                   "stream finished with finish_reason error")
+        delta = choice.get("delta") or {}
+        if isinstance(delta, dict) and delta.get("refusal"):
+            self.refusal = True
+        text = delta.get("content") if isinstance(delta, dict) else None
+        if text is None:
+            text = choice.get("text")  # legacy completion-style chunks (Together)
+        if isinstance(text, str) and text:
+            self.content_chunks += 1
+            return True
+        return False
+
+    def verdict(self) -> ProbeFailure | None:
+        """The failure a finished stream amounts to, or None if it is a success."""
+        if self.refusal or self.finish_reason == "content_filter":
+            return ProbeFailure(Outcome.CONTENT_BLOCKED, self.finish_reason or "refusal",
+                                "the model refused or the content filter stopped it")
+        if not self.done and not self.finish_reason:
+            return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_terminator",
+                                "stream ended without [DONE]")
+        if not self.content_chunks:
+            return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_content",
+                                f"stream finished ({self.finish_reason or 'done'}) without content")
+        return None
+
+    def tokens(self) -> tuple[int | None, int | None]:
+        """(input, output) tokens from the usage report, if any."""
+        u = self.usage or {}
+        return _int(u.get("prompt_tokens")), _int(u.get("completion_tokens"))
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+async def probe_openai_chat(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
+    """One streamed Chat Completions request, timed phase by phase."""
+    url, headers, body = build_request(job)
+    async with http.post(url, data=body, headers=headers, allow_redirects=False,
+                         trace_request_ctx=m) as resp:
+        m.ttfb_s = m.elapsed()
+        m.http_status = resp.status
+        m.request_id = resp.headers.get("x-request-id")
+        m.enter("ttft")
+        if resp.status != 200:
+            raw = await resp.content.read(ERROR_BODY_LIMIT)
+            if 300 <= resp.status < 400:
+                raise ProbeFailure(Outcome.PROTOCOL_ERROR, "redirect",
+                                   f"HTTP {resp.status} redirect (not followed)")
+            raise ProbeFailure(*classify_openai_error(resp.status, parse_body(raw)))
+        if "text/event-stream" not in resp.headers.get("Content-Type", ""):
+            raw = await resp.content.read(ERROR_BODY_LIMIT)
+            parsed = parse_body(raw)
+            if isinstance(parsed, (dict, list)) and error_fields(parsed)[2]:
+                raise ProbeFailure(*classify_openai_error(None, parsed))
+            raise ProbeFailure(Outcome.PROTOCOL_ERROR, "not_event_stream",
+                               f"expected text/event-stream, got {resp.headers.get('Content-Type')}")
+        await _read_stream(job, resp, m)
+
+
+async def _read_stream(job: ProbeJob, resp: aiohttp.ClientResponse, m: Measurement) -> None:
+    decoder, stream = SSEDecoder(), ChatStream()
+    limit = job.probe.max_response_bytes
+    content = resp.content
+    while not stream.done:
+        chunk = await content.readany()
+        now = time.perf_counter()
+        if not chunk:
+            break
+        m.bytes_read += len(chunk)
+        if m.bytes_read > limit:
+            raise ProbeFailure(Outcome.PROTOCOL_ERROR, "response_too_large",
+                               f"response exceeded {limit} bytes")
+        for event in decoder.feed(chunk):
+            if stream.feed(event.data) and m.ttft_s is None:
+                m.ttft_s = now - m.start
+                m.enter("total")
+            if stream.done:
+                break
+    m.duration_s = now - m.start
+    m.input_tokens, m.output_tokens = stream.tokens()
+    failure = stream.verdict()
+    if failure is not None:
+        raise failure

@@ -1,0 +1,166 @@
+"""SQLite storage of probe results: named migrations and a writer thread.
+
+The event loop only ever calls :meth:`Store.submit`, which appends to a queue.
+One writer thread owns the connection, batches rows and commits at least every
+``COMMIT_EVERY_S`` (so a crash loses at most that much and never a committed
+row), prunes rows older than the retention, and survives write failures
+(locked, read-only, disk full) by keeping the rows and retrying, counting each
+failure and logging once per change of state.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import sqlite_utils
+
+from modelwatch.outcomes import COLUMNS, ProbeResult
+
+log = logging.getLogger("modelwatch.store")
+
+COMMIT_EVERY_S = 0.25
+PRUNE_EVERY_S = 3600.0
+MAX_PENDING_ROWS = 100_000  # held in memory while the database refuses writes
+
+Migration = Callable[[sqlite_utils.Database], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Register a named migration; it runs once per database, in definition order."""
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_probe_results(db: sqlite_utils.Database) -> None:
+    """The raw results table, one row per probe."""
+    db["probe_results"].create({
+        "id": int, "ts": float, "target": str, "provider": str, "model": str, "kind": str,
+        "outcome": str, "http_status": int, "error_code": str, "error": str,
+        "connect_s": float, "ttfb_s": float, "ttft_s": float, "duration_s": float,
+        "input_tokens": int, "output_tokens": int, "request_id": str, "location": str,
+    }, pk="id")
+    db["probe_results"].create_index(["ts"])
+    db["probe_results"].create_index(["target", "kind", "ts"])
+
+
+def open_db(path: str | Path) -> sqlite_utils.Database:
+    """Open (creating) a database in WAL mode with all migrations applied."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=5.0, check_same_thread=False, isolation_level=None)
+    db = sqlite_utils.Database(conn)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+    db.execute("PRAGMA busy_timeout=5000")
+    migrate(db)
+    return db
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Apply pending migrations; return the names applied now."""
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+    done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
+    applied = []
+    for name, fn in MIGRATIONS:
+        if name in done:
+            continue
+        with db.conn:
+            db.execute("BEGIN")
+            fn(db)
+            db.execute("INSERT INTO _migrations VALUES (?, ?)", [name, time.time()])
+        applied.append(name)
+    return applied
+
+
+class Store:
+    """Asynchronous-to-the-caller writer of ``probe_results`` rows."""
+
+    def __init__(self, path: str | Path, retention_s: float,
+                 on_error: Callable[[], None] | None = None,
+                 on_pending: Callable[[int], None] | None = None) -> None:
+        self.path = Path(path)
+        self.retention_s = retention_s
+        self._on_error = on_error or (lambda: None)
+        self._on_pending = on_pending or (lambda n: None)
+        self._queue: queue.SimpleQueue[ProbeResult | None] = queue.SimpleQueue()
+        self._db = open_db(self.path)
+        self._thread = threading.Thread(target=self._run, name="modelwatch-store", daemon=True)
+        self._failing = False
+        self._thread.start()
+
+    def submit(self, result: ProbeResult) -> None:
+        """Queue a result for writing; never blocks."""
+        self._queue.put(result)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write everything queued, commit and stop the writer."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        pending: list[dict] = []
+        last_prune = 0.0
+        stopping = False
+        while not stopping:
+            stopping = self._collect(pending)
+            if pending:
+                self._write(pending)
+            if time.monotonic() - last_prune > PRUNE_EVERY_S and not self._failing:
+                self._prune()
+                last_prune = time.monotonic()
+        if pending:
+            log.error("store stopped with unwritten rows rows=%d path=%s", len(pending), self.path)
+        self._db.conn.close()
+
+    def _collect(self, pending: list[dict]) -> bool:
+        """Gather rows for one commit window; True once close() was asked for."""
+        deadline = time.monotonic() + COMMIT_EVERY_S
+        while True:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return False
+            if item is None:
+                return True
+            if len(pending) >= MAX_PENDING_ROWS:
+                pending.pop(0)  # bounded memory: the oldest unwritable row goes first
+            pending.append(item.as_row())
+
+    def _write(self, pending: list[dict]) -> None:
+        try:
+            with self._db.conn:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db["probe_results"].insert_all(pending, columns=_COLUMN_TYPES)
+        except sqlite3.Error as exc:
+            self._on_error()
+            if not self._failing:
+                log.error("store write failed, keeping rows to retry error=%r rows=%d", str(exc),
+                          len(pending))
+            self._failing = True
+        else:
+            if self._failing:
+                log.warning("store writes resumed rows=%d", len(pending))
+            self._failing = False
+            pending.clear()
+        self._on_pending(len(pending))
+
+    def _prune(self) -> None:
+        cutoff = time.time() - self.retention_s
+        try:
+            with self._db.conn:
+                self._db.execute("DELETE FROM probe_results WHERE ts < ?", [cutoff])
+        except sqlite3.Error as exc:
+            log.warning("store prune failed error=%r", str(exc))
+
+
+_COLUMN_TYPES = {name: (float if name.endswith("_s") or name == "ts" else
+                        int if name in ("http_status", "input_tokens", "output_tokens") else str)
+                 for name in COLUMNS}
