@@ -14,10 +14,11 @@ from modelwatch.sse import SSEDecoder
 CAPTURES = Path(__file__).parent / "data" / "captures"
 
 
-def run_capture(raw: bytes, split: int | None = None) -> tuple[ChatStream, int, ProbeFailure | None]:
+def run_capture(raw: bytes, split: int | None = None, require_done: bool = False
+                ) -> tuple[ChatStream, int, ProbeFailure | None]:
     """Feed a capture (optionally in two pieces) and return the stream, the index of the
     event that carried the first content, and the failure it amounts to."""
-    decoder, stream = SSEDecoder(), ChatStream()
+    decoder, stream = SSEDecoder(), ChatStream(require_done)
     pieces = [raw] if split is None else [raw[:split], raw[split:]]
     first, n = -1, 0
     try:
@@ -72,6 +73,12 @@ def test_any_split_point_gives_the_same_events(name):
         assert [e.data for e in d.feed(raw[:cut]) + d.feed(raw[cut:])] == whole, cut
     byte_by_byte = SSEDecoder()
     assert [e.data for i in range(len(raw)) for e in byte_by_byte.feed(raw[i:i + 1])] == whole
+
+
+def test_openai_proper_requires_done_even_after_finish_reason():
+    raw = (CAPTURES / "compat_eof_after_finish.sse").read_bytes()
+    _, _, failure = run_capture(raw, require_done=True)
+    assert (failure.outcome, failure.error_code) == (Outcome.PROTOCOL_ERROR, "no_terminator")
 
 
 def test_sse_comments_events_and_unfinished_event():

@@ -18,7 +18,7 @@ from typing import TextIO
 from modelwatch.secrets import redact
 
 LEVELS = ("debug", "info", "warning", "error")
-_NOISY = ("aiohttp", "asyncio", "urllib3", "httpx", "httpcore", "websockets", "openai")
+_NOISY = ("aiohttp", "asyncio", "urllib3", "httpx", "httpcore", "websockets", "openai", "schedule")
 
 
 class KeyValueFormatter(logging.Formatter):

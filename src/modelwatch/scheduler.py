@@ -37,7 +37,7 @@ class Scheduler:
         self._per_provider: dict[str, asyncio.Semaphore] = {}
         self._entries: dict[tuple[str, str], tuple[ProbeJob, schedule.Job]] = {}
         self._running: dict[tuple[str, str], asyncio.Task] = {}
-        self._fired: list[tuple[schedule.Job, dt.datetime]] = []
+        self._fired: list[tuple[schedule.Job, dt.datetime, dt.timedelta]] = []
         self._wake = asyncio.Event()
 
     @property
@@ -73,15 +73,19 @@ class Scheduler:
                     await asyncio.wait_for(self._wake.wait(), delay)
                 except TimeoutError:
                     pass
-            self._sched.run_pending()
-            self._keep_phase()
+            try:
+                self._sched.run_pending()
+            except Exception:  # noqa: BLE001 - the schedule must outlive any one bad run
+                log.exception("scheduler run failed")
+            finally:
+                self._keep_phase()
 
     def _fire(self, key: tuple[str, str], sjob: schedule.Job) -> None:
-        self._fired.append((sjob, sjob.next_run))
         entry = self._entries.get(key)
         if entry is None:
             return
         job = entry[0]
+        self._fired.append((sjob, sjob.next_run, dt.timedelta(seconds=job.probe.interval)))
         if key in self._running:
             self._metrics.skipped.labels(*self._metrics.job_labels(job)).inc()
             log.info("run skipped, previous still going target=%s kind=%s", job.target, job.probe.kind)
@@ -93,10 +97,10 @@ class Scheduler:
     def _keep_phase(self) -> None:
         """Next run = planned + interval (skipping missed slots), not now + interval."""
         now = dt.datetime.now()
-        for sjob, planned in self._fired:
-            nxt = planned + sjob.period
+        for sjob, planned, period in self._fired:
+            nxt = planned + period
             while nxt <= now:
-                nxt += sjob.period
+                nxt += period
             sjob.next_run = nxt
         self._fired.clear()
 

@@ -140,9 +140,12 @@ def parse_body(raw: bytes) -> Any:
 class ChatStream:
     """State of one Chat Completions stream, fed with each SSE ``data`` payload."""
 
-    __slots__ = ("done", "finish_reason", "usage", "content_chunks", "refusal")
+    __slots__ = ("done", "finish_reason", "usage", "content_chunks", "refusal", "require_done")
 
-    def __init__(self) -> None:
+    def __init__(self, require_done: bool = True) -> None:
+        # OpenAI always ends with [DONE]; some compatible servers just close after the
+        # finish_reason chunk (PROTOCOLS.md section 7), which is not a failure there.
+        self.require_done = require_done
         self.done = False
         self.finish_reason: str | None = None
         self.usage: dict | None = None
@@ -197,7 +200,7 @@ class ChatStream:
         if self.refusal or self.finish_reason == "content_filter":
             return ProbeFailure(Outcome.CONTENT_BLOCKED, self.finish_reason or "refusal",
                                 "the model refused or the content filter stopped it")
-        if not self.done and not self.finish_reason:
+        if not self.done and (self.require_done or not self.finish_reason):
             return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_terminator",
                                 "stream ended without [DONE]")
         if not self.content_chunks:
@@ -241,7 +244,7 @@ async def probe_openai_chat(job: ProbeJob, http: aiohttp.ClientSession, m: Measu
 
 
 async def _read_stream(job: ProbeJob, resp: aiohttp.ClientResponse, m: Measurement) -> None:
-    decoder, stream = SSEDecoder(), ChatStream()
+    decoder, stream = SSEDecoder(), ChatStream(require_done=job.provider.type == "openai")
     limit = job.probe.max_response_bytes
     content = resp.content
     while not stream.done:

@@ -1,0 +1,89 @@
+"""Shared fixtures: the real simulator in its own process, configs and databases on disk."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+SCENARIO = DATA / "scenario.yaml"
+TEST_KEY = "sk-test-Fixture0000111122223333"
+
+
+def start_process(args: list[str], pattern: str, timeout: float = 20.0,
+                  env: dict | None = None) -> tuple[subprocess.Popen, re.Match]:
+    """Start a modelwatch subprocess and wait for a stdout line matching ``pattern``."""
+    proc = subprocess.Popen([sys.executable, "-m", "modelwatch", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        match = re.search(pattern, line)
+        if match:
+            return proc, match
+    proc.kill()
+    raise RuntimeError(f"{args[0]} did not start: {proc.stderr.read()}")
+
+
+@pytest.fixture(scope="session")
+def sim_url():
+    """URL of a simulator running the test scenario in its own process (truthful timing)."""
+    proc, match = start_process(["sim", "--listen", "127.0.0.1:0", "--scenario", str(SCENARIO)],
+                                r"listening on (\S+)")
+    yield match.group(1)
+    proc.terminate()
+    proc.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(path: Path, sim_url: str, targets: dict[str, str], *, interval: str = "1s",
+                 timeout: str = "3s", extra_probe: str = "", listen: str = "127.0.0.1:0",
+                 db: Path | None = None, key: str = TEST_KEY, location: str | None = None,
+                 ptype: str = "openai") -> Path:
+    """A config with one rest probe per ``{target: model}`` against the simulator."""
+    lines = [f"storage: {{path: {db or path.parent / 'modelwatch.db'}}}",
+             f"server: {{listen: '{listen}'}}"]
+    if location:
+        lines.append(f"location: {location}")
+    lines += [f"defaults: {{interval: {interval}, timeout: {timeout}}}",
+              "providers:",
+              f"  sim: {{type: {ptype}, base_url: '{sim_url}/v1', api_key: '{key}'}}",
+              "targets:"]
+    for name, model in targets.items():
+        lines.append(f"  - {{name: {name}, provider: sim, model: {model}, "
+                     f"probes: [{{kind: rest{extra_probe}}}]}}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def db_path(tmp_path) -> Path:
+    return tmp_path / "modelwatch.db"
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Path of promtool from Debian's prometheus package (installed by .ci/run)."""
+    path = shutil.which("promtool")
+    assert path, "promtool is missing: apt-get install -y prometheus"
+    return path
+
+
+def dedent(text: str) -> str:
+    return textwrap.dedent(text).lstrip()

@@ -1,0 +1,130 @@
+"""``modelwatch run`` end to end: simulator -> probes -> SQLite and /metrics, then a clean stop."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import time
+
+from conftest import free_port, write_config
+from daemon_helpers import http_get, http_post, metric, rows, running_daemon, samples, wait_for
+from modelwatch.outcomes import COLUMNS, Outcome
+
+TARGETS = {"healthy": "healthy", "limited": "err-rate", "fixed": "fixed-ttft"}
+
+
+def test_daemon_probes_writes_rows_serves_metrics_and_stops_cleanly(tmp_path, sim_url, promtool):
+    port = free_port()
+    db = tmp_path / "mw.db"
+    cfg = write_config(tmp_path / "c.yaml", sim_url, TARGETS, interval="500ms",
+                       listen=f"127.0.0.1:{port}", db=db, location="lab")
+    with running_daemon(cfg, port) as (proc, url):
+        first = http_get(url + "/metrics")
+        # Every outcome series exists at 0 before the first probe result.
+        for target in TARGETS:
+            for outcome in Outcome:
+                key = ("modelwatch_probes_total", tuple(sorted({
+                    "target": target, "provider": "sim", "model": TARGETS[target], "kind": "rest",
+                    "location": "lab", "outcome": outcome.value}.items())))
+                assert key in samples(first), key
+        text = wait_for(lambda: (t := http_get(url + "/metrics")) and all(
+            metric(t, "modelwatch_probes_total", target=n) >= 3 for n in TARGETS) and t, 20)
+        assert metric(text, "modelwatch_probes_total", target="healthy", outcome="ok") >= 3
+        assert metric(text, "modelwatch_probes_total", target="limited", outcome="rate_limited") >= 3
+        assert metric(text, "modelwatch_probe_success", target="healthy") == 1
+        assert metric(text, "modelwatch_probe_success", target="limited") == 0
+        assert metric(text, "modelwatch_probe_ttft_seconds_count", target="fixed") >= 3
+        assert metric(text, "modelwatch_probe_tokens_total", target="healthy", direction="output") >= 12
+        assert metric(text, "modelwatch_config_last_reload_successful") == 1
+        assert metric(text, "modelwatch_event_loop_lag_seconds_count") > 0
+        check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                               text=True, timeout=30)
+        assert check.returncode == 0, check.stdout + check.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert "Traceback" not in proc.stderr.read()
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    stored = rows(db)
+    # Everything /metrics counted before the stop reached the database, complete.
+    counted = metric(text, "modelwatch_probes_total")
+    assert len(stored) >= counted
+    assert {r["target"] for r in stored} == set(TARGETS)
+    assert all(r["outcome"] and r["duration_s"] is not None and r["location"] == "lab" for r in stored)
+    assert set(COLUMNS) <= set(stored[0])
+    fixed = [r for r in stored if r["target"] == "fixed"]
+    assert all(0.250 <= r["ttft_s"] < 0.265 for r in fixed), [r["ttft_s"] for r in fixed]
+
+
+def test_start_times_are_spread_over_the_interval(tmp_path, sim_url):
+    port = free_port()
+    db = tmp_path / "mw.db"
+    targets = {f"t{i}": "healthy" for i in range(8)}
+    cfg = write_config(tmp_path / "c.yaml", sim_url, targets, interval="2s",
+                       listen=f"127.0.0.1:{port}", db=db)
+    with running_daemon(cfg, port) as (_, url):
+        wait_for(lambda: metric(http_get(url + "/metrics") or "", "modelwatch_probes_total") >= 16, 15)
+    firsts = sorted(rows(db, "SELECT target, MIN(ts) AS ts FROM probe_results GROUP BY target"),
+                    key=lambda r: r["ts"])
+    starts = [r["ts"] for r in firsts]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert starts[-1] - starts[0] > 1.5  # spread across the 2 s interval ...
+    assert min(gaps) > 0.15  # ... evenly: 8 targets, one every ~250 ms
+    # and each keeps its cadence afterwards
+    for r in firsts:
+        ts = [x["ts"] for x in rows(db, "SELECT ts FROM probe_results WHERE target=? ORDER BY ts",
+                                    (r["target"],))]
+        assert all(1.9 < b - a < 2.1 for a, b in zip(ts, ts[1:])), ts
+
+
+def test_a_probe_still_running_skips_its_next_run(tmp_path, sim_url):
+    port = free_port()
+    db = tmp_path / "mw.db"
+    cfg = write_config(tmp_path / "c.yaml", sim_url, {"stuck": "stall", "fine": "healthy"},
+                       interval="300ms", timeout="1s", listen=f"127.0.0.1:{port}", db=db)
+    with running_daemon(cfg, port) as (_, url):
+        text = wait_for(lambda: (t := http_get(url + "/metrics")) and metric(
+            t, "modelwatch_probes_total", target="stuck") >= 2 and t, 15)
+        assert metric(text, "modelwatch_skipped_runs_total", target="stuck") >= 2
+        assert metric(text, "modelwatch_skipped_runs_total", target="fine") == 0
+        # the slow target never delayed the fast one
+        assert metric(text, "modelwatch_probes_total", target="fine") >= 5
+    stuck = rows(db, "SELECT ts, duration_s FROM probe_results WHERE target='stuck' ORDER BY ts")
+    for a, b in zip(stuck, stuck[1:]):
+        assert b["ts"] >= a["ts"] + a["duration_s"] - 0.01  # never overlapped itself
+
+
+def test_reload_keeps_old_config_when_new_one_is_bad(tmp_path, sim_url):
+    port = free_port()
+    cfg = write_config(tmp_path / "c.yaml", sim_url, {"a": "healthy"}, interval="300ms",
+                       listen=f"127.0.0.1:{port}")
+    with running_daemon(cfg, port) as (proc, url):
+        good = cfg.read_text()
+        cfg.write_text(good + "bogus_key: 1\n")
+        status, body = http_post(url + "/-/reload")
+        assert status == 500 and "bogus_key: unknown key" in body
+        text = http_get(url + "/metrics")
+        assert metric(text, "modelwatch_config_last_reload_successful") == 0
+        before = metric(text, "modelwatch_probes_total", target="a")
+        wait_for(lambda: metric(http_get(url + "/metrics"), "modelwatch_probes_total", target="a") > before, 5)
+
+        write_config(tmp_path / "c.yaml", sim_url, {"b": "healthy"}, interval="300ms",
+                     listen=f"127.0.0.1:{port}")
+        proc.send_signal(signal.SIGHUP)
+        text = wait_for(lambda: (t := http_get(url + "/metrics")) and metric(
+            t, "modelwatch_probes_total", target="b") >= 1 and t, 10)
+        assert metric(text, "modelwatch_config_last_reload_successful") == 1
+        assert metric(text, "modelwatch_probes_total", target="a") == 0  # series removed
+        assert proc.poll() is None
+
+
+def test_sigint_also_stops_with_exit_zero(tmp_path, sim_url):
+    port = free_port()
+    cfg = write_config(tmp_path / "c.yaml", sim_url, {"a": "healthy"}, listen=f"127.0.0.1:{port}")
+    with running_daemon(cfg, port) as (proc, _):
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0

@@ -1,0 +1,149 @@
+"""The Chat Completions probe against the real simulator: every outcome and phase."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+
+import pytest
+
+from conftest import write_config
+from modelwatch.config import load_config
+from modelwatch.probes import prober_for
+from modelwatch.probes.base import new_http_session, run_probe
+
+
+def probe_models(tmp_path, sim_url, models: dict[str, str], **kw) -> dict:
+    cfg = load_config(write_config(tmp_path / "c.yaml", sim_url, models, **kw))
+
+    async def go():
+        async with new_http_session() as http:
+            results = await asyncio.gather(*(run_probe(j, http, prober_for(j.provider.type, j.probe.kind))
+                                             for j in cfg.jobs))
+        return {r.target: r for r in results}
+    return asyncio.run(go())
+
+
+def sim_requests(sim_url: str) -> dict[str, dict]:
+    with urllib.request.urlopen(f"{sim_url}/_sim/requests") as resp:
+        return {r["request_id"]: r for r in json.load(resp)}
+
+
+def test_healthy_probe_records_every_phase_in_order(tmp_path, sim_url):
+    r = probe_models(tmp_path, sim_url, {"t": "healthy"})["t"]
+    assert r.outcome == "ok", r
+    assert 0 < r.connect_s <= r.ttfb_s <= r.ttft_s <= r.duration_s
+    assert r.ttft_s >= 0.020  # the simulator waited 20 ms before the first token
+    assert r.http_status == 200 and r.request_id.startswith("req_")
+    assert r.input_tokens > 0 and r.output_tokens == 4
+    assert r.error is None and r.error_code is None
+
+
+FAILURES = {
+    # model: (outcome, error_code, http_status)
+    "err-rate": ("rate_limited", "rate_limit_exceeded", 429),
+    "err-quota": ("quota_exhausted", "insufficient_quota", 429),
+    "err-overloaded": ("overloaded", "slow_down", 503),
+    "err-server": ("server_error", "server_error", 500),
+    "err-gateway": ("server_error", "http_502", 502),
+    "err-bad-request": ("bad_request", None, 400),
+    "err-capacity": ("rate_limited", None, 498),
+    "err-vllm": ("model_unavailable", None, 404),
+    "err-gemini-array": ("overloaded", None, 503),
+    "err-mistral": ("auth_error", "http_401", 401),
+    "content-filter": ("content_blocked", "content_filter", 200),
+    "midstream": ("server_error", None, 200),
+    "disconnect": ("protocol_error", "disconnected", 200),
+    "malformed": ("protocol_error", "malformed_chunk", 200),
+    "no-done": ("protocol_error", "no_terminator", 200),
+    "length-empty": ("protocol_error", "no_content", 200),
+    "no-such-model": ("model_unavailable", "model_not_found", 404),
+}
+
+
+def test_each_failure_is_classified(tmp_path, sim_url):
+    results = probe_models(tmp_path, sim_url, {m: m for m in FAILURES})
+    for model, (outcome, code, status) in FAILURES.items():
+        r = results[model]
+        assert r.outcome == outcome, (model, r)
+        if code is not None:
+            assert r.error_code == code, (model, r)
+        assert r.error_code, (model, "a failure always names its code")
+        assert r.http_status == status, (model, r)
+        assert r.duration_s is not None and r.duration_s < 3
+
+
+def test_compatible_servers_may_close_after_finish_reason_without_done(tmp_path, sim_url):
+    r = probe_models(tmp_path, sim_url, {"n": "no-done"}, ptype="openai-compatible")["n"]
+    assert r.outcome == "ok" and r.ttft_s is not None
+
+
+def test_midstream_failures_keep_the_first_token_time(tmp_path, sim_url):
+    results = probe_models(tmp_path, sim_url, {"m": "midstream", "d": "disconnect"})
+    for r in results.values():
+        assert r.ttft_s is not None and r.ttft_s < r.duration_s
+
+
+def test_keepalive_comments_are_not_tokens(tmp_path, sim_url):
+    r = probe_models(tmp_path, sim_url, {"k": "keepalive"})["k"]
+    assert r.outcome == "ok"
+    assert r.ttft_s >= 0.2  # keep-alives arrived every 20 ms before it
+
+
+@pytest.mark.parametrize("model,field", [("groq-usage", "x_groq"), ("no-usage", "none")])
+def test_usage_placement(tmp_path, sim_url, model, field):
+    r = probe_models(tmp_path, sim_url, {"u": model})["u"]
+    assert r.outcome == "ok"
+    if field == "none":
+        assert r.input_tokens is None and r.output_tokens is None
+    else:
+        assert r.output_tokens == 4 and r.input_tokens > 0
+
+
+def test_phase_timeouts_name_the_phase(tmp_path, sim_url):
+    ttfb = probe_models(tmp_path, sim_url, {"h": "slow-headers"}, timeout="5s",
+                        extra_probe=", ttft_timeout: 400ms")["h"]
+    assert (ttfb.outcome, ttfb.error_code) == ("timeout", "ttfb")
+    assert 0.4 <= ttfb.duration_s < 1.0
+    ttft = probe_models(tmp_path, sim_url, {"f": "slow-ttft"}, timeout="5s",
+                        extra_probe=", ttft_timeout: 400ms")["f"]
+    assert (ttft.outcome, ttft.error_code) == ("timeout", "ttft")
+    assert ttft.ttfb_s is not None and ttft.ttft_s is None
+    stall = probe_models(tmp_path, sim_url, {"s": "stall"}, timeout="500ms")["s"]
+    assert (stall.outcome, stall.error_code) == ("timeout", "total")
+    assert stall.ttft_s is not None
+
+
+def test_connect_errors(tmp_path):
+    import socket
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = probe_models(tmp_path, f"http://127.0.0.1:{port}", {"c": "healthy"})["c"]
+    assert (r.outcome, r.error_code) == ("connect_error", "refused")
+    assert r.connect_s is None and r.http_status is None
+
+
+def test_bad_key_is_auth_error_and_the_echo_is_redacted(tmp_path, sim_url):
+    key = "sk-bad-Canary000111222333444555"
+    r = probe_models(tmp_path, sim_url, {"a": "healthy"}, key=key)["a"]
+    assert (r.outcome, r.error_code, r.http_status) == ("auth_error", "invalid_api_key", 401)
+    assert "Incorrect API key" in r.error
+    row = json.dumps(r.as_row())
+    assert key not in row and key[:8] not in row and key[-4:] not in row
+
+
+def test_response_size_is_capped(tmp_path, sim_url):
+    r = probe_models(tmp_path, sim_url, {"b": "busy"}, extra_probe=", max_response_bytes: 2048")["b"]
+    assert (r.outcome, r.error_code) == ("protocol_error", "response_too_large")
+
+
+def test_measured_ttft_matches_what_the_simulator_did(tmp_path, sim_url):
+    results = probe_models(tmp_path, sim_url, {f"t{i}": "fixed-ttft" for i in range(3)})
+    seen = sim_requests(sim_url)
+    for r in results.values():
+        sim = seen[r.request_id]
+        # The simulator times from its handler's entry; the probe also counts connect and send.
+        assert 0 <= r.ttft_s - sim["actual_ttft_s"] < 0.005, (r.ttft_s, sim)
+        assert abs(r.ttft_s - 0.250) < 0.010
