@@ -36,6 +36,7 @@ def test_empty_secret_is_rejected():
     "GET https://generativelanguage.googleapis.com/v1/models?key={k}&alt=sse",
     "prefix only {head12} here",
     "suffix only {tail8} here",
+    "id {head}_{tail8}",
 ])
 def test_redact_removes_key_and_echoed_fragments(template):
     Secret(KEY)  # known to the process, as every configured key is
@@ -49,6 +50,11 @@ def test_redact_removes_key_and_echoed_fragments(template):
 def test_redact_removes_unknown_key_shapes():
     assert "sk-live" not in redact("sent sk-live-abcdefghijklmnop to a server")
     assert "AIzaSy" not in redact("key AIzaSyA1234567890abcdefgh was invalid")
+
+
+def test_a_known_key_does_not_break_other_redactions():
+    Secret("sk-test-unrelated-123456789")
+    assert "AIzaSy" not in redact("key AIzaSyA123456789abcdefgh was invalid")
 
 
 def test_redact_leaves_ordinary_text_alone():

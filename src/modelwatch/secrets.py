@@ -16,7 +16,7 @@ from pydantic_core import core_schema
 
 _known: set[str] = set()
 _known_lock = threading.Lock()
-_MIN_FRAGMENT = 6  # shorter fragments of a key are too likely to match ordinary words
+_MIN_FRAGMENT = 8  # shorter fragments of a key are too likely to match ordinary text
 
 # Shapes that carry a key whatever its value: masked echoes ("sk-abc1****wxyz"),
 # bearer/basic credentials, key-like query parameters and well-known key prefixes.
@@ -97,6 +97,12 @@ def redact(text: str, extra: tuple[str, ...] = ()) -> str:
     """Remove every known secret, its echoed fragments and key-shaped strings from text."""
     if not text:
         return text
+    # Shapes first, so a known key's fragment cannot split a key-shaped string in two.
+    for pattern in _PATTERNS:
+        if pattern.groups:
+            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+        else:
+            text = pattern.sub(REDACTED, text)
     with _known_lock:
         secrets = list(_known)
     for value in [*secrets, *extra]:
@@ -106,11 +112,6 @@ def redact(text: str, extra: tuple[str, ...] = ()) -> str:
             for frag in _fragments(value):
                 if frag in text:
                     text = text.replace(frag, REDACTED)
-    for pattern in _PATTERNS:
-        if pattern.groups:
-            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
-        else:
-            text = pattern.sub(REDACTED, text)
     return text
 
 

@@ -107,7 +107,7 @@ class Store:
 
     def _run(self) -> None:
         pending: list[dict] = []
-        last_prune = 0.0
+        last_prune = float("-inf")  # prune once at start, then hourly
         stopping = False
         while not stopping:
             stopping = self._collect(pending)

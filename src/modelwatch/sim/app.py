@@ -1,0 +1,255 @@
+"""The simulator's aiohttp application, request log and server lifecycle.
+
+Each wire protocol lives in its own module (``openai_chat`` today; Realtime,
+Anthropic and Gemini later) and registers its routes on the app with
+``register(app, state)``. This module owns what they share:
+
+* ``SimState``: the scenario, the seeded RNG, the uptime clock and the log;
+* the request log, served as JSON on ``GET /_sim/requests`` (newest last,
+  at most 10,000 entries) and cleared by ``DELETE /_sim/requests``. Each entry:
+  ``request_id, path, model, status, outcome, injected_ttft_s, actual_ttft_s,
+  actual_duration_s, client_disconnected``. ``outcome`` is ``ok``, an error kind
+  (see ``scenario.ERROR_KINDS``) or a stream fault: ``midstream_error``,
+  ``disconnect``, ``stall``, ``malformed``. Durations are taken just before the
+  last byte is handed to the socket, so a client that has read the whole
+  answer always finds its entry complete;
+* ``GET /_sim/health`` -> ``ok``; unknown routes -> OpenAI-style 404 JSON;
+* ``start_sim`` (in-process, for tests and ``modelwatch demo``) and ``serve``
+  (blocking, for ``modelwatch sim``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aiohttp import web
+
+from . import openai_chat
+from .scenario import Scenario
+
+__all__ = ["RequestDraws", "RequestRecord", "SimServer", "SimState", "create_app", "serve", "start_sim"]
+
+log = logging.getLogger("modelwatch.sim")
+
+LOG_SIZE = 10_000
+# A simulator has nothing worth waiting for at shutdown; stalled streams would
+# otherwise hold ``close()`` for aiohttp's default 60 s.
+SHUTDOWN_TIMEOUT_S = 0.25
+
+STATE_KEY: web.AppKey[SimState] = web.AppKey("modelwatch_sim_state")
+
+
+@dataclass(frozen=True)
+class RequestDraws:
+    """Every random number one request needs, drawn together on arrival.
+
+    Drawing them all before the first ``await`` keeps the sequence tied to
+    arrival order, so concurrent requests cannot reorder each other's draws.
+    """
+
+    id_bits: int
+    error_roll: float
+    jitter_roll: float
+
+
+@dataclass
+class RequestRecord:
+    """One entry of the request log; protocol handlers fill it in as they go."""
+
+    request_id: str
+    path: str
+    model: str | None = None
+    status: int | None = None
+    outcome: str | None = None
+    injected_ttft_s: float | None = None
+    actual_ttft_s: float | None = None
+    actual_duration_s: float | None = None
+    client_disconnected: bool = False
+
+
+class SimState:
+    """What all protocol handlers share: scenario, seeded RNG, clock and log."""
+
+    def __init__(self, scenario: Scenario, clock: Callable[[], float] = time.monotonic) -> None:
+        self.scenario = scenario
+        self.rng = random.Random(scenario.seed)
+        self.clock = clock
+        self.started_at = clock()
+        self.requests: deque[RequestRecord] = deque(maxlen=LOG_SIZE)
+
+    def uptime_s(self) -> float:
+        """Seconds since the app was created, on the injected clock."""
+        return self.clock() - self.started_at
+
+    def draw(self) -> RequestDraws:
+        """Draw one request's random numbers from the seeded RNG."""
+        return RequestDraws(self.rng.getrandbits(128), self.rng.random(), self.rng.random())
+
+    def begin(self, request_id: str, path: str) -> RequestRecord:
+        """Log a request on arrival; the handler completes the record in place."""
+        record = RequestRecord(request_id=request_id, path=path)
+        self.requests.append(record)
+        return record
+
+
+def create_app(scenario: Scenario, *, clock: Callable[[], float] | None = None) -> web.Application:
+    """Build the simulator app for ``scenario``; ``clock`` drives outage windows.
+
+    Serve it with ``handler_cancellation=True`` (``start_sim`` does) so that a
+    stream stalled "forever" ends when its client hangs up.
+    """
+    state = SimState(scenario, clock or time.monotonic)
+    app = web.Application(middlewares=[_openai_style_errors])
+    app[STATE_KEY] = state
+    app.router.add_get("/_sim/health", _health)
+    app.router.add_get("/_sim/requests", _list_requests)
+    app.router.add_delete("/_sim/requests", _clear_requests)
+    openai_chat.register(app, state)
+    return app
+
+
+async def _health(request: web.Request) -> web.Response:
+    """Liveness check for scripts waiting on the simulator."""
+    return web.Response(text="ok")
+
+
+async def _list_requests(request: web.Request) -> web.Response:
+    """The request log as a JSON list, oldest first."""
+    records = [asdict(record) for record in request.app[STATE_KEY].requests]
+    return web.json_response(records)
+
+
+async def _clear_requests(request: web.Request) -> web.Response:
+    """Empty the request log (benchmarks clear it between phases)."""
+    request.app[STATE_KEY].requests.clear()
+    return web.json_response({"cleared": True})
+
+
+@web.middleware
+async def _openai_style_errors(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """Answer routing errors and handler bugs in OpenAI's error shape.
+
+    Clients of an OpenAI look-alike parse every error body as JSON, so even a
+    404 for a mistyped path must look like OpenAI's ``Invalid URL`` answer.
+    """
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return openai_chat.plain_error(404, f"Invalid URL ({request.method} {request.path})")
+    except web.HTTPMethodNotAllowed:
+        return openai_chat.plain_error(405, f"Invalid method for URL ({request.method} {request.path})")
+    except web.HTTPException:
+        raise
+    except Exception:
+        # A simulator bug must cost one request, not the server.
+        log.exception("simulator handler failed on %s %s", request.method, request.path)
+        return openai_chat.plain_error(500, "The simulator failed while handling this request.", "server_error")
+
+
+@dataclass
+class SimServer:
+    """A running simulator: its base URL (no trailing slash) and a way to stop it."""
+
+    runner: web.AppRunner
+    host: str
+    port: int
+    closed: bool = False
+
+    @property
+    def url(self) -> str:
+        """Base URL such as ``http://127.0.0.1:8123`` (append ``/v1`` for SDKs)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def app(self) -> web.Application:
+        """The aiohttp application being served."""
+        return self.runner.app
+
+    async def close(self) -> None:
+        """Stop listening and cut any stream still running; safe to call twice."""
+        if not self.closed:
+            self.closed = True
+            await self.runner.cleanup()
+
+    async def __aenter__(self) -> SimServer:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+
+async def start_sim(
+    scenario: Scenario, host: str = "127.0.0.1", port: int = 0, *, clock: Callable[[], float] | None = None
+) -> SimServer:
+    """Serve ``scenario`` on ``host:port`` in the running loop; port 0 picks a free port."""
+    runner = web.AppRunner(
+        create_app(scenario, clock=clock),
+        # Cancel a handler when its client goes away, so "stall forever" ends then.
+        handler_cancellation=True,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_port = runner.addresses[0][1]
+    return SimServer(runner=runner, host=host, port=bound_port)
+
+
+def serve(listen: str, scenario: Scenario, on_ready: Callable[[str], Any] | None = None) -> None:
+    """Run the simulator on ``listen`` (``host:port``) until SIGINT or SIGTERM.
+
+    ``on_ready(url)`` is called once the socket is bound, which is how a caller
+    learns the port when ``listen`` ends in ``:0``. Raises OSError if the address
+    cannot be bound; returns normally on a signal.
+    """
+    host, port = parse_listen(listen)
+    try:
+        asyncio.run(_serve_until_signal(host, port, scenario, on_ready))
+    except KeyboardInterrupt:
+        # Only reachable if Ctrl-C lands before the signal handlers are installed.
+        pass
+
+
+async def _serve_until_signal(
+    host: str, port: int, scenario: Scenario, on_ready: Callable[[str], Any] | None
+) -> None:
+    """Serve until a stop signal arrives, then close cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread, or a platform without loop signal support
+    server = await start_sim(scenario, host, port)
+    try:
+        if on_ready is not None:
+            on_ready(server.url)
+        await stop.wait()
+    finally:
+        await server.close()
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split ``host:port``, ``:port`` or ``[::1]:port``; an empty host means loopback."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"listen address must look like host:port, got {listen!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port out of range in listen address {listen!r}")
+    return host, port

@@ -1,0 +1,616 @@
+"""OpenAI Chat Completions on the simulator (PROTOCOLS.md §4.1-4.4, §7).
+
+Routes: ``POST /v1/chat/completions`` (streaming SSE or a plain JSON
+``chat.completion``) and ``GET /v1/models``. Both check ``Authorization:
+Bearer`` like OpenAI and answer failures with OpenAI's own bodies and headers,
+or with an OpenAI-compatible server's layout when the model's ``error_shape``
+asks for one. All statuses, messages and retry hints live in ``ERRORS``.
+
+A stream is: a role chunk sent with the headers at ``ttfb_ms``; optional
+``: keep-alive`` comments; content chunks from ``ttft_ms`` on, one every
+``inter_token_ms``; a chunk with an empty delta and ``finish_reason``; the usage
+chunk (``choices: []``) when asked for; ``data: [DONE]``. Every wait sleeps
+until an absolute deadline counted from the handler's entry, so slow writes
+never push later events back and the measured TTFT is the injected one.
+
+Non-streaming requests get the same auth, validation, error injection and
+timing (the JSON is sent when the last token would have been); the stream
+faults (midstream error, disconnect, stall, malformed chunk, keep-alives)
+apply to streams only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .scenario import ModelBehaviour
+
+if TYPE_CHECKING:
+    from .app import RequestDraws, RequestRecord, SimState
+
+__all__ = ["ERRORS", "ErrorSpec", "error_body", "mask_api_key", "plain_error", "register", "validate_request"]
+
+WORDS = (" from", " the", " modelwatch", " simulator", ",", " streaming", " one", " token", " at", " a", " time", ".")
+RATE_LIMIT_REQUESTS = 10_000
+RATE_LIMIT_TOKENS = 200_000
+SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    """How OpenAI answers one error kind; ``message`` may use {model} and {key}."""
+
+    status: int
+    reason: str
+    type: str | None
+    code: str | None
+    message: str
+    param: str | None = None
+    retry_after_s: float | None = None
+    html: bool = False
+
+
+ERRORS: dict[str, ErrorSpec] = {
+    "auth_error": ErrorSpec(
+        401, "Unauthorized", "invalid_request_error", "invalid_api_key",
+        "Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com/account/api-keys.",
+    ),
+    "quota_exhausted": ErrorSpec(
+        429, "Too Many Requests", "insufficient_quota", "insufficient_quota",
+        "You exceeded your current quota, please check your plan and billing details. For more information on "
+        "this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
+    ),
+    "rate_limited": ErrorSpec(
+        429, "Too Many Requests", "tokens", "rate_limit_exceeded",
+        "Rate limit reached for {model} in organization org-modelwatchsim on tokens per min (TPM): Limit 200000, "
+        "Used 199850, Requested 600. Please try again in 1s. "
+        "Visit https://platform.openai.com/account/rate-limits to learn more.",
+        retry_after_s=1,
+    ),
+    "overloaded": ErrorSpec(
+        503, "Service Unavailable", "service_unavailable_error", "slow_down",
+        "The engine is currently overloaded, please try again later", retry_after_s=2,
+    ),
+    "server_error": ErrorSpec(
+        500, "Internal Server Error", "server_error", None,
+        "The server had an error while processing your request. Sorry about that!",
+    ),
+    "bad_gateway": ErrorSpec(502, "Bad Gateway", None, None, "502 Bad Gateway", html=True),
+    "gateway_timeout": ErrorSpec(504, "Gateway Time-out", None, None, "504 Gateway Time-out", html=True),
+    "model_unavailable": ErrorSpec(
+        404, "Not Found", "invalid_request_error", "model_not_found",
+        "The model `{model}` does not exist or you do not have access to it.",
+    ),
+    "bad_request": ErrorSpec(
+        400, "Bad Request", "invalid_request_error", "unsupported_parameter",
+        "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+        param="max_tokens",
+    ),
+    # Groq's flex tier; the body layout is a best guess (PROTOCOLS.md §7 gives only the status).
+    "capacity_exceeded": ErrorSpec(
+        498, "Capacity Exceeded", "service_unavailable_error", "capacity_exceeded",
+        "Flex tier capacity exceeded. Please try again later.", retry_after_s=1,
+    ),
+}
+
+# Class-like ``type`` names used by vLLM's flat error objects.
+_VLLM_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
+               429: "RateLimitError", 498: "ServiceUnavailableError", 503: "ServiceUnavailableError"}
+_GOOGLE_STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
+                    498: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+_CDN_PAGE = (
+    "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n"
+    "<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n"
+)
+_MISSING_AUTH = "Missing bearer or basic authentication in header"
+_BAD_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP "
+    "library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you "
+    "have trouble figuring out how to fix this, please contact us through our help center at help.openai.com.)"
+)
+
+
+def error_body(spec: ErrorSpec, shape: str, message: str) -> Any:
+    """The JSON error body for ``spec`` in one of the ``error_shape`` layouts (§4.4, §7)."""
+    if shape == "openai_numeric_code":
+        return {"error": {"message": message, "type": spec.type, "param": spec.param, "code": spec.status}}
+    if shape == "vllm_flat":
+        vllm_type = _VLLM_TYPES.get(spec.status, "InternalServerError")
+        return {"object": "error", "message": message, "type": vllm_type, "param": spec.param, "code": spec.status}
+    if shape == "gemini_array":
+        status = _GOOGLE_STATUSES.get(spec.status, "UNKNOWN")
+        return [{"error": {"code": spec.status, "message": message, "status": status}}]
+    if shape == "mistral_detail":
+        return {"detail": "Unauthorized" if spec.status == 401 else message}
+    return {"error": {"message": message, "type": spec.type, "param": spec.param, "code": spec.code}}
+
+
+def plain_error(
+    status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+    param: str | None = None, headers: dict[str, str] | None = None,
+) -> web.Response:
+    """An OpenAI-shaped JSON error response (auth, validation, routing)."""
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return web.json_response(body, status=status, headers=headers, dumps=_to_json)
+
+
+def mask_api_key(key: str) -> str:
+    """Echo a key the way OpenAI's 401 message does: first 8, stars, last 4."""
+    if len(key) <= 12:
+        return key[:2] + "*" * max(4, len(key) - 2)
+    return key[:8] + "*" * (len(key) - 12) + key[-4:]
+
+
+def validate_request(body: Any) -> tuple[int, str, str | None, str | None] | None:
+    """Check a chat request body like OpenAI; returns (status, message, param, code) or None."""
+    if not isinstance(body, dict):
+        return 400, _BAD_JSON, None, None
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return 400, "you must provide a model parameter", None, None
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return 400, "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
+    if not messages:
+        return (400, "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an "
+                "empty array instead.", "messages", "empty_array")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            return (400, f"Invalid type for '{name}': expected an integer, but got {type(value).__name__} "
+                    "instead.", name, "invalid_type")
+        if value < 1:
+            return (400, f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got "
+                    f"{value} instead.", name, "integer_below_min_value")
+    return None
+
+
+def estimate_prompt_tokens(messages: list[Any]) -> int:
+    """Roughly count prompt tokens: ~4 characters a token plus OpenAI's per-message overhead."""
+    total = 3  # every reply is primed with <|start|>assistant<|message|>
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            content = " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+        # Odd content types are the client's problem, not a reason to fail the count.
+        total += 4 + math.ceil(len(content if isinstance(content, str) else "") / 4)
+    return total
+
+
+def content_piece(index: int) -> str:
+    """The text of content chunk ``index``: "OK", then words."""
+    return "OK" if index == 0 else WORDS[(index - 1) % len(WORDS)]
+
+
+def register(app: web.Application, state: SimState) -> None:
+    """Add the Chat Completions routes to the simulator app."""
+    handler = ChatCompletions(state)
+    app.router.add_post("/v1/chat/completions", handler.chat_completions)
+    app.router.add_get("/v1/models", handler.list_models)
+
+
+@dataclass
+class _Call:
+    """Everything one chat request needs, from arrival to the last byte."""
+
+    request: web.Request
+    record: RequestRecord
+    draws: RequestDraws
+    t0_perf: float
+    t0_loop: float
+    created: int = field(default_factory=lambda: int(time.time()))
+    api_key: str = ""
+    model: str = ""
+    behaviour: ModelBehaviour = field(default_factory=ModelBehaviour)
+    body: dict[str, Any] = field(default_factory=dict)
+    response: web.StreamResponse | None = None
+    chunks_written: int = 0
+
+    @property
+    def request_id(self) -> str:
+        return self.record.request_id
+
+    @property
+    def completion_id(self) -> str:
+        return "chatcmpl-" + _base62(self.draws.id_bits)
+
+    @property
+    def include_usage(self) -> bool:
+        options = self.body.get("stream_options")
+        return isinstance(options, dict) and options.get("include_usage") is True
+
+    @property
+    def obfuscate(self) -> bool:
+        options = self.body.get("stream_options")
+        return not (isinstance(options, dict) and options.get("include_obfuscation") is False)
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.t0_perf
+
+    def finish(self, status: int | None = None) -> None:
+        """Stamp the log entry; called just before the last byte goes out."""
+        if status is not None:
+            self.record.status = status
+        if self.record.actual_duration_s is None:
+            self.record.actual_duration_s = self.elapsed_s()
+
+
+class ChatCompletions:
+    """Request handlers for Chat Completions, bound to one simulator state."""
+
+    def __init__(self, state: SimState) -> None:
+        self.state = state
+
+    def _begin(self, request: web.Request) -> _Call:
+        """Start the clocks and the log entry before anything can await."""
+        t0_perf, t0_loop = time.perf_counter(), asyncio.get_running_loop().time()
+        draws = self.state.draw()
+        record = self.state.begin(f"req_{draws.id_bits:032x}", request.path)
+        return _Call(request, record, draws, t0_perf, t0_loop)
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        """``GET /v1/models``: the scenario's model names, behind the same auth."""
+        call = self._begin(request)
+        denied = self._authenticate(call)
+        if denied is not None:
+            return denied
+        data = [{"id": name, "object": "model", "created": 1686935002, "owned_by": "modelwatch-sim"}
+                for name in self.state.scenario.models]
+        call.record.outcome = "ok"
+        call.finish(200)
+        return web.json_response({"object": "list", "data": data}, headers=self._headers(call), dumps=_to_json)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/chat/completions``; client disconnects end it quietly."""
+        call = self._begin(request)
+        try:
+            return await self._answer(call)
+        except ConnectionError:
+            # The client hung up mid-answer: normal for probes with timeouts.
+            call.record.client_disconnected = True
+            return call.response or web.Response(status=499)
+        except asyncio.CancelledError:
+            call.record.client_disconnected = True
+            raise
+        finally:
+            call.finish()
+
+    async def _answer(self, call: _Call) -> web.StreamResponse:
+        """Authenticate, validate, pick the behaviour, then stream, complete or fail."""
+        denied = self._authenticate(call)
+        if denied is not None:
+            return denied
+        try:
+            body = json.loads(await call.request.read())
+        except ValueError:
+            body = None
+        problem = validate_request(body)
+        if problem is not None:
+            status, message, param, code = problem
+            return self._reject(call, "bad_request", plain_error(status, message, code=code, param=param))
+        call.body, call.model = body, body["model"]
+        call.record.model = call.model
+        behaviour = self.state.scenario.behaviour_for(call.model)
+        if behaviour is None:
+            return self._reject(call, "model_unavailable", self._error_response(call, "model_unavailable", "openai"))
+        call.behaviour = behaviour
+        kind = behaviour.injected_error(self.state.uptime_s(), call.draws.error_roll)
+        if kind is not None and kind != "content_blocked":
+            await _sleep_until(call.t0_loop + behaviour.ttfb_ms / 1000)
+            return self._reject(call, kind, self._error_response(call, kind, behaviour.error_shape))
+        call.record.outcome = kind or "ok"
+        call.record.injected_ttft_s = behaviour.first_token_delay_ms(call.draws.jitter_roll) / 1000
+        if body.get("stream") is True:
+            return await _Stream(call, self._headers(call)).run()
+        return await self._complete(call)
+
+    def _authenticate(self, call: _Call) -> web.Response | None:
+        """Check the bearer key like OpenAI; None when it is accepted."""
+        scheme, _, key = call.request.headers.get("Authorization", "").strip().partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            return self._reject(call, "auth_error", plain_error(401, _MISSING_AUTH))
+        call.api_key = key
+        if not self.state.scenario.accepts_key(key):
+            return self._reject(call, "auth_error", self._error_response(call, "auth_error", "openai"))
+        return None
+
+    def _reject(self, call: _Call, outcome: str, response: web.Response) -> web.Response:
+        """Add OpenAI's headers to an error response, log it and hand it back."""
+        call.record.outcome = outcome
+        response.headers.update(self._headers(call, outcome))
+        call.finish(response.status)
+        return response
+
+    def _error_response(self, call: _Call, kind: str, shape: str) -> web.Response:
+        """The response for an error kind: JSON in ``shape``, or a CDN HTML page."""
+        spec = ERRORS[kind]
+        if spec.html:
+            page = _CDN_PAGE.format(title=spec.message)
+            return web.Response(status=spec.status, reason=spec.reason, text=page, content_type="text/html")
+        message = spec.message.format(model=call.model, key=mask_api_key(call.api_key))
+        return web.json_response(error_body(spec, shape, message), status=spec.status, reason=spec.reason,
+                                 dumps=_to_json)
+
+    def _headers(self, call: _Call, kind: str | None = None) -> dict[str, str]:
+        """``x-request-id``, ``x-ratelimit-*`` and retry hints, as OpenAI sends them."""
+        left_in_minute = 60 - self.state.uptime_s() % 60
+        headers = {
+            "x-request-id": call.request_id,
+            "openai-version": "2020-10-01",
+            "openai-processing-ms": str(round(call.elapsed_s() * 1000)),
+            "x-ratelimit-limit-requests": str(RATE_LIMIT_REQUESTS),
+            "x-ratelimit-limit-tokens": str(RATE_LIMIT_TOKENS),
+            "x-ratelimit-remaining-requests": str(RATE_LIMIT_REQUESTS - 1),
+            "x-ratelimit-remaining-tokens": "0" if kind == "rate_limited" else str(RATE_LIMIT_TOKENS - 1000),
+            "x-ratelimit-reset-requests": go_duration(left_in_minute),
+            "x-ratelimit-reset-tokens": "1s" if kind == "rate_limited" else "0s",
+        }
+        retry_after = ERRORS[kind].retry_after_s if kind in ERRORS else None
+        if retry_after is not None:
+            headers["retry-after"] = f"{retry_after:g}"
+            headers["retry-after-ms"] = str(round(retry_after * 1000))
+        return headers
+
+    async def _complete(self, call: _Call) -> web.Response:
+        """A non-streaming ``chat.completion``, sent when the last token would be."""
+        behaviour = call.behaviour
+        count, finish_reason = _token_plan(call)
+        first_at = call.t0_loop + call.record.injected_ttft_s
+        await _sleep_until(first_at + max(count - 1, 0) * behaviour.inter_token_ms / 1000)
+        text = "".join(content_piece(i) for i in range(count))
+        message = {"role": "assistant", "content": text if count else None, "refusal": None, "annotations": []}
+        body = {
+            "id": call.completion_id, "object": "chat.completion", "created": call.created, "model": call.model,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+            "usage": _usage(call, count), "service_tier": "default", "system_fingerprint": _fingerprint(call.model),
+        }
+        headers = self._headers(call)
+        call.finish(200)
+        return web.json_response(body, headers=headers, dumps=_to_json)
+
+
+class _Stream:
+    """One SSE answer: role chunk, keep-alives, content, faults, finish, usage, [DONE]."""
+
+    def __init__(self, call: _Call, headers: dict[str, str]) -> None:
+        self.call = call
+        self.behaviour = call.behaviour
+        self.count, self.finish_reason = _token_plan(call)
+        self.first_at = call.t0_loop + call.record.injected_ttft_s
+        self.headers = headers
+        # OpenAI puts "usage": null on every chunk once the usage chunk is promised.
+        self.usage_chunk = call.include_usage and self.behaviour.usage_mode in ("include_usage", "x_groq")
+
+    async def run(self) -> web.StreamResponse:
+        """Send the whole stream; returns early when a fault ends it."""
+        call, behaviour = self.call, self.behaviour
+        await _sleep_until(call.t0_loop + behaviour.ttfb_ms / 1000)
+        response = web.StreamResponse(status=200, headers=self.headers)
+        response.headers["Content-Type"] = SSE_CONTENT_TYPE
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["openai-processing-ms"] = str(round(call.elapsed_s() * 1000))
+        call.response = response
+        call.record.status = 200
+        await response.prepare(call.request)
+        await self._send(self._chunk({"role": "assistant", "content": ""}))
+        await self._keepalive_until(self.first_at)
+        if not await self._content():
+            return response
+        # With no content (content_blocked, tokens: 0) the verdict still takes until ttft.
+        await _sleep_until(self.first_at)
+        await self._finish()
+        await response.write_eof()
+        return response
+
+    async def _content(self) -> bool:
+        """Send the content chunks and any injected fault; False if a fault ended the stream."""
+        gap = self.behaviour.inter_token_ms / 1000
+        stall = 0.0
+        for index in range(self.count + 1):
+            if index == self.count and not self._fault_at(index):
+                break
+            if index == self.behaviour.stall_after:
+                self.call.record.outcome = "stall"
+                if self.behaviour.stall_ms is None:
+                    await asyncio.Event().wait()  # silent until the client gives up
+                stall = self.behaviour.stall_ms / 1000
+            await _sleep_until(self.first_at + index * gap + stall)
+            if not await self._maybe_fault(index):
+                return False
+            if index < self.count:
+                await self._send(self._chunk({"content": content_piece(index)}))
+                if index == 0:
+                    self.call.record.actual_ttft_s = self.call.elapsed_s()
+        return True
+
+    def _fault_at(self, index: int) -> bool:
+        """Whether any fault is due after ``index`` content chunks."""
+        b = self.behaviour
+        return index in (b.stall_after, b.malformed_after, b.midstream_error_after, b.disconnect_after)
+
+    async def _maybe_fault(self, index: int) -> bool:
+        """Inject the faults due after ``index`` chunks; False if the stream must end."""
+        b, call = self.behaviour, self.call
+        if index == b.malformed_after:
+            call.record.outcome = "malformed"
+            await self._send("{not json")
+        if index == b.midstream_error_after:
+            call.record.outcome = "midstream_error"
+            call.finish()
+            await self._send(_to_json(_midstream_error(b.error_shape)))
+            await call.response.write_eof()
+            return False
+        if index == b.disconnect_after:
+            call.record.outcome = "disconnect"
+            call.finish()
+            reset_connection(call.request.transport)
+            return False
+        return True
+
+    async def _keepalive_until(self, deadline: float) -> None:
+        """Send ``: keep-alive`` comments while the first token is pending (DeepSeek style)."""
+        every_ms = self.behaviour.keepalive_every_ms
+        if not every_ms:
+            return
+        loop = asyncio.get_running_loop()
+        at = loop.time() + every_ms / 1000
+        while at < deadline:
+            await _sleep_until(at)
+            await self.call.response.write(b": keep-alive\n\n")
+            at += every_ms / 1000
+
+    async def _finish(self) -> None:
+        """Finish chunk, usage chunk and [DONE]; the log is stamped before the last one."""
+        call, mode = self.call, self.behaviour.usage_mode
+        usage = _usage(call, self.count if self.finish_reason != "content_filter" else 0)
+        extra: dict[str, Any] = {}
+        if mode == "always_final":
+            extra["usage"] = usage
+        elif mode == "x_groq":
+            extra["x_groq"] = {"id": call.request_id, "usage": {**_groq_times(call), **_basic_usage(usage)}}
+        events = [self._chunk({}, self.finish_reason, **extra)]
+        if self.usage_chunk:
+            events.append(self._chunk(None, usage=usage))
+        if self.behaviour.done:
+            events.append("[DONE]")
+        for event in events[:-1]:
+            await self._send(event)
+        call.finish()
+        await self._send(events[-1])
+
+    def _chunk(self, delta: dict | None, finish_reason: str | None = None, **extra: Any) -> str:
+        """One ``chat.completion.chunk``; ``delta=None`` means the ``choices: []`` usage chunk."""
+        call = self.call
+        choices = [] if delta is None else [
+            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+        chunk: dict[str, Any] = {
+            "id": call.completion_id, "object": "chat.completion.chunk", "created": call.created,
+            "model": call.model, "service_tier": "default", "system_fingerprint": _fingerprint(call.model),
+            "choices": choices,
+        }
+        if self.usage_chunk:
+            chunk["usage"] = None
+        chunk.update(extra)
+        if call.obfuscate:
+            chunk["obfuscation"] = _obfuscation(call.request_id, call.chunks_written)
+        call.chunks_written += 1
+        return _to_json(chunk)
+
+    async def _send(self, data: str) -> None:
+        """Write one SSE event in one write, so no event is split across TCP sends by us."""
+        await self.call.response.write(f"data: {data}\n\n".encode())
+
+
+def _token_plan(call: _Call) -> tuple[int, str]:
+    """How many content chunks to send and the finish_reason, honouring max tokens."""
+    behaviour = call.behaviour
+    if call.record.outcome == "content_blocked":
+        return 0, "content_filter"
+    cap = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
+    if cap is not None and cap < behaviour.tokens:
+        return cap, "length"
+    return behaviour.tokens, behaviour.finish_reason
+
+
+def _usage(call: _Call, completion_tokens: int) -> dict[str, Any]:
+    """A full Chat Completions usage object; total = prompt + completion."""
+    prompt = estimate_prompt_tokens(call.body.get("messages", []))
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0,
+                                      "rejected_prediction_tokens": 0},
+    }
+
+
+def _basic_usage(usage: dict[str, Any]) -> dict[str, int]:
+    """The three token counts, without the details objects (Groq's layout)."""
+    return {key: usage[key] for key in ("prompt_tokens", "completion_tokens", "total_tokens")}
+
+
+def _groq_times(call: _Call) -> dict[str, float]:
+    """Groq's timing fields inside ``x_groq.usage``, from the real elapsed time."""
+    total = call.elapsed_s()
+    first = call.record.actual_ttft_s or total
+    return {"queue_time": 0.0, "prompt_time": round(first, 6), "completion_time": round(total - first, 6),
+            "total_time": round(total, 6)}
+
+
+def _midstream_error(shape: str) -> Any:
+    """The ``data:`` payload of a mid-stream server error in ``shape``."""
+    spec = ERRORS["server_error"]
+    body = error_body(spec, shape, spec.message)
+    # vLLM wraps its flat error object in "error" when it fails mid-stream (§7).
+    return {"error": body} if shape == "vllm_flat" else body
+
+
+def _obfuscation(request_id: str, index: int) -> str:
+    """Deterministic filler for the ``obfuscation`` field (real OpenAI pads chunks with it)."""
+    return hashlib.blake2s(f"{request_id}:{index}".encode(), digest_size=6).hexdigest()
+
+
+def _fingerprint(model: str) -> str:
+    """A stable ``system_fingerprint`` per model name."""
+    return "fp_" + hashlib.sha256(model.encode()).hexdigest()[:10]
+
+
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _base62(number: int) -> str:
+    """Encode a non-negative int in [0-9A-Za-z], as OpenAI's ids look."""
+    digits = ""
+    while True:
+        number, digit = divmod(number, 62)
+        digits = _BASE62[digit] + digits
+        if not number:
+            return digits
+
+
+def go_duration(seconds: float) -> str:
+    """Format like Go's time.Duration, as OpenAI's reset headers do: ``12ms``, ``1.5s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{text}" if minutes else text
+
+
+async def _sleep_until(deadline: float) -> None:
+    """Sleep until a loop-clock deadline; absolute deadlines keep delays from adding up."""
+    delay = deadline - asyncio.get_running_loop().time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def reset_connection(transport: asyncio.BaseTransport | None) -> None:
+    """Abort a connection with a TCP RST, as a crashed upstream or proxy would."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            # SO_LINGER on with a zero timeout makes close() send RST instead of FIN.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()
+
+
+def _to_json(payload: Any) -> str:
+    """Compact JSON, as OpenAI writes it."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,261 @@
+"""Simulator scenarios: per-model behaviour loaded from a strict YAML file.
+
+A scenario says, for each model name, how the simulator answers: how long it
+waits, how many tokens it streams, and which failures it injects. Unknown keys
+anywhere are errors, so a typo cannot silently turn a fault off.
+
+Top-level keys
+    seed            int, default 1. Seeds the RNG, so request ids, error draws and
+                    jitter are the same on every run with the same request order.
+    keys            list of accepted API keys, default []. An empty list accepts
+                    any non-empty key except ones starting with ``sk-bad``, so tests
+                    can provoke a 401 without listing keys.
+    models          mapping of model name -> behaviour block (below).
+    default         behaviour block for names not in ``models``; null (the
+                    default) answers them with 404 ``model_not_found``.
+
+Behaviour block keys (all optional)
+    ttfb_ms         0. Delay from request receipt to the response headers.
+    ttft_ms         150. Delay from request receipt to the first non-empty
+                    content chunk; includes ``ttfb_ms``, so it may not be smaller.
+    jitter_ms       0. Uniform +/- jitter added to ``ttft_ms`` (never below ttfb).
+    inter_token_ms  15. Gap between content chunks.
+    tokens          8. Number of content chunks ("OK", then words).
+    finish_reason   stop | length | content_filter. Default stop.
+    errors          {error_kind: probability}; one draw per request, kinds
+                    tried in file order; probabilities must sum to <= 1.
+    error           one error kind for every request (beats ``errors``).
+    outages         [{every_s, for_s, error}]: during [k*every_s, k*every_s+for_s)
+                    of simulator uptime every request gets ``error`` (beats all).
+    midstream_error_after  N: after N content chunks send a ``data:`` error
+                    event (shape per ``error_shape``) and end without [DONE].
+    disconnect_after       N: after N content chunks reset the TCP connection.
+    stall_after     N: after N content chunks go silent for ``stall_ms``
+                    (null = until the client gives up), then carry on.
+    stall_ms        length of the stall; only valid with ``stall_after``.
+    malformed_after N: after N content chunks send ``data: {not json``, then
+                    carry on normally.
+    keepalive_every_ms  send ``: keep-alive`` SSE comments this often between
+                    the headers and the first content chunk.
+    usage_mode      include_usage (usage chunk only when the request sets
+                    stream_options.include_usage) | none | always_final (usage on
+                    the final chunk regardless) | x_groq (usage inside
+                    ``x_groq.usage`` of the final chunk). Default include_usage.
+    error_shape     openai | openai_numeric_code | vllm_flat | gemini_array |
+                    mistral_detail: the body layout of injected errors.
+    done            true. Send ``data: [DONE]`` at the end of a stream.
+
+Error kinds: auth_error, quota_exhausted, rate_limited, overloaded,
+server_error, bad_gateway, gateway_timeout, model_unavailable, bad_request,
+capacity_exceeded, content_blocked. Their statuses and bodies are defined by
+each protocol module (``openai_chat.ERRORS``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ERROR_KINDS",
+    "ErrorKind",
+    "ModelBehaviour",
+    "Outage",
+    "Scenario",
+    "ScenarioError",
+    "load_scenario",
+    "parse_scenario",
+]
+
+ErrorKind = Literal[
+    "auth_error",
+    "quota_exhausted",
+    "rate_limited",
+    "overloaded",
+    "server_error",
+    "bad_gateway",
+    "gateway_timeout",
+    "model_unavailable",
+    "bad_request",
+    "capacity_exceeded",
+    "content_blocked",
+]
+ERROR_KINDS: tuple[str, ...] = get_args(ErrorKind)
+
+UsageMode = Literal["include_usage", "none", "always_final", "x_groq"]
+ErrorShape = Literal["openai", "openai_numeric_code", "vllm_flat", "gemini_array", "mistral_detail"]
+
+NonNegative = Annotated[float, Field(ge=0)]
+Count = Annotated[int, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be used; the message is one line for humans."""
+
+
+class Outage(BaseModel):
+    """A recurring window of simulator uptime in which every request fails."""
+
+    model_config = _STRICT
+
+    every_s: Annotated[float, Field(gt=0)]
+    for_s: Annotated[float, Field(gt=0)]
+    error: ErrorKind
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> Outage:
+        if self.for_s > self.every_s:
+            raise ValueError(f"for_s ({self.for_s:g}) must not exceed every_s ({self.every_s:g})")
+        return self
+
+    def covers(self, uptime_s: float) -> bool:
+        """Whether ``uptime_s`` falls inside one of this outage's windows."""
+        return uptime_s % self.every_s < self.for_s
+
+
+class ModelBehaviour(BaseModel):
+    """How the simulator answers requests for one model name."""
+
+    model_config = _STRICT
+
+    ttfb_ms: NonNegative = 0
+    ttft_ms: NonNegative = 150
+    jitter_ms: NonNegative = 0
+    inter_token_ms: NonNegative = 15
+    tokens: Count = 8
+    finish_reason: Literal["stop", "length", "content_filter"] = "stop"
+    errors: dict[ErrorKind, Probability] = Field(default_factory=dict)
+    error: ErrorKind | None = None
+    outages: list[Outage] = Field(default_factory=list)
+    midstream_error_after: Count | None = None
+    disconnect_after: Count | None = None
+    stall_after: Count | None = None
+    stall_ms: NonNegative | None = None
+    malformed_after: Count | None = None
+    keepalive_every_ms: Annotated[float, Field(gt=0)] | None = None
+    usage_mode: UsageMode = "include_usage"
+    error_shape: ErrorShape = "openai"
+    done: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelBehaviour:
+        if self.ttfb_ms > self.ttft_ms:
+            raise ValueError(f"ttfb_ms ({self.ttfb_ms:g}) must not exceed ttft_ms ({self.ttft_ms:g})")
+        total = sum(self.errors.values())
+        if total > 1 + 1e-9:
+            raise ValueError(f"errors probabilities sum to {total:g}, more than 1")
+        if self.stall_ms is not None and self.stall_after is None:
+            raise ValueError("stall_ms has no effect without stall_after")
+        return self
+
+    def injected_error(self, uptime_s: float, roll: float) -> str | None:
+        """The error kind for one request, or None for a normal answer.
+
+        Outages win over ``error``, which wins over the random ``errors``;
+        ``roll`` is a uniform draw in [0, 1) made by the caller from the seeded RNG.
+        """
+        for outage in self.outages:
+            if outage.covers(uptime_s):
+                return outage.error
+        if self.error is not None:
+            return self.error
+        threshold = 0.0
+        for kind, probability in self.errors.items():
+            threshold += probability
+            if roll < threshold:
+                return kind
+        return None
+
+    def first_token_delay_ms(self, jitter_roll: float) -> float:
+        """``ttft_ms`` plus jitter from a uniform draw in [0, 1), never before ttfb."""
+        jitter = (2 * jitter_roll - 1) * self.jitter_ms
+        return max(self.ttfb_ms, self.ttft_ms + jitter)
+
+
+class Scenario(BaseModel):
+    """A whole simulator scenario: seed, accepted keys and per-model behaviour."""
+
+    model_config = _STRICT
+
+    seed: int = 1
+    keys: list[str] = Field(default_factory=list)
+    models: dict[str, ModelBehaviour] = Field(default_factory=dict)
+    default: ModelBehaviour | None = None
+
+    def behaviour_for(self, model: str) -> ModelBehaviour | None:
+        """The behaviour block for ``model``, the default block, or None (unknown)."""
+        return self.models.get(model, self.default)
+
+    def accepts_key(self, key: str) -> bool:
+        """Whether an API key passes the scenario's key policy."""
+        if self.keys:
+            return key in self.keys
+        return bool(key) and not key.startswith("sk-bad")
+
+
+_KNOWN_KEYS = sorted({*Scenario.model_fields, *ModelBehaviour.model_fields, *Outage.model_fields})
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario YAML file, raising ScenarioError on any problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read scenario: {exc.strerror or exc}") from exc
+    return parse_scenario(text, source=str(path))
+
+
+def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
+    """Validate scenario YAML text; ``source`` names the file in error messages."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError(f"{source}: {where}invalid YAML: {problem}") from exc
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: top level must be a mapping, got {type(data).__name__}")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(_describe(exc, source)) from None
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    """One line naming the file, the key path and the reason of the first error."""
+    first = exc.errors()[0]
+    loc = [part for part in first["loc"] if part != "[key]"]
+    path = _key_path(loc) or "(top level)"
+    reason = _reason(first, loc)
+    more = exc.error_count() - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {path}: {reason}{suffix}"
+
+
+def _key_path(loc: list[str | int]) -> str:
+    """Render a pydantic location as ``models.gpt-4o.outages[0].error``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _reason(error: dict, loc: list[str | int]) -> str:
+    """A short human reason for one pydantic error, without pydantic's URL dump."""
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        hint = difflib.get_close_matches(str(loc[-1]), _KNOWN_KEYS, n=1)
+        return "unknown key" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+    if kind == "missing":
+        return "required key is missing"
+    message = error["msg"]
+    # model_validator errors arrive as "Value error, <our message>".
+    return message.removeprefix("Value error, ")
