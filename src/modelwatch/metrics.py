@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import platform
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from modelwatch import __version__
 from modelwatch.config import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeResult
+
+# The *_created series would double what every scrape renders and say nothing useful here.
+disable_created_metrics()
 
 LLM_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 13, 20, 30, 60)
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
