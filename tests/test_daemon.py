@@ -128,3 +128,34 @@ def test_sigint_also_stops_with_exit_zero(tmp_path, sim_url):
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 0
+
+
+def test_concurrency_is_bounded_per_provider_and_globally(tmp_path, sim_url):
+    port = free_port()
+    db = tmp_path / "mw.db"
+    cfg = tmp_path / "c.yaml"
+    targets = "".join(f"  - {{name: one{i}, provider: narrow, model: fixed-ttft, probes: [{{kind: rest}}]}}\n"
+                      for i in range(3))
+    targets += "".join(f"  - {{name: wide{i}, provider: wide, model: fixed-ttft, probes: [{{kind: rest}}]}}\n"
+                       for i in range(4))
+    cfg.write_text(
+        f"storage: {{path: {db}}}\nserver: {{listen: '127.0.0.1:{port}'}}\n"
+        "max_concurrent_probes: 3\ndefaults: {interval: 300ms, timeout: 3s}\nproviders:\n"
+        f"  narrow: {{type: openai, base_url: '{sim_url}/v1', api_key: sk-t-0000000000, max_concurrent_probes: 1}}\n"
+        f"  wide: {{type: openai, base_url: '{sim_url}/v1', api_key: sk-t-0000000000}}\n"
+        f"targets:\n{targets}")
+    with running_daemon(cfg, port) as (_, url):
+        wait_for(lambda: metric(http_get(url + "/metrics") or "", "modelwatch_probes_total") >= 20, 20)
+
+    def max_overlap(spans):
+        events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+        level = peak = 0
+        for _, step in events:
+            level += step
+            peak = max(peak, level)
+        return peak
+
+    stored = rows(db)
+    spans = lambda pred: [(r["ts"], r["ts"] + r["duration_s"] - 0.002) for r in stored if pred(r)]
+    assert max_overlap(spans(lambda r: r["provider"] == "narrow")) == 1
+    assert max_overlap(spans(lambda r: True)) == 3  # the global bound, reached and held

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from importlib import resources
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import click
 from modelwatch import __version__
 from modelwatch.config import ConfigError, ProbeJob, default_config_path, load_config, parse_duration
 from modelwatch.logs import LEVELS, setup_logging, stop_logging
-from modelwatch.outcomes import COLUMNS, Outcome, ProbeResult
+from modelwatch.outcomes import Outcome, ProbeResult
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 

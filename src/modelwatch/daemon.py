@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 

@@ -73,7 +73,7 @@ class Secret:
         )
 
     @classmethod
-    def _validate(cls, value: Any) -> "Secret":
+    def _validate(cls, value: Any) -> Secret:
         if isinstance(value, Secret):
             return value
         if not isinstance(value, str):

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import ssl
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
@@ -44,7 +44,7 @@ class Measurement:
     __slots__ = ("start", "phase", "connect_s", "ttfb_s", "ttft_s", "duration_s", "http_status",
                  "input_tokens", "output_tokens", "request_id", "bytes_read", "budget", "_scope")
 
-    def __init__(self, budget: "Budget") -> None:
+    def __init__(self, budget: Budget) -> None:
         self.start = time.perf_counter()
         self.phase = "connect"
         self.connect_s = self.ttfb_s = self.ttft_s = self.duration_s = None
