@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from modelwatch import __version__
+from modelwatch import __version__, loop
 from modelwatch.config import ConfigError, ProbeJob, default_config_path, load_config, parse_duration
 from modelwatch.logs import LEVELS, setup_logging, stop_logging
 from modelwatch.outcomes import Outcome, ProbeResult
@@ -92,7 +92,7 @@ def run(config_path: str | None) -> None:
     """
     config = _load(config_path)
     _start_logging()
-    asyncio.run(_run_daemon(config))
+    loop.run(_run_daemon(config))
 
 
 async def _run_daemon(config, on_ready=None, stop_after: float | None = None) -> None:  # noqa: ANN001
@@ -140,7 +140,7 @@ def probe(config_path: str | None, targets: tuple[str, ...], kind: str | None, a
             return await asyncio.gather(*(run_probe(j, http, prober_for(j.provider.type, j.probe.kind))
                                           for j in jobs))
 
-    results = asyncio.run(all_once())
+    results = loop.run(all_once())
     for r in results:
         click.echo(json.dumps(r.as_row()) if as_json else format_result(r))
     if any(r.outcome != Outcome.OK.value for r in results):
@@ -264,7 +264,7 @@ def demo(duration: str | None, db_path: str | None) -> None:
                        f"  metrics:   {url}/metrics\n  health:    {url}/-/healthy\n"
                        f"  simulator: {sim_url}\n  database:  {db}\n"
                        f"  report:    modelwatch report --db {db}")
-        asyncio.run(_run_daemon(config, ready, stop_after))
+        loop.run(_run_daemon(config, ready, stop_after))
     finally:
         sim_proc.terminate()
         sim_proc.wait(10)

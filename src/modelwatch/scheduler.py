@@ -1,11 +1,18 @@
 """Probe cadence: ``schedule`` decides when, asyncio runs the probes.
 
-Each job is a ``schedule`` interval job whose first run is offset so that
-start times spread evenly over the interval (no thundering herd). Runs keep
-their phase (the next run is the planned time plus the interval, not "now"
-plus the interval), a run that finds its previous run still going is skipped
-and counted, and concurrency is bounded globally and per provider. Firing a
-run only creates a task, so a slow probe never delays another.
+Probes that share an interval form one *cadence*: a single ``schedule`` job
+that fires every ``interval / n`` seconds and starts the next of its ``n``
+probes in turn. So start times are spread evenly over the interval (no
+thundering herd, at start-up or ever), each probe still runs once per
+interval, and the scheduler's own work per wake-up depends on the number of
+distinct intervals, not on the number of targets. Slots keep their phase (the
+next slot is the planned one plus the period, not "now" plus the period); a
+loop that wakes late starts the slots it missed, and one that fell more than
+a whole interval behind skips ahead instead of bursting.
+
+A probe whose previous run is still going is skipped and counted, and
+concurrency is bounded globally and per provider. Firing only creates a task,
+so a slow probe never delays another.
 """
 
 from __future__ import annotations
@@ -23,6 +30,35 @@ from modelwatch.metrics import ProbeMetrics
 log = logging.getLogger("modelwatch.scheduler")
 
 MAX_SLEEP_S = 1.0  # wake at least this often, so reloads and stops are noticed
+Key = tuple[str, str]
+
+
+class _Cadence:
+    """The probes sharing one interval, started in turn by one schedule job."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.members: list[Key] = []
+        self.turn = 0
+        self.next_slot: dt.datetime | None = None
+        self.sjob: schedule.Job | None = None
+
+    @property
+    def period(self) -> dt.timedelta:
+        return dt.timedelta(seconds=self.interval / max(len(self.members), 1))
+
+    def due(self, now: dt.datetime) -> list[Key]:
+        """The members whose slots have come, advancing the slot clock past ``now``."""
+        keys: list[Key] = []
+        slot = self.next_slot or now
+        while slot <= now and len(keys) < len(self.members):
+            keys.append(self.members[self.turn % len(self.members)])
+            self.turn = (self.turn + 1) % len(self.members)
+            slot += self.period
+        if slot <= now:  # more than a whole interval behind (a stall): skip, don't burst
+            slot = now + self.period
+        self.next_slot = slot
+        return keys
 
 
 class Scheduler:
@@ -35,74 +71,82 @@ class Scheduler:
         self._sched = schedule.Scheduler()
         self._global = asyncio.Semaphore(max_concurrent)
         self._per_provider: dict[str, asyncio.Semaphore] = {}
-        self._entries: dict[tuple[str, str], tuple[ProbeJob, schedule.Job]] = {}
-        self._running: dict[tuple[str, str], asyncio.Task] = {}
-        self._fired: list[tuple[schedule.Job, dt.datetime, dt.timedelta]] = []
+        self._jobs: dict[Key, ProbeJob] = {}
+        self._cadences: dict[float, _Cadence] = {}
+        self._running: dict[Key, asyncio.Task] = {}
         self._wake = asyncio.Event()
 
     @property
     def jobs(self) -> list[ProbeJob]:
         """The jobs scheduled now."""
-        return [job for job, _ in self._entries.values()]
+        return list(self._jobs.values())
 
     def set_jobs(self, jobs: tuple[ProbeJob, ...] | list[ProbeJob]) -> tuple[list, list]:
-        """Schedule exactly these jobs; unchanged ones keep their cadence. Returns (added, removed)."""
+        """Schedule exactly these jobs; unchanged ones keep their place. Returns (added, removed)."""
         wanted = {job.key: job for job in jobs}
-        removed = [job for key, (job, _) in self._entries.items() if wanted.get(key) != job]
+        removed = [job for key, job in self._jobs.items() if wanted.get(key) != job]
+        added = [job for key, job in wanted.items() if self._jobs.get(key) != job]
+        touched = set()
         for job in removed:
-            self._sched.cancel_job(self._entries.pop(job.key)[1])
-        added = [job for key, job in wanted.items() if key not in self._entries]
+            del self._jobs[job.key]
+            self._cadences[job.probe.interval].members.remove(job.key)
+            touched.add(job.probe.interval)
+        for job in added:
+            self._jobs[job.key] = job
+            self._cadences.setdefault(job.probe.interval, _Cadence(job.probe.interval)).members.append(job.key)
+            touched.add(job.probe.interval)
         now = dt.datetime.now()
-        for i, job in enumerate(added):
-            sjob = self._sched.every(job.probe.interval).seconds
-            sjob.do(self._fire, job.key, sjob)
-            offset = job.probe.interval * i / max(len(added), 1)
-            sjob.next_run = now + dt.timedelta(seconds=offset)
-            self._entries[job.key] = (job, sjob)
+        for n, interval in enumerate(sorted(touched)):
+            self._retime(self._cadences[interval], now, offset=n / max(len(touched), 1))
         self._wake.set()
         return added, removed
 
+    def _retime(self, cadence: _Cadence, now: dt.datetime, offset: float) -> None:
+        if cadence.sjob is not None:
+            self._sched.cancel_job(cadence.sjob)
+            cadence.sjob = None
+        if not cadence.members:
+            del self._cadences[cadence.interval]
+            return
+        if cadence.next_slot is None:  # a new cadence: stagger it against the others
+            cadence.next_slot = now + cadence.period * offset
+        sjob = self._sched.every(cadence.period.total_seconds()).seconds
+        sjob.do(self._fire, cadence)
+        sjob.next_run = cadence.next_slot
+        cadence.sjob = sjob
+
     async def run(self) -> None:
-        """Fire due jobs until cancelled."""
+        """Fire due slots until cancelled."""
         while True:
             idle = self._sched.idle_seconds
             delay = MAX_SLEEP_S if idle is None else min(max(idle, 0.0), MAX_SLEEP_S)
             self._wake.clear()
             if delay > 0:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):  # no extra task per wake-up, unlike wait_for
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
             try:
                 self._sched.run_pending()
             except Exception:  # noqa: BLE001 - the schedule must outlive any one bad run
                 log.exception("scheduler run failed")
-            finally:
-                self._keep_phase()
+            for cadence in self._cadences.values():  # schedule reschedules from "now": undo that
+                if cadence.sjob is not None:
+                    cadence.sjob.next_run = cadence.next_slot
 
-    def _fire(self, key: tuple[str, str], sjob: schedule.Job) -> None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return
-        job = entry[0]
-        self._fired.append((sjob, sjob.next_run, dt.timedelta(seconds=job.probe.interval)))
-        if key in self._running:
+    def _fire(self, cadence: _Cadence) -> None:
+        for key in cadence.due(dt.datetime.now()):
+            self._start(self._jobs[key])
+
+    def _start(self, job: ProbeJob) -> None:
+        if job.key in self._running:
             self._metrics.skipped.labels(*self._metrics.job_labels(job)).inc()
             log.info("run skipped, previous still going target=%s kind=%s", job.target, job.probe.kind)
             return
         task = asyncio.get_running_loop().create_task(self._guarded(job))
-        self._running[key] = task
-        task.add_done_callback(lambda _t, k=key: self._running.pop(k, None))
-
-    def _keep_phase(self) -> None:
-        """Next run = planned + interval (skipping missed slots), not now + interval."""
-        now = dt.datetime.now()
-        for sjob, planned, period in self._fired:
-            nxt = planned + period
-            while nxt <= now:
-                nxt += period
-            sjob.next_run = nxt
-        self._fired.clear()
+        self._running[job.key] = task
+        task.add_done_callback(lambda _t, k=job.key: self._running.pop(k, None))
 
     async def _guarded(self, job: ProbeJob) -> None:
         sem = self._per_provider.setdefault(

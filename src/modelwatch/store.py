@@ -90,19 +90,20 @@ class Store:
         self.retention_s = retention_s
         self._on_error = on_error or (lambda: None)
         self._on_pending = on_pending or (lambda n: None)
-        self._queue: queue.SimpleQueue[ProbeResult | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[ProbeResult] = queue.SimpleQueue()
+        self._closing = threading.Event()
         self._db = open_db(self.path)
         self._thread = threading.Thread(target=self._run, name="modelwatch-store", daemon=True)
         self._failing = False
         self._thread.start()
 
     def submit(self, result: ProbeResult) -> None:
-        """Queue a result for writing; never blocks."""
+        """Queue a result for writing; never blocks, never wakes the writer."""
         self._queue.put(result)
 
     def close(self, timeout: float = 10.0) -> None:
         """Write everything queued, commit and stop the writer."""
-        self._queue.put(None)
+        self._closing.set()
         self._thread.join(timeout)
 
     def _run(self) -> None:
@@ -121,15 +122,17 @@ class Store:
         self._db.conn.close()
 
     def _collect(self, pending: list[dict]) -> bool:
-        """Gather rows for one commit window; True once close() was asked for."""
-        deadline = time.monotonic() + COMMIT_EVERY_S
+        """Wait one commit window, then take every queued row; True once close() was asked for.
+
+        Waking once per window rather than once per row keeps the writer from
+        competing with the event loop for the GIL on every probe.
+        """
+        closing = self._closing.wait(COMMIT_EVERY_S)
         while True:
             try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                item = self._queue.get_nowait()
             except queue.Empty:
-                return False
-            if item is None:
-                return True
+                return closing
             if len(pending) >= MAX_PENDING_ROWS:
                 pending.pop(0)  # bounded memory: the oldest unwritable row goes first
             pending.append(item.as_row())

@@ -32,6 +32,8 @@ from typing import Any
 
 from aiohttp import web
 
+from modelwatch import loop
+
 from . import openai_chat
 from .scenario import Scenario
 
@@ -217,7 +219,7 @@ def serve(listen: str, scenario: Scenario, on_ready: Callable[[str], Any] | None
     """
     host, port = parse_listen(listen)
     try:
-        asyncio.run(_serve_until_signal(host, port, scenario, on_ready))
+        loop.run(_serve_until_signal(host, port, scenario, on_ready))
     except KeyboardInterrupt:
         # Only reachable if Ctrl-C lands before the signal handlers are installed.
         pass
