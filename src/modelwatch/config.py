@@ -110,6 +110,9 @@ class ProbeSettings(_Strict):
     max_tokens_field: Literal["max_completion_tokens", "max_tokens"] | None = None
     max_response_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
     enabled: bool = True
+    modality: Literal["text", "audio"] = "text"
+    interface: Literal["ga", "beta"] = "ga"
+    voice: str = Field("alloy", min_length=1, max_length=64)
 
 
 class ProbeConfig(ProbeSettings):
@@ -126,6 +129,7 @@ class ProviderConfig(_Strict):
     api_key: Secret | None = None
     api_key_file: Path | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    api_version: str | None = Field(None, min_length=1, max_length=64)
     max_concurrent_probes: int = Field(8, ge=1, le=1000)
 
     @field_validator("base_url")

@@ -100,6 +100,8 @@ class ProbeResult:
     output_tokens: int | None = None
     request_id: str | None = None
     location: str | None = None
+    input_audio_tokens: int | None = None
+    output_audio_tokens: int | None = None
 
     def as_row(self) -> dict:
         """The result as a dict keyed by column name."""

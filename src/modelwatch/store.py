@@ -51,6 +51,13 @@ def m001_probe_results(db: sqlite_utils.Database) -> None:
     db["probe_results"].create_index(["target", "kind", "ts"])
 
 
+@migration
+def m002_audio_tokens(db: sqlite_utils.Database) -> None:
+    """Audio token details of realtime probes."""
+    db["probe_results"].add_column("input_audio_tokens", int)
+    db["probe_results"].add_column("output_audio_tokens", int)
+
+
 def open_db(path: str | Path) -> sqlite_utils.Database:
     """Open (creating) a database in WAL mode with all migrations applied."""
     path = Path(path)
@@ -165,5 +172,5 @@ class Store:
 
 
 _COLUMN_TYPES = {name: (float if name.endswith("_s") or name == "ts" else
-                        int if name in ("http_status", "input_tokens", "output_tokens") else str)
+                        int if name == "http_status" or name.endswith("_tokens") else str)
                  for name in COLUMNS}

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from modelwatch.probes.base import Prober
 from modelwatch.probes.openai_chat import probe_openai_chat
+from modelwatch.probes.openai_realtime import probe_openai_realtime
 
 PROBERS: dict[tuple[str, str], Prober] = {
     ("openai", "rest"): probe_openai_chat,
     ("openai-compatible", "rest"): probe_openai_chat,
+    ("azure-openai", "rest"): probe_openai_chat,
+    ("openai", "realtime"): probe_openai_realtime,
+    ("openai-compatible", "realtime"): probe_openai_realtime,
+    ("azure-openai", "realtime"): probe_openai_realtime,
 }
 
 

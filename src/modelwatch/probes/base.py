@@ -24,6 +24,7 @@ import asyncio
 import logging
 import ssl
 import time
+from contextvars import ContextVar
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -42,18 +43,25 @@ class Measurement:
     """Phase timestamps and facts a prober collects, relative to the probe start."""
 
     __slots__ = ("start", "phase", "connect_s", "ttfb_s", "ttft_s", "duration_s", "http_status",
-                 "input_tokens", "output_tokens", "request_id", "bytes_read", "budget", "_scope")
+                 "input_tokens", "output_tokens", "input_audio_tokens", "output_audio_tokens",
+                 "request_id", "bytes_read", "byte_limit", "budget", "websocket", "handshake_body",
+                 "_scope")
 
-    def __init__(self, budget: Budget) -> None:
+    def __init__(self, budget: Budget, byte_limit: int) -> None:
         self.start = time.perf_counter()
         self.phase = "connect"
         self.connect_s = self.ttfb_s = self.ttft_s = self.duration_s = None
         self.http_status: int | None = None
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
+        self.input_audio_tokens: int | None = None
+        self.output_audio_tokens: int | None = None
         self.request_id: str | None = None
         self.bytes_read = 0
+        self.byte_limit = byte_limit
         self.budget = budget
+        self.websocket = False
+        self.handshake_body: bytes | None = None
         self._scope: asyncio.Timeout | None = None
 
     def elapsed(self) -> float:
@@ -65,6 +73,12 @@ class Measurement:
         self.phase = phase
         if self._scope is not None:
             self._scope.reschedule(self.budget.deadline(phase))
+
+    def finishing(self, grace_s: float) -> None:
+        """The outcome is decided: allow ``grace_s`` more for tidying up (closing a socket)."""
+        self.phase = "close"
+        if self._scope is not None:
+            self._scope.reschedule(asyncio.get_running_loop().time() + grace_s)
 
 
 class Budget:
@@ -78,7 +92,9 @@ class Budget:
         self._start = loop_start
         connect = p.connect_timeout or min(DEFAULT_CONNECT_TIMEOUT, p.timeout)
         first = p.ttft_timeout or p.timeout
-        self._limits = {"connect": connect, "ttfb": first, "ttft": first, "total": p.timeout}
+        # REST phases, then the realtime stages that must also come before the first token.
+        self._limits = {"connect": connect, "ttfb": first, "ttft": first, "total": p.timeout,
+                        "session": first, "configure": first}
 
     def deadline(self, phase: str) -> float:
         """Loop time by which ``phase`` must be reached."""
@@ -92,8 +108,9 @@ async def run_probe(job: ProbeJob, http: aiohttp.ClientSession, prober: Prober) 
     """Run one probe attempt to its end and classify how it ended."""
     ts = time.time()
     loop = asyncio.get_running_loop()
-    m = Measurement(Budget(job, loop.time()))
+    m = Measurement(Budget(job, loop.time()), job.probe.max_response_bytes)
     outcome, code, message = Outcome.OK, None, None
+    token = _current.set(m)
     try:
         async with asyncio.timeout_at(m.budget.deadline("connect")) as scope:
             m._scope = scope
@@ -102,6 +119,8 @@ async def run_probe(job: ProbeJob, http: aiohttp.ClientSession, prober: Prober) 
         outcome, code, message = exc.outcome, exc.error_code, exc.message
         m.http_status = exc.http_status or m.http_status
     except TimeoutError:
+        if m.phase == "close":  # the result was complete; only the goodbye was slow
+            return _result(job, ts, m, outcome, code, message)
         phase = "total" if loop.time() >= m.budget.deadline("total") - 1e-3 else m.phase
         outcome, code = Outcome.TIMEOUT, phase
         message = f"no {phase} within its budget" if phase != "total" else f"probe exceeded {job.probe.timeout:g}s"
@@ -109,14 +128,21 @@ async def run_probe(job: ProbeJob, http: aiohttp.ClientSession, prober: Prober) 
         outcome, code, message = classify_transport_error(exc, m)
     finally:
         m._scope = None
+        _current.reset(token)
+    return _result(job, ts, m, outcome, code, message)
+
+
+def _result(job: ProbeJob, ts: float, m: Measurement, outcome: Outcome, code: str | None,
+            message: str | None) -> ProbeResult:
     return ProbeResult(
         ts=ts, target=job.target, provider=job.provider_name, model=job.model, kind=job.probe.kind,
         outcome=outcome.value, http_status=m.http_status, error_code=code,
         error=short_error(message) if message else None,
         connect_s=_r(m.connect_s), ttfb_s=_r(m.ttfb_s), ttft_s=_r(m.ttft_s),
         duration_s=_r(m.duration_s) if outcome is Outcome.OK else _r(m.elapsed()),
-        input_tokens=m.input_tokens, output_tokens=m.output_tokens, request_id=m.request_id,
-        location=job.location,
+        input_tokens=m.input_tokens, output_tokens=m.output_tokens,
+        input_audio_tokens=m.input_audio_tokens, output_audio_tokens=m.output_audio_tokens,
+        request_id=m.request_id, location=job.location,
     )
 
 
@@ -145,33 +171,46 @@ def classify_transport_error(exc: BaseException, m: Measurement) -> tuple[Outcom
     return Outcome.PROTOCOL_ERROR, "internal", f"{type(exc).__name__}: {exc}"
 
 
-def connect_trace() -> aiohttp.TraceConfig:
-    """A trace that stamps ``connect_s`` when TCP (and TLS) is up and moves to the ttfb budget."""
-    trace = aiohttp.TraceConfig(trace_config_ctx_factory=_TraceCtx)
+# The probe the current task is running: trace callbacks run in the request's task, so
+# they find it here (aiohttp's ws_connect has no per-request trace context).
+_current: ContextVar[Measurement | None] = ContextVar("modelwatch_measurement", default=None)
+
+
+def probe_trace() -> aiohttp.TraceConfig:
+    """Hooks into every probe request: stamp ``connect_s``, keep a refused WebSocket
+    upgrade's body for classification, and refuse every redirect (a key must never
+    follow one to another origin)."""
+    trace = aiohttp.TraceConfig()
 
     async def connected(session, ctx, params) -> None:  # noqa: ANN001 - aiohttp's signature
-        m = ctx.trace_request_ctx
-        if isinstance(m, Measurement) and m.connect_s is None:
+        m = _current.get()
+        if m is not None and m.connect_s is None:
             m.connect_s = m.elapsed()
             m.enter("ttfb")
 
+    async def responded(session, ctx, params) -> None:  # noqa: ANN001
+        m = _current.get()
+        if m is not None and m.websocket and params.response.status != 101:
+            # ws_connect drops the body of a refused upgrade; read it while we can.
+            m.handshake_body = await params.response.content.read(65536)
+
+    async def redirected(session, ctx, params) -> None:  # noqa: ANN001
+        raise ProbeFailure(Outcome.PROTOCOL_ERROR, "redirect",
+                           f"HTTP {params.response.status} redirect (not followed)",
+                           http_status=params.response.status)
+
     trace.on_connection_create_end.append(connected)
+    trace.on_request_end.append(responded)
+    trace.on_request_redirect.append(redirected)
     trace.freeze()
     return trace
-
-
-class _TraceCtx:
-    __slots__ = ("trace_request_ctx",)
-
-    def __init__(self, trace_request_ctx=None) -> None:  # noqa: ANN001
-        self.trace_request_ctx = trace_request_ctx
 
 
 def new_http_session(limit: int = 0) -> aiohttp.ClientSession:
     """The probe HTTP client: a fresh connection per probe, no redirects, no cookies."""
     connector = aiohttp.TCPConnector(force_close=True, limit=limit, use_dns_cache=False)
     return aiohttp.ClientSession(
-        connector=connector, trace_configs=[connect_trace()], auto_decompress=False,
+        connector=connector, trace_configs=[probe_trace()], auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=None),
         skip_auto_headers=("User-Agent",),
     )

@@ -13,6 +13,7 @@ import json
 import re
 import time
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -50,9 +51,16 @@ def build_request(job: ProbeJob) -> tuple[str, dict[str, str], bytes]:
     }
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
                "Accept-Encoding": "identity", "User-Agent": "modelwatch", **job.provider.headers}
-    if job.api_key is not None:
+    url = f"{job.provider.base_url}/chat/completions"
+    if job.provider.type == "azure-openai":
+        if job.provider.api_version:  # the dated form: the deployment is in the path
+            url = (f"{job.provider.base_url}/deployments/{quote(job.model, safe='')}/chat/completions"
+                   f"?api-version={quote(job.provider.api_version)}")
+        if job.api_key is not None:
+            headers["api-key"] = job.api_key.reveal()
+    elif job.api_key is not None:
         headers["Authorization"] = f"Bearer {job.api_key.reveal()}"
-    return f"{job.provider.base_url}/chat/completions", headers, json.dumps(body).encode()
+    return url, headers, json.dumps(body).encode()
 
 
 def _norm(value: Any) -> str:
@@ -125,7 +133,8 @@ def classify_openai_error(status: int | None, body: Any) -> tuple[Outcome, str, 
     if names & _SERVER:
         return Outcome.SERVER_ERROR, error_code, message
     if status is None:
-        return Outcome.SERVER_ERROR, error_code, message
+        bad = "invalid_request_error" in names
+        return (Outcome.BAD_REQUEST if bad else Outcome.SERVER_ERROR), error_code, message
     return outcome_for_status(status), error_code, message
 
 
@@ -221,8 +230,7 @@ def _int(value: Any) -> int | None:
 async def probe_openai_chat(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
     """One streamed Chat Completions request, timed phase by phase."""
     url, headers, body = build_request(job)
-    async with http.post(url, data=body, headers=headers, allow_redirects=False,
-                         trace_request_ctx=m) as resp:
+    async with http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
         m.ttfb_s = m.elapsed()
         m.http_status = resp.status
         m.request_id = resp.headers.get("x-request-id")
