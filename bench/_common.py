@@ -31,8 +31,9 @@ def modelwatch_cmd(*args: str) -> list[str]:
 
 def start_sim(scenario: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """Start ``modelwatch sim`` on a free loopback port; return (process, base URL)."""
-    proc = subprocess.Popen(modelwatch_cmd("sim", "--listen", "127.0.0.1:0", "--scenario", str(scenario)),
-                            stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
+    with open(log, "w") as err:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(modelwatch_cmd("sim", "--listen", "127.0.0.1:0", "--scenario", str(scenario)),
+                                stdout=subprocess.PIPE, stderr=err, text=True)
     line = proc.stdout.readline() if proc.stdout else ""
     match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
     if not match:
@@ -160,3 +161,23 @@ def replace_section(path: Path, marker: str, body: str) -> None:
     else:
         text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
     path.write_text(text, encoding="utf-8")
+
+
+def code_version(loop: str | None = None) -> str:
+    """Commit of the tree being measured (read-only git calls) and the daemon's loop (default: its own choice)."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=False).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "src"],
+                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        head, dirty = "unknown", ""
+    if loop is None:
+        try:
+            from modelwatch.loop import loop_name
+
+            loop = loop_name()
+        except ImportError:
+            loop = "asyncio"
+    return f"modelwatch {head}{' (src modified)' if dirty else ''}, {loop} loop"

@@ -30,7 +30,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 _SAMPLE = re.compile(r'^(probe_success|probe_duration_seconds|probe_http_duration_seconds)'
-                     r'(?:\{phase="(\w+)"\})?\s+(\S+)$', re.M)
+                     r'(?:\{phase="(\w+)"\})?\s+(\S+)$', re.MULTILINE)
 
 
 def parse_probe(text: str) -> dict:

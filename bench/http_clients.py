@@ -13,6 +13,9 @@ Clients (``--clients``):
   aiohttp        aiohttp.ClientSession (what the probe uses)
   openai         the openai SDK's streaming create() (on httpx; parses every chunk)
 
+Event loops (``--loops``): ``asyncio`` (the standard loop) and ``uvloop``, the
+loop the daemon runs on where installed.
+
 Connections (``--connections``): ``fresh`` opens a new TCP connection per
 request, as a probe does (aiohttp TCPConnector(force_close=True), httpx with no
 keep-alive); ``keepalive`` reuses pooled connections, for reference.
@@ -31,17 +34,23 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (cpu_model, fmt, markdown_table, replace_section, start_sim,  # noqa: E402
-                     stop_process)
+from _common import (
+    cpu_model,
+    fmt,
+    markdown_table,
+    replace_section,
+    start_sim,
+    stop_process,
+)
 
-from modelwatch.sse import SSEDecoder  # noqa: E402
+from modelwatch.sse import SSEDecoder
 
 CLIENTS = ("httpx", "httpx-aiohttp", "aiohttp", "openai")
 SCENARIO = """\
@@ -69,11 +78,13 @@ def check_events(decoder: SSEDecoder, chunks: list[bytes]) -> None:
 
 
 def _httpx_limits(mode: str) -> httpx.Limits:
+    """httpx pool limits: no keep-alive for 'fresh'."""
     keep = 0 if mode == "fresh" else 64
     return httpx.Limits(max_connections=64, max_keepalive_connections=keep)
 
 
 def _aiohttp_session(mode: str) -> aiohttp.ClientSession:
+    """An aiohttp session; force_close=True (a connection per request) for 'fresh', as the probe does."""
     connector = aiohttp.TCPConnector(force_close=(mode == "fresh"), limit=64)
     return aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
@@ -155,33 +166,45 @@ async def run_batch(fetch: Fetch, count: int, concurrency: int) -> tuple[float, 
     return time.process_time() - cpu0, time.perf_counter() - wall0
 
 
-async def measure(url: str, clients: list[str], modes: list[str], args: argparse.Namespace) -> dict:
-    """CPU ms per request for each (client, mode): the median over rounds, plus all rounds."""
-    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for mode in modes:
+async def measure(url: str, loop: str, args: argparse.Namespace) -> dict:
+    """(CPU s, wall s) of every round for each (client, connections, loop)."""
+    results: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    for mode in args.connections:
         for rnd in range(args.rounds):
-            order = clients if rnd % 2 == 0 else list(reversed(clients))
+            order = args.clients if rnd % 2 == 0 else list(reversed(args.clients))
             for name in order:
                 async with client_factory(name, url, mode) as fetch:
                     await run_batch(fetch, args.warmup, args.concurrency)
                     cpu, wall = await run_batch(fetch, args.requests, args.concurrency)
-                results.setdefault((name, mode), []).append((cpu, wall))
-                print(f"  {mode:<9} round {rnd + 1} {name:<14} {cpu / args.requests * 1000:6.3f} ms CPU/request"
-                      f"  ({args.requests / wall:5.0f} req/s)", flush=True)
+                results.setdefault((name, mode, loop), []).append((cpu, wall))
+                print(f"  {loop:<7} {mode:<9} round {rnd + 1} {name:<14} "
+                      f"{cpu / args.requests * 1000:6.3f} ms CPU/request  ({args.requests / wall:5.0f} req/s)",
+                      flush=True)
     return results
+
+
+def run_on(loop: str, coro):
+    """Run ``coro`` on a new asyncio or uvloop event loop."""
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
 
 
 def render(results: dict, args: argparse.Namespace) -> str:
     """The Markdown table: median CPU ms per request, its range, and the ratio to aiohttp."""
     rows = []
-    for (name, mode), runs in results.items():
+    base_key = ("aiohttp", "fresh", "asyncio")
+    base_runs = results.get(base_key)
+    base = statistics.median(c / args.requests * 1000 for c, _ in base_runs) if base_runs else float("nan")
+    for (name, mode, loop), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][2])):
         per_req = [cpu / args.requests * 1000 for cpu, _ in runs]
-        base_runs = results.get(("aiohttp", mode))
-        base = statistics.median(c / args.requests * 1000 for c, _ in base_runs) if base_runs else float("nan")
         med = statistics.median(per_req)
-        rows.append([f"`{name}`", mode, fmt(med, 3), f"{fmt(min(per_req), 3)}-{fmt(max(per_req), 3)}",
+        rows.append([f"`{name}`", mode, loop, fmt(med, 3), f"{fmt(min(per_req), 3)}-{fmt(max(per_req), 3)}",
                      fmt(med / base, 2) + "x"])
-    header = ["client", "connections", "CPU ms/request (median)", "range over rounds", "vs aiohttp"]
+    header = ["client", "connections", "loop", "CPU ms/request (median)", "range over rounds",
+              "vs aiohttp, fresh, asyncio"]
     return markdown_table(header, rows)
 
 
@@ -190,7 +213,7 @@ def environment() -> str:
     v = importlib.metadata.version
     return (f"{time.strftime('%Y-%m-%d')}; {cpu_model()}; Python {platform.python_version()}; "
             f"aiohttp {v('aiohttp')}, httpx {v('httpx')}, httpx-aiohttp {v('httpx-aiohttp')}, "
-            f"openai {v('openai')}")
+            f"openai {v('openai')}, uvloop {v('uvloop')}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -200,6 +223,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--clients", default=",".join(CLIENTS), help=f"comma list of {', '.join(CLIENTS)}")
     p.add_argument("--connections", default="fresh,keepalive", help="comma list of fresh, keepalive")
+    p.add_argument("--loops", default="asyncio,uvloop", help="comma list of asyncio, uvloop")
     p.add_argument("--requests", type=int, default=500, help="measured requests per client and round")
     p.add_argument("--warmup", type=int, default=50, help="unmeasured requests before each batch")
     p.add_argument("--rounds", type=int, default=3, help="rounds per client (median is reported)")
@@ -208,6 +232,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.clients = [c for c in args.clients.split(",") if c]
     args.connections = [c for c in args.connections.split(",") if c]
+    args.loops = [c for c in args.loops.split(",") if c]
+    if not args.loops or not set(args.loops) <= {"asyncio", "uvloop"}:
+        p.error("--loops takes asyncio and/or uvloop")
     for c in args.clients:
         if c not in CLIENTS:
             p.error(f"unknown client {c}")
@@ -228,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         sim, sim_url = start_sim(work / "scenario.yaml", work / "sim.log")
         print(f"simulator at {sim_url}; {args.requests} requests x {args.rounds} rounds, "
               f"concurrency {args.concurrency}", flush=True)
-        results = asyncio.run(measure(sim_url + "/v1/chat/completions", args.clients, args.connections, args))
+        results = {}
+        for loop in args.loops:
+            results.update(run_on(loop, measure(sim_url + "/v1/chat/completions", loop, args)))
     finally:
         stop_process(sim)
     table = render(results, args)

@@ -1,0 +1,488 @@
+"""modelwatch vs blackbox_exporter: CPU per probe and timing error, side by side.
+
+One run: start ``modelwatch sim`` (its own process), then for each N in
+``--targets`` run two phases against it, one after the other:
+
+modelwatch
+    ``modelwatch run`` with N targets (model tNNNN each) at the interval for N.
+    After ``--warmup`` s, CPU time (utime+stime from /proc/PID/stat, all threads)
+    is sampled at the start and end of a ``--window`` s window. Probes completed
+    in the window (ts + duration_s inside it) come from its SQLite table. TTFT
+    and duration errors join rows with the simulator's request log by request
+    id: error = measured - simulator's actual (and - injected) value. No /metrics
+    scrape happens in the window unless ``--scrape-every`` asks for them. Right
+    after the window one scrape is timed (daemon CPU, wall time, size, TTFT error
+    of probes finishing meanwhile); its loop-lag histogram, covering the whole
+    run, gives the loop lag p99.
+
+blackbox_exporter
+    ``prometheus-blackbox-exporter`` with one ``http`` module per target (POST of
+    a streaming chat request for model tNNNN). A separate load generator
+    (``blackbox_loadgen.py``, not counted) calls GET /probe for the N targets at
+    the same interval and spread. Blackbox's CPU per probe includes serving
+    /probe and rendering its answer, as modelwatch's includes its scheduler.
+    Blackbox has no request id and no TTFT: its probe_duration_seconds is
+    joined with the simulator's actual_duration_s per target in order (target
+    i = model tNNNN; one probe of a target at a time, so the k-th request of a
+    model in the simulator log is the k-th probe of that target).
+
+Intervals: 1 s for N=1, 10 s otherwise (``--interval`` overrides), i.e.
+1, 10 and 100 probes/s for N = 1, 100, 1000.
+
+Example:  .venv/bin/python bench/ttft_and_cpu.py --write
+          .venv/bin/python bench/ttft_and_cpu.py --targets 1000 --window 20 --only modelwatch
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    clear_sim_requests,
+    code_version,
+    cpu_model,
+    cpu_seconds,
+    fmt,
+    free_port,
+    http,
+    markdown_table,
+    modelwatch_cmd,
+    replace_section,
+    sim_requests,
+    sleep_until,
+    start_sim,
+    stop_process,
+    summary_ms,
+    wait_http,
+)
+
+HERE = Path(__file__).resolve().parent
+DOCS = HERE.parent / "docs" / "benchmarks.md"
+BLACKBOX = shutil.which("prometheus-blackbox-exporter") or "/usr/bin/prometheus-blackbox-exporter"
+KEY = "sk-bench-000000000000"
+BEHAVIOUR = {"ttfb_ms": 20, "ttft_ms": 200, "jitter_ms": 50, "inter_token_ms": 10, "tokens": 8}
+
+
+def interval_for(n: int, override: float | None) -> float:
+    """Seconds between two probes of one target."""
+    if override:
+        return override
+    return 1.0 if n == 1 else 10.0
+
+
+def target_name(i: int) -> str:
+    """Name (and model) of target i, 0-based: t0001, t0002, ..."""
+    return f"t{i + 1:04d}"
+
+
+def write_scenario(path: Path) -> None:
+    """Every model name gets the bench behaviour (``default:``)."""
+    inner = ", ".join(f"{k}: {v}" for k, v in BEHAVIOUR.items())
+    path.write_text(f"seed: 1\ndefault: {{{inner}}}\n")
+
+
+def write_mw_config(path: Path, n: int, interval: float, sim_url: str, port: int, db: Path) -> None:
+    """A modelwatch config with N rest targets on the simulator."""
+    lines = [
+        f"storage: {{path: {db}}}",
+        f'server: {{listen: "127.0.0.1:{port}"}}',
+        "max_concurrent_probes: 2000",
+        f"defaults: {{interval: {interval:g}s, timeout: 10s}}",
+        "providers:",
+        f'  sim: {{type: openai, base_url: "{sim_url}/v1", api_key: {KEY}, max_concurrent_probes: 1000}}',
+        "targets:",
+    ]
+    lines += [f"  - {{name: {target_name(i)}, provider: sim, model: {target_name(i)}, probes: [{{kind: rest}}]}}"
+              for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_bb_config(path: Path, n: int) -> None:
+    """A blackbox_exporter config with one POST-a-streaming-chat module per target."""
+    out = ["modules:"]
+    for i in range(n):
+        body = json.dumps({"model": target_name(i), "messages": [{"role": "user", "content": "Say OK"}],
+                           "stream": True, "stream_options": {"include_usage": True}, "max_tokens": 16},
+                          separators=(",", ":"))
+        out += [f"  chat-{target_name(i)}:", "    prober: http", "    timeout: 10s", "    http:",
+                "      method: POST", "      headers:", f"        Authorization: Bearer {KEY}",
+                "        Content-Type: application/json", f"      body: '{body}'",
+                "      valid_status_codes: [200]"]
+    path.write_text("\n".join(out) + "\n")
+
+
+def parse_metrics(text: str) -> dict:
+    """Probe count and the loop-lag histogram (cumulative buckets) from /metrics."""
+    probes = sum(float(v) for v in re.findall(r"^modelwatch_probes_total\{[^}]*\} (\S+)$", text, re.MULTILINE))
+    buckets = {float(le): float(v) for le, v in re.findall(
+        r'^modelwatch_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.MULTILINE)}
+    return {"probes": probes, "lag_buckets": buckets}
+
+
+def lag_quantile_ms(before: dict, after: dict, q: float) -> str:
+    """'<= X': upper bound (ms) of the loop-lag bucket holding quantile q between two scrapes."""
+    diff = {le: after["lag_buckets"][le] - before["lag_buckets"].get(le, 0.0) for le in after["lag_buckets"]}
+    total = diff.get(float("inf"), 0.0)
+    if total <= 0:
+        return "-"
+    for le in sorted(diff):
+        if diff[le] >= q * total:
+            return f"<= {le * 1000:g}" if le != float("inf") else "> 2500"
+    return "-"
+
+
+def start_daemon(config: Path, log: Path, args: argparse.Namespace, profile: Path | None) -> subprocess.Popen:
+    """``modelwatch run -c CONFIG``, optionally under cProfile (distorts CPU figures)."""
+    cmd = modelwatch_cmd("run", "-c", str(config))
+    if profile is not None:
+        cmd = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "modelwatch", "run", "-c", str(config)]
+    env = {**os.environ, "MODELWATCH_LOOP": args.loop} if args.loop else None
+    with open(log, "w") as err:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+
+
+def start_py_spy(exe: str | None, pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
+    """Sample the daemon with py-spy (collapsed stacks, active threads only) for ``seconds``."""
+    if not exe:
+        return None
+    return subprocess.Popen([exe, "record", "-p", str(pid), "-d", f"{max(1, int(seconds))}", "-r", "100",
+                             "--nonblocking", "--threads", "-f", "raw", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class Scraper(threading.Thread):
+    """Plays Prometheus during the window: GET /metrics at start + every/2 + k * every (if every > 0)."""
+
+    def __init__(self, url: str, start: float, end: float, every: float | None) -> None:
+        super().__init__(daemon=True)
+        self.url, self.start_at, self.end, self.every, self.done = url, start, end, every, 0
+        if every:
+            self.start()
+
+    def run(self) -> None:
+        """Scrape on schedule until the window ends (bounded count)."""
+        at = self.start_at + self.every / 2
+        for _ in range(10_000):
+            if at >= self.end:
+                break
+            sleep_until(at)
+            http("GET", self.url + "/metrics", timeout=60)
+            self.done += 1
+            at += self.every
+
+    def join(self, timeout: float | None = 60) -> None:
+        """Wait (bounded) for the last scrape; a no-op if scraping was off."""
+        if self.is_alive():
+            super().join(timeout)
+
+
+def scrape(pid: int, url: str) -> dict:
+    """Scrape /metrics once; parsed metrics plus the wall span and daemon CPU s it took."""
+    cpu0, t0 = cpu_seconds(pid), time.time()
+    text = http("GET", url + "/metrics", timeout=60).decode()
+    t1, cpu1 = time.time(), cpu_seconds(pid)
+    return {**parse_metrics(text), "t0": t0, "t1": t1, "cpu_s": cpu1 - cpu0, "bytes": len(text)}
+
+
+def run_modelwatch(n: int, interval: float, sim: subprocess.Popen, sim_url: str, work: Path,
+                   args: argparse.Namespace) -> dict:
+    """One modelwatch phase: warm up, measure the window (no scrapes), then one scrape, then stop."""
+    port, db = free_port(), work / f"mw-{n}.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    write_mw_config(work / f"mw-{n}.yaml", n, interval, sim_url, port, db)
+    clear_sim_requests(sim_url)
+    profile = work / f"mw-{n}.prof" if args.profile else None
+    proc = start_daemon(work / f"mw-{n}.yaml", work / f"mw-{n}.log", args, profile)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/-/healthy", proc)
+        start = time.time() + args.warmup
+        end = start + args.window
+        scraper = Scraper(url, start, end, args.scrape_every)
+        sleep_until(start)
+        spy = start_py_spy(args.py_spy, proc.pid, args.window, work / f"mw-{n}.py-spy.txt")
+        cpu0, sim0 = cpu_seconds(proc.pid), cpu_seconds(sim.pid)
+        sleep_until(end)
+        cpu1, sim1 = cpu_seconds(proc.pid), cpu_seconds(sim.pid)
+        scraper.join()
+        if spy is not None:
+            spy.wait(30)
+        first = scrape(proc.pid, url)  # its loop-lag histogram covers the whole run
+        sleep_until(first["t1"] + 2.0)
+        second = scrape(proc.pid, url)
+    finally:
+        stop_process(proc)
+    log = sim_requests(sim_url)
+    (work / f"mw-{n}-sim.json").write_text(json.dumps(log))
+    busy = (cpu1 - cpu0) / args.window
+    during = mw_errors(read_rows(db, first["t0"], first["t1"] + 0.5), log)
+    return {"tool": "modelwatch", "n": n, "interval": interval, "cpu_s": cpu1 - cpu0, "sim_cpu_s": sim1 - sim0,
+            "window": args.window, "lag_p99": lag_quantile_ms({"lag_buckets": {}}, first, 0.99),
+            "lag_buckets": {f"{le:g}": v for le, v in sorted(first["lag_buckets"].items())},
+            "scrape": {"cpu_s": max(0.0, first["cpu_s"] - busy * (first["t1"] - first["t0"])),
+                       "wall_s": first["t1"] - first["t0"], "bytes": first["bytes"],
+                       "lag_p99_after": lag_quantile_ms(first, second, 0.99),
+                       "lag_max_after": lag_quantile_ms(first, second, 1.0), "ttft_err": during["ttft_err"]},
+            "scrapes_in_window": scraper.done, **mw_errors(read_rows(db, start, end), log)}
+
+
+def read_rows(db: Path, start: float, end: float) -> list[dict]:
+    """probe_results rows that completed inside [start, end]."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = conn.execute("SELECT ts, outcome, ttft_s, duration_s, request_id FROM probe_results "
+                            "WHERE ts + duration_s >= ? AND ts + duration_s <= ?", (start, end)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def mw_errors(rows: list[dict], log: list[dict]) -> dict:
+    """Counts and TTFT/duration errors (measured - simulator) of modelwatch rows."""
+    by_id = {r["request_id"]: r for r in log}
+    ttft_act, ttft_inj, dur = [], [], []
+    for row in rows:
+        sim = by_id.get(row["request_id"])
+        if row["outcome"] != "ok" or sim is None or sim["actual_ttft_s"] is None:
+            continue
+        ttft_act.append(row["ttft_s"] - sim["actual_ttft_s"])
+        ttft_inj.append(row["ttft_s"] - sim["injected_ttft_s"])
+        dur.append(row["duration_s"] - sim["actual_duration_s"])
+    return {"completed": len(rows), "ok": sum(r["outcome"] == "ok" for r in rows), "joined": len(ttft_act),
+            "ttft_err": summary_ms(ttft_act), "ttft_err_injected": summary_ms(ttft_inj),
+            "duration_err": summary_ms(dur)}
+
+
+def run_blackbox(n: int, interval: float, sim: subprocess.Popen, sim_url: str, work: Path,
+                 args: argparse.Namespace) -> dict:
+    """One blackbox phase: exporter + separate load generator, window CPU, join with the sim log."""
+    port = free_port()
+    write_bb_config(work / f"bb-{n}.yml", n)
+    clear_sim_requests(sim_url)
+    with open(work / f"bb-{n}.log", "w") as err:
+        bb = subprocess.Popen([BLACKBOX, f"--config.file={work / f'bb-{n}.yml'}",
+                               f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=err)
+    gen = None
+    try:
+        wait_http(f"http://127.0.0.1:{port}/-/healthy", bb)
+        first = time.time() + 0.5
+        start, end = first + args.warmup, first + args.warmup + args.window
+        out = work / f"bb-{n}.json"
+        gen = subprocess.Popen([sys.executable, str(HERE / "blackbox_loadgen.py"),
+                                "--blackbox", f"http://127.0.0.1:{port}",
+                                "--target", f"{sim_url}/v1/chat/completions", "--targets", str(n),
+                                "--interval", f"{interval:g}", "--start", f"{first:.6f}",
+                                "--duration", f"{args.warmup + args.window + 1:g}", "--out", str(out)])
+        sleep_until(start)
+        cpu0, sim0 = cpu_seconds(bb.pid), cpu_seconds(sim.pid)
+        sleep_until(end)
+        cpu1, sim1 = cpu_seconds(bb.pid), cpu_seconds(sim.pid)
+        gen.wait(interval + 60)
+    finally:
+        stop_process(gen)
+        stop_process(bb)
+    everything = json.loads(out.read_text())
+    log = sim_requests(sim_url)
+    (work / f"bb-{n}-sim.json").write_text(json.dumps(log))
+    records = [r for r in everything if start <= r["done"] <= end]
+    return {"tool": "blackbox_exporter", "n": n, "interval": interval, "cpu_s": cpu1 - cpu0,
+            "sim_cpu_s": sim1 - sim0, "window": args.window, **bb_errors(records, everything, log, n)}
+
+
+def bb_errors(window: list[dict], everything: list[dict], log: list[dict], n: int) -> dict:
+    """Join blackbox probes to simulator requests per target in order; duration errors."""
+    sim_by_model: dict[str, list[dict]] = {}
+    for r in log:
+        sim_by_model.setdefault(r["model"], []).append(r)
+    match: dict[tuple[int, float], dict] = {}
+    mismatched = 0
+    for i in range(n):
+        mine = sorted((r for r in everything if r["target"] == i), key=lambda r: r["sent"])
+        theirs = sim_by_model.get(target_name(i), [])
+        if len(mine) != len(theirs):
+            mismatched += 1
+            continue
+        match.update({(i, r["sent"]): s for r, s in zip(mine, theirs)})
+    dur, first_byte = [], []
+    for r in window:
+        sim = match.get((r["target"], r["sent"]))
+        if r.get("probe_success") != 1 or sim is None:
+            continue
+        dur.append(r["probe_duration_seconds"] - sim["actual_duration_s"])
+        ph = r["phases"]
+        first_byte.append(ph["resolve"] + ph["connect"] + ph["tls"] + ph["processing"] - sim["actual_ttft_s"])
+    return {"completed": len(window), "ok": sum(r.get("probe_success") == 1 for r in window),
+            "joined": len(dur), "unmatched_targets": mismatched, "duration_err": summary_ms(dur),
+            "first_byte_vs_ttft": summary_ms(first_byte)}
+
+
+def tool_label(r: dict) -> str:
+    """Tool name, plus the number of /metrics scrapes made inside the window, if any."""
+    k = r.get("scrapes_in_window")
+    return f"{r['tool']} + {k} scrapes" if k else r["tool"]
+
+
+def cpu_rows(results: list[dict]) -> list[list[str]]:
+    """Rows of the CPU table."""
+    rows = []
+    for r in results:
+        per_probe = r["cpu_s"] * 1000 / r["completed"] if r["completed"] else float("nan")
+        rows.append([str(r["n"]), f"{r['interval']:g} s", fmt(r["n"] / r["interval"], 1), tool_label(r),
+                     f"{r['completed']} ({r['ok']} ok)", fmt(per_probe, 3),
+                     fmt(r["cpu_s"] / r["window"] * 100, 1),
+                     fmt(r["sim_cpu_s"] * 1000 / r["completed"] if r["completed"] else float("nan"), 2)])
+    return rows
+
+
+def _trio(s: dict) -> str:
+    """'p50 / p99 / max' of a summary_ms() dict."""
+    return f"{fmt(s['p50'])} / {fmt(s['p99'])} / {fmt(s['max'])}"
+
+
+def error_rows(results: list[dict]) -> list[list[str]]:
+    """Rows of the timing-error table."""
+    rows = []
+    for r in results:
+        if r["tool"] == "modelwatch":
+            ttft, inj, lag = _trio(r["ttft_err"]), _trio(r["ttft_err_injected"]), r["lag_p99"]
+        else:
+            ttft, inj, lag = "no TTFT", "no TTFT", "n/a"
+        rows.append([str(r["n"]), tool_label(r), str(r["joined"]), ttft, inj, _trio(r["duration_err"]), lag])
+    return rows
+
+
+def scrape_rows(results: list[dict]) -> list[list[str]]:
+    """Rows of the /metrics scrape table (modelwatch only)."""
+    rows = []
+    for r in results:
+        if "scrape" in r:
+            s = r["scrape"]
+            rows.append([str(r["n"]), fmt(s["bytes"] / 1000, 0), fmt(s["cpu_s"] * 1000, 0),
+                         fmt(s["wall_s"] * 1000, 0), f"{s['lag_p99_after']} / {s['lag_max_after']}",
+                         f"{s['ttft_err']['n']}: {_trio(s['ttft_err'])}"])
+    return rows
+
+
+def render(results: list[dict]) -> str:
+    """The Markdown tables."""
+    cpu = markdown_table(["targets", "interval", "probes/s", "tool", "probes in window", "CPU ms/probe",
+                          "CPU % of a core", "simulator CPU ms/request"],
+                         cpu_rows(results))
+    err = markdown_table(["targets", "tool", "probes joined", "TTFT error vs sim actual, ms p50 / p99 / max",
+                          "TTFT error vs injected, ms p50 / p99 / max",
+                          "duration error vs sim actual, ms p50 / p99 / max", "loop lag p99, ms"],
+                         error_rows(results))
+    tables = f"{cpu}\n\n{err}"
+    rows = scrape_rows(results)
+    if rows:
+        tables += "\n\n" + markdown_table(
+            ["targets", "/metrics size, kB", "daemon CPU ms", "wall ms", "loop lag p99 / max from it to a scrape 2 s later, ms",
+             "probes completing during it: TTFT error ms p50 / p99 / max"], rows)
+    return tables
+
+
+def environment(loop: str | None) -> str:
+    """Date, CPU, Python, aiohttp and blackbox_exporter versions."""
+    try:
+        out = subprocess.run([BLACKBOX, "--version"], capture_output=True, text=True, timeout=10,
+                             check=False)
+        bb = re.search(r"version (\S+)", out.stdout + out.stderr).group(1)
+    except (OSError, AttributeError, subprocess.TimeoutExpired):
+        bb = "unknown"
+    return (f"{time.strftime('%Y-%m-%d')}; {cpu_model()}; Python {platform.python_version()}; "
+            f"aiohttp {importlib.metadata.version('aiohttp')}; {code_version(loop)}; blackbox_exporter {bb}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("--targets", default="1,100,1000", help="comma list of target counts N (default 1,100,1000)")
+    p.add_argument("--window", type=float, default=40.0, help="measured seconds per phase (default 40)")
+    p.add_argument("--warmup", type=float, default=5.0, help="seconds before the window (default 5)")
+    p.add_argument("--interval", type=float, help="seconds between probes of a target (default: 1 s for N=1, "
+                                                  "else 10 s)")
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), help="daemon event loop (sets MODELWATCH_LOOP; "
+                   "default: the daemon's own choice)")
+    p.add_argument("--only", choices=("modelwatch", "blackbox"), help="run one tool only")
+    p.add_argument("--workdir", type=Path, help="keep configs, logs and databases here (default: a temp dir)")
+    p.add_argument("--profile", action="store_true", help="run the daemon under cProfile (writes "
+                   "WORKDIR/mw-N.prof; CPU figures are then inflated)")
+    p.add_argument("--scrape-every", type=float, metavar="S", help="also GET the daemon's /metrics every S "
+                   "seconds during the window, as Prometheus would (default: no scrapes in the window)")
+    p.add_argument("--py-spy", metavar="EXE", help="sample the daemon with this py-spy during the window "
+                   "(writes WORKDIR/mw-N.py-spy.txt, collapsed stacks)")
+    p.add_argument("--write", action="store_true", help=f"write the tables into {DOCS}")
+    args = p.parse_args(argv)
+    try:
+        args.targets = [int(t) for t in args.targets.split(",") if t]
+    except ValueError:
+        p.error("--targets must be a comma list of integers")
+    if not all(1 <= t <= 5000 for t in args.targets) or not args.targets:
+        p.error("each target count must be 1..5000")
+    if not (1 <= args.window <= 600 and 0 <= args.warmup <= 120):
+        p.error("--window must be 1..600 s and --warmup 0..120 s")
+    if args.scrape_every is not None and not 1 <= args.scrape_every <= 600:
+        p.error("--scrape-every must be 1..600 s")
+    if args.interval is not None and not 0.5 <= args.interval <= 600:
+        p.error("--interval must be 0.5..600 s")
+    return args
+
+
+def run_all(args: argparse.Namespace, work: Path) -> list[dict]:
+    """Start the simulator and run every requested phase against it."""
+    write_scenario(work / "scenario.yaml")
+    sim, sim_url = start_sim(work / "scenario.yaml", work / "sim.log")
+    results = []
+    try:
+        for n in args.targets:
+            interval = interval_for(n, args.interval)
+            phases = [("modelwatch", run_modelwatch), ("blackbox", run_blackbox)]
+            for name, phase in phases:
+                if args.only and args.only != name:
+                    continue
+                print(f"N={n} interval={interval:g}s: {name} ...", flush=True)
+                result = phase(n, interval, sim, sim_url, work, args)
+                print("  " + json.dumps({k: v for k, v in result.items() if k not in ("tool", "n")}), flush=True)
+                results.append(result)
+    finally:
+        stop_process(sim)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, print the tables, optionally write docs/benchmarks.md."""
+    args = parse_args(argv)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="modelwatch-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = environment(args.loop)
+    results = run_all(args, work)
+    (work / "results.json").write_text(json.dumps(results, indent=1))
+    tables = render(results)
+    if code_version(args.loop) not in env:
+        env += f" (WARNING: the code changed during the run, now {code_version(args.loop)})"
+    command = "python bench/ttft_and_cpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"\n{env}\n\n{tables}\n\nraw results and logs: {work}")
+    if args.write:
+        section = "ttft-and-cpu" + ("-scraped" if args.scrape_every else "")
+        replace_section(DOCS, section, f"Run: {env}.  \nCommand: `{command.strip()}`\n\n{tables}")
+        print(f"wrote {DOCS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
