@@ -44,7 +44,7 @@ class Daemon:
         self._http = new_http_session()
         self._scheduler = Scheduler(self._probe, self.metrics, cfg.max_concurrent_probes)
         host, port = parse_listen(cfg.server.listen)
-        runner, bound = await start_server(create_app(self.registry, self.reload), host, port)
+        runner, bound = await start_server(create_app(self.metrics, self.reload), host, port)
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())

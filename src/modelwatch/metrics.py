@@ -1,15 +1,27 @@
 """Prometheus metrics: per-probe series (DESIGN.md) and the daemon's self-metrics.
 
-Everything takes a ``registry`` so tests build a fresh ``CollectorRegistry``.
-Labels are ``target``, ``provider``, ``model``, ``kind`` (plus ``location``
-when the config sets one); error codes and messages are never labels.
+Probe series are kept as plain numbers per job and rendered by :meth:`ProbeMetrics.render`
+in small slices that yield to the event loop in between. A thousand targets make
+~50,000 lines; rendering them in one go (prometheus_client's ``generate_latest``
+took half a second, holding the GIL even from a worker thread) stalled the loop
+and put hundreds of milliseconds into the TTFTs being measured at that moment.
+
+The daemon's few self-metrics use prometheus_client on ``registry``, so tests can
+build a fresh ``CollectorRegistry``. Labels are ``target``, ``provider``, ``model``,
+``kind`` (plus ``location`` when the config sets one); error codes and messages are
+never labels.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import platform
+import time
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
+                               generate_latest)
 
 from modelwatch import __version__
 from modelwatch.config import ProbeJob
@@ -21,6 +33,103 @@ disable_created_metrics()
 LLM_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 13, 20, 30, 60)
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 BASE_LABELS = ("target", "provider", "model", "kind")
+OUTCOMES = tuple(o.value for o in Outcome)
+_OUTCOME_INDEX = {name: i for i, name in enumerate(OUTCOMES)}
+RENDER_SLICE_S = 0.0005  # yield to the loop after this much rendering work
+
+
+def _num(value: float) -> str:
+    """A sample value as Prometheus writes it."""
+    if value == float("inf"):
+        return "+Inf"
+    return repr(float(value))
+
+
+_LE = tuple(_num(b) for b in LLM_BUCKETS) + ("+Inf",)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class _Histogram:
+    """Bucket counts (not cumulative) and the sum of one series."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LLM_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(LLM_BUCKETS, value)] += 1
+        self.total += value
+
+    def lines(self, name: str, labels: str) -> Iterator[str]:
+        cumulative = 0
+        for le, count in zip(_LE, self.counts, strict=True):
+            cumulative += count
+            yield f'{name}_bucket{{{labels},le="{le}"}} {cumulative}.0\n'
+        yield f"{name}_count{{{labels}}} {cumulative}.0\n"
+        yield f"{name}_sum{{{labels}}} {_num(self.total)}\n"
+
+
+class _Series:
+    """Everything exported about one job."""
+
+    __slots__ = ("labels", "success", "last_run", "outcomes", "duration", "ttft", "tokens", "skipped")
+
+    def __init__(self, labels: str) -> None:
+        self.labels = labels
+        self.success: float | None = None  # absent until the first probe completes
+        self.last_run: float | None = None
+        self.outcomes = [0] * len(OUTCOMES)
+        self.duration = _Histogram()
+        self.ttft = _Histogram()
+        self.tokens = [0, 0]
+        self.skipped = 0
+
+
+def _family(name: str, kind: str, help_text: str,
+            lines: Callable[[_Series], Iterator[str]]) -> tuple[str, str, Callable]:
+    return name, f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n", lines
+
+
+def _gauge_line(name: str, attr: str) -> Callable[[_Series], Iterator[str]]:
+    def lines(s: _Series) -> Iterator[str]:
+        value = getattr(s, attr)
+        if value is not None:
+            yield f"{name}{{{s.labels}}} {_num(value)}\n"
+    return lines
+
+
+def _outcome_lines(s: _Series) -> Iterator[str]:
+    for outcome, count in zip(OUTCOMES, s.outcomes, strict=True):
+        yield f'modelwatch_probes_total{{{s.labels},outcome="{outcome}"}} {count}.0\n'
+
+
+def _token_lines(s: _Series) -> Iterator[str]:
+    yield f'modelwatch_probe_tokens_total{{{s.labels},direction="input"}} {s.tokens[0]}.0\n'
+    yield f'modelwatch_probe_tokens_total{{{s.labels},direction="output"}} {s.tokens[1]}.0\n'
+
+
+PROBE_FAMILIES = (
+    _family("modelwatch_probe_success", "gauge",
+            "1 if the last completed probe succeeded, else 0", _gauge_line("modelwatch_probe_success", "success")),
+    _family("modelwatch_probes_total", "counter", "Probes completed, by outcome", _outcome_lines),
+    _family("modelwatch_probe_duration_seconds", "histogram", "Total duration of successful probes",
+            lambda s: s.duration.lines("modelwatch_probe_duration_seconds", s.labels)),
+    _family("modelwatch_probe_ttft_seconds", "histogram",
+            "Time to first token (or first audio) of probes that got one",
+            lambda s: s.ttft.lines("modelwatch_probe_ttft_seconds", s.labels)),
+    _family("modelwatch_probe_last_run_timestamp_seconds", "gauge",
+            "Unix time the last completed probe started",
+            _gauge_line("modelwatch_probe_last_run_timestamp_seconds", "last_run")),
+    _family("modelwatch_probe_tokens_total", "counter", "Tokens reported by the provider", _token_lines),
+    _family("modelwatch_skipped_runs_total", "counter",
+            "Scheduled runs skipped because the previous run was still going",
+            lambda s: iter((f"modelwatch_skipped_runs_total{{{s.labels}}} {s.skipped}.0\n",))),
+)
 
 
 class ProbeMetrics:
@@ -28,26 +137,9 @@ class ProbeMetrics:
 
     def __init__(self, registry: CollectorRegistry, location: str | None = None) -> None:
         self.location = location
-        labels = BASE_LABELS + (("location",) if location else ())
-        self._n = len(labels)
+        self.registry = registry
+        self._series: dict[tuple[str, ...], _Series] = {}
         r = registry
-        self.success = Gauge("modelwatch_probe_success",
-                             "1 if the last completed probe succeeded, else 0", labels, registry=r)
-        self.probes = Counter("modelwatch_probes", "Probes completed, by outcome",
-                              labels + ("outcome",), registry=r)
-        self.duration = Histogram("modelwatch_probe_duration_seconds",
-                                  "Total duration of successful probes", labels,
-                                  buckets=LLM_BUCKETS, registry=r)
-        self.ttft = Histogram("modelwatch_probe_ttft_seconds",
-                              "Time to first token (or first audio) of probes that got one",
-                              labels, buckets=LLM_BUCKETS, registry=r)
-        self.last_run = Gauge("modelwatch_probe_last_run_timestamp_seconds",
-                              "Unix time the last completed probe started", labels, registry=r)
-        self.tokens = Counter("modelwatch_probe_tokens", "Tokens reported by the provider",
-                              labels + ("direction",), registry=r)
-        self.skipped = Counter("modelwatch_skipped_runs",
-                               "Scheduled runs skipped because the previous run was still going",
-                               labels, registry=r)
         self.in_flight = Gauge("modelwatch_probes_in_flight", "Probes running now", registry=r)
         self.loop_lag = Histogram("modelwatch_event_loop_lag_seconds",
                                   "How late the event loop woke a timer: high values mean the "
@@ -65,54 +157,67 @@ class ProbeMetrics:
                            ("version", "python"), registry=r)
         self.build.labels(__version__, platform.python_version()).set(1)
 
-    def _labels(self, target: str, provider: str, model: str, kind: str) -> tuple[str, ...]:
+    def family_names(self) -> list[str]:
+        """Every metric name this daemon exports (as it appears in samples)."""
+        names = [name for name, _, _ in PROBE_FAMILIES]
+        for family in self.registry.collect():
+            names.append(family.name + ("_total" if family.type == "counter" else ""))
+        return names
+
+    def _key(self, target: str, provider: str, model: str, kind: str) -> tuple[str, ...]:
         base = (target, provider, model, kind)
         return base + (self.location,) if self.location else base
 
-    def job_labels(self, job: ProbeJob) -> tuple[str, ...]:
-        """The label values of a job's series."""
-        return self._labels(job.target, job.provider_name, job.model, job.probe.kind)
+    def _labels(self, key: tuple[str, ...]) -> str:
+        names = BASE_LABELS + (("location",) if self.location else ())
+        return ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, key, strict=True))
 
     def add_job(self, job: ProbeJob) -> None:
         """Create a job's series so they exist (at 0) before its first probe."""
-        labels = self.job_labels(job)
-        for outcome in Outcome:
-            self.probes.labels(*labels, outcome.value)
-        for direction in ("input", "output"):
-            self.tokens.labels(*labels, direction)
-        self.duration.labels(*labels)
-        self.ttft.labels(*labels)
-        self.skipped.labels(*labels)
+        key = self._key(job.target, job.provider_name, job.model, job.probe.kind)
+        self._series.setdefault(key, _Series(self._labels(key)))
 
     def remove_job(self, job: ProbeJob) -> None:
         """Drop a job's series (after a reload removed it)."""
-        labels = self.job_labels(job)
-        for metric in (self.success, self.duration, self.ttft, self.last_run, self.skipped):
-            _remove(metric, labels)
-        for outcome in Outcome:
-            _remove(self.probes, labels + (outcome.value,))
-        for direction in ("input", "output"):
-            _remove(self.tokens, labels + (direction,))
+        self._series.pop(self._key(job.target, job.provider_name, job.model, job.probe.kind), None)
+
+    def skip(self, job: ProbeJob) -> None:
+        """Count a run skipped because the job's previous run was still going."""
+        series = self._series.get(self._key(job.target, job.provider_name, job.model, job.probe.kind))
+        if series is not None:
+            series.skipped += 1
 
     def observe(self, r: ProbeResult) -> None:
         """Record one completed probe."""
-        labels = self._labels(r.target, r.provider, r.model, r.kind)
+        key = self._key(r.target, r.provider, r.model, r.kind)
+        s = self._series.get(key)
+        if s is None:  # a probe of a job a reload removed while it ran: keep it out
+            return
         ok = r.outcome == Outcome.OK.value
-        self.probes.labels(*labels, r.outcome).inc()
-        self.success.labels(*labels).set(1 if ok else 0)
-        self.last_run.labels(*labels).set(r.ts)
+        s.outcomes[_OUTCOME_INDEX[r.outcome]] += 1
+        s.success = 1.0 if ok else 0.0
+        s.last_run = r.ts
         if ok and r.duration_s is not None:
-            self.duration.labels(*labels).observe(r.duration_s)
+            s.duration.observe(r.duration_s)
         if r.ttft_s is not None:
-            self.ttft.labels(*labels).observe(r.ttft_s)
-        if r.input_tokens:
-            self.tokens.labels(*labels, "input").inc(r.input_tokens)
-        if r.output_tokens:
-            self.tokens.labels(*labels, "output").inc(r.output_tokens)
+            s.ttft.observe(r.ttft_s)
+        s.tokens[0] += r.input_tokens or 0
+        s.tokens[1] += r.output_tokens or 0
 
-
-def _remove(metric, labels: tuple[str, ...]) -> None:  # noqa: ANN001
-    try:
-        metric.remove(*labels)
-    except KeyError:
-        pass
+    async def render(self) -> list[bytes]:
+        """The exposition text, built in slices that let the event loop run in between."""
+        chunks: list[bytes] = []
+        series = list(self._series.values())  # a reload may change the dict while we yield
+        slice_start = time.perf_counter()
+        for _, header, lines in PROBE_FAMILIES:
+            parts = [header]
+            for s in series:
+                parts.extend(lines(s))
+                if time.perf_counter() - slice_start > RENDER_SLICE_S:
+                    chunks.append("".join(parts).encode())
+                    parts = []
+                    await asyncio.sleep(0)
+                    slice_start = time.perf_counter()
+            chunks.append("".join(parts).encode())
+        chunks.append(generate_latest(self.registry))  # a dozen self-metric lines
+        return chunks

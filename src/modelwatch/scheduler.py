@@ -141,7 +141,7 @@ class Scheduler:
 
     def _start(self, job: ProbeJob) -> None:
         if job.key in self._running:
-            self._metrics.skipped.labels(*self._metrics.job_labels(job)).inc()
+            self._metrics.skip(job)
             log.info("run skipped, previous still going target=%s kind=%s", job.target, job.probe.kind)
             return
         task = asyncio.get_running_loop().create_task(self._guarded(job))

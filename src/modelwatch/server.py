@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from modelwatch.metrics import ProbeMetrics
 
 Reloader = Callable[[], Awaitable[tuple[bool, str]]]
 
 
-def create_app(registry: CollectorRegistry, reload: Reloader | None = None) -> web.Application:
+def create_app(metrics: ProbeMetrics, reload: Reloader | None = None) -> web.Application:
     """The aiohttp application serving the daemon's endpoints."""
     app = web.Application()
 
-    async def metrics(request: web.Request) -> web.Response:
-        # Rendering thousands of series is CPU work: keep it off the probing loop's thread.
-        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def serve_metrics(request: web.Request) -> web.StreamResponse:
+        chunks = await metrics.render()
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            # zlib releases the GIL while it compresses, so a worker thread costs the loop nothing.
+            body = await asyncio.get_running_loop().run_in_executor(None, _gzip, chunks)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST,
+                                                    "Content-Encoding": "gzip"})
+        resp = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
+        resp.content_length = sum(len(c) for c in chunks)
+        await resp.prepare(request)
+        for chunk in chunks:
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
 
     async def healthy(request: web.Request) -> web.Response:
         return web.Response(text="OK\n")
@@ -32,12 +45,16 @@ def create_app(registry: CollectorRegistry, reload: Reloader | None = None) -> w
     async def index(request: web.Request) -> web.Response:
         return web.Response(text="modelwatch: see /metrics and /-/healthy\n")
 
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", serve_metrics)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_post("/-/reload", do_reload)
     app.router.add_put("/-/reload", do_reload)
     app.router.add_get("/", index)
     return app
+
+
+def _gzip(chunks: list[bytes]) -> bytes:
+    return gzip.compress(b"".join(chunks), compresslevel=1)
 
 
 async def start_server(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:

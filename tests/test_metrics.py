@@ -1,0 +1,109 @@
+"""Probe series: values, exposition format, and a render that never holds the loop for long."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import write_config
+from modelwatch.config import load_config
+from modelwatch.metrics import ProbeMetrics
+from modelwatch.outcomes import Outcome, ProbeResult
+
+
+def jobs(tmp_path, n: int, name: str = "t"):
+    cfg = write_config(tmp_path / "c.yaml", "http://127.0.0.1:9", {f"{name}{i}": "m" for i in range(n)})
+    return load_config(cfg).jobs
+
+
+def page(metrics: ProbeMetrics) -> str:
+    return b"".join(asyncio.run(metrics.render())).decode()
+
+
+def values(text: str) -> dict:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def result(job, outcome="ok", **kw) -> ProbeResult:
+    return ProbeResult(ts=1700000000.5, target=job.target, provider=job.provider_name, model=job.model,
+                       kind=job.probe.kind, outcome=outcome, location=job.location, **kw)
+
+
+def test_series_exist_at_zero_then_count(tmp_path, promtool):
+    (job,) = jobs(tmp_path, 1)
+    m = ProbeMetrics(CollectorRegistry())
+    m.add_job(job)
+    labels = (("kind", "rest"), ("model", "m"), ("provider", "sim"), ("target", "t0"))
+    v = values(page(m))
+    for outcome in Outcome:
+        assert v[("modelwatch_probes_total", tuple(sorted(labels + (("outcome", outcome.value),))))] == 0
+    assert ("modelwatch_probe_success", labels) not in v  # no probe completed yet
+    m.observe(result(job, duration_s=0.45, ttft_s=0.25, input_tokens=9, output_tokens=2))
+    m.observe(result(job, "rate_limited", duration_s=0.01))
+    m.skip(job)
+    text = page(m)
+    v = values(text)
+    assert v[("modelwatch_probes_total", tuple(sorted(labels + (("outcome", "ok"),))))] == 1
+    assert v[("modelwatch_probes_total", tuple(sorted(labels + (("outcome", "rate_limited"),))))] == 1
+    assert v[("modelwatch_probe_success", labels)] == 0  # the last one failed
+    assert v[("modelwatch_probe_last_run_timestamp_seconds", labels)] == 1700000000.5
+    assert v[("modelwatch_probe_duration_seconds_count", labels)] == 1  # successful probes only
+    assert v[("modelwatch_probe_duration_seconds_bucket", tuple(sorted(labels + (("le", "0.3"),))))] == 0
+    assert v[("modelwatch_probe_duration_seconds_bucket", tuple(sorted(labels + (("le", "0.5"),))))] == 1
+    assert v[("modelwatch_probe_ttft_seconds_sum", labels)] == 0.25
+    assert v[("modelwatch_probe_tokens_total", tuple(sorted(labels + (("direction", "output"),))))] == 2
+    assert v[("modelwatch_skipped_runs_total", labels)] == 1
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_label_values_are_escaped(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("providers:\n  p: {type: openai-compatible, base_url: 'http://127.0.0.1:9/v1'}\n"
+                   "targets:\n  - {name: t, provider: p, model: 'we\"ird\\\\model', probes: [{kind: rest}]}\n")
+    (job,) = load_config(cfg).jobs
+    m = ProbeMetrics(CollectorRegistry())
+    m.add_job(job)
+    m.observe(result(job))
+    models = {s.labels["model"] for f in text_string_to_metric_families(page(m)) for s in f.samples
+              if "model" in s.labels}
+    assert models == {job.model} and '"' in job.model and '\\' in job.model
+
+
+def test_render_of_many_targets_lets_the_loop_run(tmp_path):
+    m = ProbeMetrics(CollectorRegistry(), location="eu")
+    all_jobs = jobs(tmp_path, 1000)
+    for job in all_jobs:
+        m.add_job(job)
+        m.observe(result(job, duration_s=0.3, ttft_s=0.2, input_tokens=9, output_tokens=8))
+
+    async def go():
+        ticks = 0
+        longest = 0.0
+
+        async def ticker():
+            nonlocal ticks, longest
+            while True:
+                before = time.perf_counter()
+                await asyncio.sleep(0)
+                longest = max(longest, time.perf_counter() - before)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        chunks = await m.render()
+        m.remove_job(all_jobs[0])  # a reload meanwhile must not break anything
+        task.cancel()
+        return chunks, ticks, longest
+
+    chunks, ticks, longest = asyncio.run(go())
+    text = b"".join(chunks).decode()
+    assert ticks > 20  # other tasks ran many times while the page was built
+    v = values(text)
+    assert len({k[1] for k in v if k[0] == "modelwatch_probe_success"}) == 1000
+    assert all(dict(k[1]).get("location") == "eu" for k in v if k[0].startswith("modelwatch_probe_"))
