@@ -648,7 +648,7 @@ def test_missing_scenario_file_is_a_scenario_error(tmp_path):
 
 def test_bundled_demo_scenario():
     scenario = default_scenario()
-    assert set(scenario.models) == {"gpt-4o-mini", "flaky-model", "slow-model"}
+    assert set(scenario.models) == {"gpt-4o-mini", "flaky-model", "slow-model", "gpt-4o-mini-realtime-preview"}
     assert scenario.default is None and scenario.keys == []
     assert scenario.models["flaky-model"].errors == {"rate_limited": 0.10, "server_error": 0.05,
                                                      "overloaded": 0.03}

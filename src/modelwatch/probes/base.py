@@ -77,7 +77,7 @@ class Measurement:
     def finishing(self, grace_s: float) -> None:
         """The outcome is decided: allow ``grace_s`` more for tidying up (closing a socket)."""
         self.phase = "close"
-        if self._scope is not None:
+        if self._scope is not None and not self._scope.expired():
             self._scope.reschedule(asyncio.get_running_loop().time() + grace_s)
 
 
@@ -190,7 +190,10 @@ def probe_trace() -> aiohttp.TraceConfig:
 
     async def responded(session, ctx, params) -> None:  # noqa: ANN001
         m = _current.get()
-        if m is not None and m.websocket and params.response.status != 101:
+        if m is None or not m.websocket:
+            return
+        m.request_id = params.response.headers.get("x-request-id")
+        if params.response.status != 101:
             # ws_connect drops the body of a refused upgrade; read it while we can.
             m.handshake_body = await params.response.content.read(65536)
 

@@ -20,6 +20,7 @@ I/O, so it is tested with captured frames.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -225,11 +226,13 @@ async def probe_openai_realtime(job: ProbeJob, http: aiohttp.ClientSession, m: M
     session = RealtimeSession(job.probe.modality)
     try:
         await _converse(job, ws, session, m)
+    except BaseException:
+        _close_later(ws)  # the outcome is decided: don't let the goodbye stretch the duration
+        raise
     finally:
         m.input_tokens, m.output_tokens, m.input_audio_tokens, m.output_audio_tokens = session.tokens()
         m.request_id = m.request_id or session.session_id
-        if not ws.closed:
-            await _close(ws, m)
+    await _close(ws, m)
 
 
 async def _converse(job: ProbeJob, ws: aiohttp.ClientWebSocketResponse, session: RealtimeSession,
@@ -292,6 +295,24 @@ async def _send(ws: aiohttp.ClientWebSocketResponse, session: RealtimeSession, m
         # Frames the server sent before closing are still queued: read them for the reason.
         await _until(ws, session, m, "never")
         raise ProbeFailure(Outcome.PROTOCOL_ERROR, "abnormal_close", "closed while sending") from None
+
+
+_closing: set[asyncio.Task] = set()  # strong references until the background closes finish
+
+
+def _close_later(ws: aiohttp.ClientWebSocketResponse) -> None:
+    if ws.closed:
+        return
+    task = asyncio.get_running_loop().create_task(_close_quietly(ws))
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+async def _close_quietly(ws: aiohttp.ClientWebSocketResponse) -> None:
+    try:
+        await ws.close()
+    except (ConnectionError, aiohttp.ClientError, asyncio.CancelledError):
+        pass
 
 
 async def _close(ws: aiohttp.ClientWebSocketResponse, m: Measurement) -> None:

@@ -1,8 +1,8 @@
 """The simulator's aiohttp application, request log and server lifecycle.
 
-Each wire protocol lives in its own module (``openai_chat`` today; Realtime,
-Anthropic and Gemini later) and registers its routes on the app with
-``register(app, state)``. This module owns what they share:
+Each wire protocol lives in its own module (``openai_chat``,
+``openai_realtime``; Anthropic and Gemini later) and registers its routes on the
+app with ``register(app, state)``. This module owns what they share:
 
 * ``SimState``: the scenario, the seeded RNG, the uptime clock and the log;
 * the request log, served as JSON on ``GET /_sim/requests`` (newest last,
@@ -10,9 +10,11 @@ Anthropic and Gemini later) and registers its routes on the app with
   ``request_id, path, model, status, outcome, injected_ttft_s, actual_ttft_s,
   actual_duration_s, client_disconnected``. ``outcome`` is ``ok``, an error kind
   (see ``scenario.ERROR_KINDS``) or a stream fault: ``midstream_error``,
-  ``disconnect``, ``stall``, ``malformed``. Durations are taken just before the
-  last byte is handed to the socket, so a client that has read the whole
-  answer always finds its entry complete;
+  ``disconnect``, ``stall``, ``malformed``; a Realtime session (one entry,
+  status 101) may also end ``beta_retired``, ``response_failed``,
+  ``error_event``, ``close``, ``ignore_client`` or ``session_expired``.
+  Durations are taken just before the last byte is handed to the socket, so a
+  client that has read the whole answer always finds its entry complete;
 * ``GET /_sim/health`` -> ``ok``; unknown routes -> OpenAI-style 404 JSON;
 * ``start_sim`` (in-process, for tests and ``modelwatch demo``) and ``serve``
   (blocking, for ``modelwatch sim``).
@@ -34,7 +36,7 @@ from aiohttp import web
 
 from modelwatch import loop
 
-from . import openai_chat
+from . import openai_chat, openai_realtime
 from .scenario import Scenario
 
 __all__ = ["RequestDraws", "RequestRecord", "SimServer", "SimState", "create_app", "serve", "start_sim"]
@@ -115,6 +117,7 @@ def create_app(scenario: Scenario, *, clock: Callable[[], float] | None = None) 
     app.router.add_get("/_sim/requests", _list_requests)
     app.router.add_delete("/_sim/requests", _clear_requests)
     openai_chat.register(app, state)
+    openai_realtime.register(app, state)
     return app
 
 

@@ -25,20 +25,25 @@ import asyncio
 import hashlib
 import json
 import math
-import socket
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .common import base62 as _base62
+from .common import reset_connection
+from .common import sleep_until as _sleep_until
+from .common import to_json as _to_json
 from .scenario import ModelBehaviour
 
 if TYPE_CHECKING:
     from .app import RequestDraws, RequestRecord, SimState
 
-__all__ = ["ERRORS", "ErrorSpec", "error_body", "mask_api_key", "plain_error", "register", "validate_request"]
+__all__ = [
+    "ERRORS", "MISSING_AUTH", "ErrorSpec", "content_piece", "error_body", "error_response", "mask_api_key",
+    "openai_headers", "plain_error", "register", "reset_connection", "validate_request",
+]
 
 WORDS = (" from", " the", " modelwatch", " simulator", ",", " streaming", " one", " token", " at", " a", " time", ".")
 RATE_LIMIT_REQUESTS = 10_000
@@ -112,7 +117,7 @@ _CDN_PAGE = (
     "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n"
     "<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n"
 )
-_MISSING_AUTH = "Missing bearer or basic authentication in header"
+MISSING_AUTH = "Missing bearer or basic authentication in header"
 _BAD_JSON = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP "
     "library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you "
@@ -142,6 +147,38 @@ def plain_error(
     """An OpenAI-shaped JSON error response (auth, validation, routing)."""
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return web.json_response(body, status=status, headers=headers, dumps=_to_json)
+
+
+def error_response(kind: str, shape: str, *, model: str, api_key: str) -> web.Response:
+    """The response for an error kind: JSON in ``shape``, or a CDN HTML page (shared with Realtime)."""
+    spec = ERRORS[kind]
+    if spec.html:
+        page = _CDN_PAGE.format(title=spec.message)
+        return web.Response(status=spec.status, reason=spec.reason, text=page, content_type="text/html")
+    message = spec.message.format(model=model, key=mask_api_key(api_key))
+    return web.json_response(error_body(spec, shape, message), status=spec.status, reason=spec.reason,
+                             dumps=_to_json)
+
+
+def openai_headers(request_id: str, elapsed_s: float, uptime_s: float, kind: str | None = None) -> dict[str, str]:
+    """``x-request-id``, ``x-ratelimit-*`` and retry hints, as OpenAI sends them (shared with Realtime)."""
+    left_in_minute = 60 - uptime_s % 60
+    headers = {
+        "x-request-id": request_id,
+        "openai-version": "2020-10-01",
+        "openai-processing-ms": str(round(elapsed_s * 1000)),
+        "x-ratelimit-limit-requests": str(RATE_LIMIT_REQUESTS),
+        "x-ratelimit-limit-tokens": str(RATE_LIMIT_TOKENS),
+        "x-ratelimit-remaining-requests": str(RATE_LIMIT_REQUESTS - 1),
+        "x-ratelimit-remaining-tokens": "0" if kind == "rate_limited" else str(RATE_LIMIT_TOKENS - 1000),
+        "x-ratelimit-reset-requests": go_duration(left_in_minute),
+        "x-ratelimit-reset-tokens": "1s" if kind == "rate_limited" else "0s",
+    }
+    retry_after = ERRORS[kind].retry_after_s if kind in ERRORS else None
+    if retry_after is not None:
+        headers["retry-after"] = f"{retry_after:g}"
+        headers["retry-after-ms"] = str(round(retry_after * 1000))
+    return headers
 
 
 def mask_api_key(key: str) -> str:
@@ -320,7 +357,7 @@ class ChatCompletions:
         scheme, _, key = call.request.headers.get("Authorization", "").strip().partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
-            return self._reject(call, "auth_error", plain_error(401, _MISSING_AUTH))
+            return self._reject(call, "auth_error", plain_error(401, MISSING_AUTH))
         call.api_key = key
         if not self.state.scenario.accepts_key(key):
             return self._reject(call, "auth_error", self._error_response(call, "auth_error", "openai"))
@@ -335,33 +372,11 @@ class ChatCompletions:
 
     def _error_response(self, call: _Call, kind: str, shape: str) -> web.Response:
         """The response for an error kind: JSON in ``shape``, or a CDN HTML page."""
-        spec = ERRORS[kind]
-        if spec.html:
-            page = _CDN_PAGE.format(title=spec.message)
-            return web.Response(status=spec.status, reason=spec.reason, text=page, content_type="text/html")
-        message = spec.message.format(model=call.model, key=mask_api_key(call.api_key))
-        return web.json_response(error_body(spec, shape, message), status=spec.status, reason=spec.reason,
-                                 dumps=_to_json)
+        return error_response(kind, shape, model=call.model, api_key=call.api_key)
 
     def _headers(self, call: _Call, kind: str | None = None) -> dict[str, str]:
         """``x-request-id``, ``x-ratelimit-*`` and retry hints, as OpenAI sends them."""
-        left_in_minute = 60 - self.state.uptime_s() % 60
-        headers = {
-            "x-request-id": call.request_id,
-            "openai-version": "2020-10-01",
-            "openai-processing-ms": str(round(call.elapsed_s() * 1000)),
-            "x-ratelimit-limit-requests": str(RATE_LIMIT_REQUESTS),
-            "x-ratelimit-limit-tokens": str(RATE_LIMIT_TOKENS),
-            "x-ratelimit-remaining-requests": str(RATE_LIMIT_REQUESTS - 1),
-            "x-ratelimit-remaining-tokens": "0" if kind == "rate_limited" else str(RATE_LIMIT_TOKENS - 1000),
-            "x-ratelimit-reset-requests": go_duration(left_in_minute),
-            "x-ratelimit-reset-tokens": "1s" if kind == "rate_limited" else "0s",
-        }
-        retry_after = ERRORS[kind].retry_after_s if kind in ERRORS else None
-        if retry_after is not None:
-            headers["retry-after"] = f"{retry_after:g}"
-            headers["retry-after-ms"] = str(round(retry_after * 1000))
-        return headers
+        return openai_headers(call.request_id, call.elapsed_s(), self.state.uptime_s(), kind)
 
     async def _complete(self, call: _Call) -> web.Response:
         """A non-streaming ``chat.completion``, sent when the last token would be."""
@@ -568,19 +583,6 @@ def _fingerprint(model: str) -> str:
     return "fp_" + hashlib.sha256(model.encode()).hexdigest()[:10]
 
 
-_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
-
-def _base62(number: int) -> str:
-    """Encode a non-negative int in [0-9A-Za-z], as OpenAI's ids look."""
-    digits = ""
-    while True:
-        number, digit = divmod(number, 62)
-        digits = _BASE62[digit] + digits
-        if not number:
-            return digits
-
-
 def go_duration(seconds: float) -> str:
     """Format like Go's time.Duration, as OpenAI's reset headers do: ``12ms``, ``1.5s``, ``6m0s``."""
     if seconds < 1:
@@ -588,29 +590,3 @@ def go_duration(seconds: float) -> str:
     minutes, rest = divmod(seconds, 60)
     text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
     return f"{int(minutes)}m{text}" if minutes else text
-
-
-async def _sleep_until(deadline: float) -> None:
-    """Sleep until a loop-clock deadline; absolute deadlines keep delays from adding up."""
-    delay = deadline - asyncio.get_running_loop().time()
-    if delay > 0:
-        await asyncio.sleep(delay)
-
-
-def reset_connection(transport: asyncio.BaseTransport | None) -> None:
-    """Abort a connection with a TCP RST, as a crashed upstream or proxy would."""
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            # SO_LINGER on with a zero timeout makes close() send RST instead of FIN.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-    transport.abort()
-
-
-def _to_json(payload: Any) -> str:
-    """Compact JSON, as OpenAI writes it."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)

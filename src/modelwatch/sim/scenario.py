@@ -45,6 +45,47 @@ Behaviour block keys (all optional)
                     mistral_detail: the body layout of injected errors.
     done            true. Send ``data: [DONE]`` at the end of a stream.
 
+Realtime keys (OpenAI Realtime over WebSocket, ``openai_realtime``). There
+``ttfb_ms`` is the wait from the upgrade request to ``session.created``,
+``ttft_ms`` (+ ``jitter_ms``) the wait from a ``response.create`` to its first
+output delta, ``tokens`` the text or transcript deltas, ``inter_token_ms``
+their gap; ``finish_reason: length`` or ``content_filter`` ends responses
+``incomplete``; ``error``/``errors``/``outages`` refuse the handshake with the
+chat status and body, except ``content_blocked``, which ends every response
+``incomplete`` with reason ``content_filter``. The SSE-only keys (midstream,
+disconnect, stall, malformed, keep-alive, usage_mode, done) do not apply.
+    realtime_mode   ga | beta | beta_retired. Default ga: the ``OpenAI-Beta:
+                    realtime=v1`` header selects beta shapes, else GA. beta: beta
+                    shapes always (a pre-GA server). beta_retired: the beta
+                    header gets an ``error`` beta_api_shape_disabled and close
+                    4000; without it GA.
+    auth_failure_style  http_401 | error_then_close | close_only: a refused key
+                    gets HTTP 401, or 101 + ``error`` invalid_api_key + close
+                    1008, or 101 + close 1000 without an event. Default http_401.
+    fail_response_with  an error code (model_not_found, insufficient_quota,
+                    rate_limit_exceeded, server_error, ...): every response ends
+                    ``failed`` with that ``status_details.error``, no output and
+                    zero usage.
+    error_event     an error code (session_expired, server_error, ...) sent as
+                    an ``error`` event instead of each response.
+    close_code      close the socket with this code (1000-4999, not 1005, 1006
+                    or 1015) after ``close_after_events`` server events, or by
+                    default where the first delta of a response was due (right
+                    after the ``error_event`` if one is set).
+    close_reason    "" (default). Reason text of that close frame (<= 123 bytes).
+    close_after_events  N: close after N server events (needs close_code).
+    drop_after_deltas   N: after N output deltas abort the TCP connection with
+                    no close frame (the client sees 1006).
+    ignore_client_after N: after N client frames stop reading, send the
+                    ``error_event`` if set and close with ``close_code`` (1011).
+    session_max_s   after this many seconds send ``error`` session_expired and
+                    close 1000.
+    audio_ms        600. Audio per response in audio modality, sent as base64
+                    PCM16 24 kHz (a quiet 400 Hz tone), paced in real time.
+    audio_chunk_ms  100. Audio per ``response.output_audio.delta``.
+    legacy_event_names  false. In GA shapes, name the text/audio/transcript
+                    delta and done events the beta way (a reported live quirk).
+
 Error kinds: auth_error, quota_exhausted, rate_limited, overloaded,
 server_error, bad_gateway, gateway_timeout, model_unavailable, bad_request,
 capacity_exceeded, content_blocked. Their statuses and bodies are defined by
@@ -86,12 +127,18 @@ ErrorKind = Literal[
 ]
 ERROR_KINDS: tuple[str, ...] = get_args(ErrorKind)
 
+RealtimeMode = Literal["ga", "beta", "beta_retired"]
+AuthFailureStyle = Literal["http_401", "error_then_close", "close_only"]
 UsageMode = Literal["include_usage", "none", "always_final", "x_groq"]
 ErrorShape = Literal["openai", "openai_numeric_code", "vllm_flat", "gemini_array", "mistral_detail"]
 
 NonNegative = Annotated[float, Field(ge=0)]
 Count = Annotated[int, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
+ErrorCode = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+CloseCode = Annotated[int, Field(ge=1000, le=4999)]
+# Codes a close frame may not carry (RFC 6455 7.4.1); 1006 is what drop_after_deltas is for.
+_UNSENDABLE_CLOSE_CODES = (1004, 1005, 1006, 1015)
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -143,6 +190,19 @@ class ModelBehaviour(BaseModel):
     usage_mode: UsageMode = "include_usage"
     error_shape: ErrorShape = "openai"
     done: bool = True
+    realtime_mode: RealtimeMode = "ga"
+    auth_failure_style: AuthFailureStyle = "http_401"
+    fail_response_with: ErrorCode | None = None
+    error_event: ErrorCode | None = None
+    close_code: CloseCode | None = None
+    close_reason: str = ""
+    close_after_events: Count | None = None
+    drop_after_deltas: Count | None = None
+    ignore_client_after: Count | None = None
+    session_max_s: Annotated[float, Field(gt=0)] | None = None
+    audio_ms: NonNegative = 600
+    audio_chunk_ms: Annotated[float, Field(gt=0)] = 100
+    legacy_event_names: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelBehaviour:
@@ -153,7 +213,20 @@ class ModelBehaviour(BaseModel):
             raise ValueError(f"errors probabilities sum to {total:g}, more than 1")
         if self.stall_ms is not None and self.stall_after is None:
             raise ValueError("stall_ms has no effect without stall_after")
+        self._check_close()
         return self
+
+    def _check_close(self) -> None:
+        """The realtime close knobs must make sense together."""
+        if self.close_code in _UNSENDABLE_CLOSE_CODES:
+            raise ValueError(f"close_code {self.close_code} cannot be sent in a close frame"
+                             + (" (use drop_after_deltas for 1006)" if self.close_code == 1006 else ""))
+        if self.close_after_events is not None and self.close_code is None:
+            raise ValueError("close_after_events has no effect without close_code")
+        if self.close_reason and self.close_code is None and self.ignore_client_after is None:
+            raise ValueError("close_reason has no effect without close_code or ignore_client_after")
+        if len(self.close_reason.encode()) > 123:
+            raise ValueError("close_reason is longer than the 123 bytes a close frame can carry")
 
     def injected_error(self, uptime_s: float, roll: float) -> str | None:
         """The error kind for one request, or None for a normal answer.
