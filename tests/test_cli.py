@@ -148,5 +148,9 @@ def test_demo_runs_simulator_and_daemon_then_stops(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "metrics:" in out.stdout and "/metrics" in out.stdout
     stored = rows(db)
-    assert {"gpt-4o-mini", "flaky-model"} <= {r["target"] for r in stored}
+    assert {"gpt-4o-mini", "flaky-model", "gpt-4o-mini-realtime",
+            "gpt-4o-mini-realtime-audio"} <= {r["target"] for r in stored}
     assert any(r["outcome"] == "ok" for r in stored)
+    realtime = [r for r in stored if r["kind"] == "realtime"]
+    assert realtime and all(r["outcome"] == "ok" for r in realtime), realtime
+    assert any(r["output_audio_tokens"] for r in realtime if r["target"].endswith("-audio"))

@@ -159,3 +159,27 @@ def test_concurrency_is_bounded_per_provider_and_globally(tmp_path, sim_url):
     spans = lambda pred: [(r["ts"], r["ts"] + r["duration_s"] - 0.002) for r in stored if pred(r)]
     assert max_overlap(spans(lambda r: r["provider"] == "narrow")) == 1
     assert max_overlap(spans(lambda r: True)) == 3  # the global bound, reached and held
+
+
+def test_realtime_probes_in_the_daemon(tmp_path, sim_url):
+    port = free_port()
+    db = tmp_path / "mw.db"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"storage: {{path: {db}}}\nserver: {{listen: '127.0.0.1:{port}'}}\n"
+        "defaults: {interval: 400ms, timeout: 3s}\nproviders:\n"
+        f"  sim: {{type: openai, base_url: '{sim_url}/v1', api_key: sk-t-0000000000}}\n"
+        "targets:\n"
+        "  - {name: rt, provider: sim, model: rt-healthy, probes: [{kind: realtime}, {kind: rest}]}\n"
+        "  - {name: rt-audio, provider: sim, model: rt-healthy, probes: [{kind: realtime, modality: audio}]}\n")
+    with running_daemon(cfg, port) as (_, url):
+        text = wait_for(lambda: (t := http_get(url + "/metrics")) and all(
+            metric(t, "modelwatch_probes_total", target=n, kind="realtime", outcome="ok") >= 2
+            for n in ("rt", "rt-audio")) and t, 20)
+        assert metric(text, "modelwatch_probe_ttft_seconds_count", target="rt", kind="realtime") >= 2
+        assert metric(text, "modelwatch_probes_total", target="rt", kind="rest") >= 1
+    stored = rows(db, "SELECT * FROM probe_results WHERE kind='realtime'")
+    assert {r["target"] for r in stored} == {"rt", "rt-audio"}
+    assert all(r["http_status"] == 101 and r["ttft_s"] and r["request_id"] for r in stored
+               if r["outcome"] == "ok")
+    assert any(r["output_audio_tokens"] for r in stored if r["target"] == "rt-audio")
