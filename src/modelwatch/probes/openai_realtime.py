@@ -238,22 +238,20 @@ async def probe_openai_realtime(job: ProbeJob, http: aiohttp.ClientSession, m: M
 async def _converse(job: ProbeJob, ws: aiohttp.ClientWebSocketResponse, session: RealtimeSession,
                     m: Measurement) -> None:
     m.enter("session")
-    await _until(ws, session, m, "session")
-    m.ttfb_s = m.elapsed()
+    m.ttfb_s = await _until(ws, session, m, "session") - m.start
     m.enter("configure")
     await _send(ws, session, m, [session_update(job)])
     await _until(ws, session, m, "configure")
     m.enter("ttft")
     await _send(ws, session, m, user_turn(job))
-    await _until(ws, session, m, "ttft")
+    m.ttft_s = await _until(ws, session, m, "ttft") - m.start
     m.enter("response")
-    await _until(ws, session, m, "response")
-    m.duration_s = m.elapsed()
+    m.duration_s = await _until(ws, session, m, "response") - m.start
 
 
 async def _until(ws: aiohttp.ClientWebSocketResponse, session: RealtimeSession, m: Measurement,
-                 stage: str) -> None:
-    """Read events until ``stage`` is reached; stamp ttft at the frame that reached it."""
+                 stage: str) -> float:
+    """Read events until ``stage`` is reached; return when the frame that reached it arrived."""
     while True:
         msg = await ws.receive()
         now = time.perf_counter()
@@ -262,11 +260,8 @@ async def _until(ws: aiohttp.ClientWebSocketResponse, session: RealtimeSession, 
             if m.bytes_read > m.byte_limit:
                 raise ProbeFailure(Outcome.PROTOCOL_ERROR, "response_too_large",
                                    f"session exceeded {m.byte_limit} bytes")
-            reached = session.feed(_decode(msg.data))
-            if reached == "ttft":
-                m.ttft_s = now - m.start
-            if reached == stage:
-                return
+            if session.feed(_decode(msg.data)) == stage:
+                return now
         elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
             raise classify_close(ws.close_code if msg.type != aiohttp.WSMsgType.CLOSE else msg.data,
                                  str(msg.extra or ""))
