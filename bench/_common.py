@@ -163,16 +163,31 @@ def replace_section(path: Path, marker: str, body: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def code_version(loop: str | None = None) -> str:
-    """Commit of the tree being measured (read-only git calls) and the daemon's loop (default: its own choice)."""
+def _git(*args: str) -> str:
+    """Output of a read-only git command in this repository ('' on failure)."""
     repo = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=False).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "src"],
-                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10,
+                              check=False).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
-        head, dirty = "unknown", ""
+        return ""
+
+
+def src_fingerprint() -> str:
+    """What the measured code is: the committed src/ tree plus any uncommitted diff under src/.
+
+    Unlike the commit, it does not change when only tests or docs are committed.
+    """
+    import hashlib
+
+    diff = _git("diff", "HEAD", "--", "src") + _git("ls-files", "--others", "--exclude-standard", "src")
+    return _git("rev-parse", "HEAD:src") + ":" + hashlib.sha1(diff.encode()).hexdigest()[:12]
+
+
+def code_version(loop: str | None = None) -> str:
+    """Commit of the tree being measured (read-only git calls) and the daemon's loop (default: its own choice)."""
+    head = _git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "src").splitlines()
     if loop is None:
         try:
             from modelwatch.loop import loop_name
@@ -180,4 +195,6 @@ def code_version(loop: str | None = None) -> str:
             loop = loop_name()
         except ImportError:
             loop = "asyncio"
-    return f"modelwatch {head}{' (src modified)' if dirty else ''}, {loop} loop"
+    files = [line[3:].removeprefix("src/modelwatch/") for line in dirty]
+    mark = f" (src modified: {', '.join(files[:3])}{', ...' if len(files) > 3 else ''})" if files else ""
+    return f"modelwatch {head}{mark}, {loop} loop"

@@ -42,6 +42,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
+    code_version,
     cpu_model,
     fmt,
     markdown_table,
@@ -213,7 +214,7 @@ def environment() -> str:
     v = importlib.metadata.version
     return (f"{time.strftime('%Y-%m-%d')}; {cpu_model()}; Python {platform.python_version()}; "
             f"aiohttp {v('aiohttp')}, httpx {v('httpx')}, httpx-aiohttp {v('httpx-aiohttp')}, "
-            f"openai {v('openai')}, uvloop {v('uvloop')}")
+            f"openai {v('openai')}, uvloop {v('uvloop')}; {code_version('LOOP').replace(', LOOP loop', '')}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -11,9 +11,11 @@ modelwatch
     and duration errors join rows with the simulator's request log by request
     id: error = measured - simulator's actual (and - injected) value. No /metrics
     scrape happens in the window unless ``--scrape-every`` asks for them. Right
-    after the window one scrape is timed (daemon CPU, wall time, size, TTFT error
-    of probes finishing meanwhile); its loop-lag histogram, covering the whole
-    run, gives the loop lag p99.
+    after the window ``--scrape-burst`` scrapes 0.5 s apart are timed (daemon
+    CPU per scrape: CPU over the burst minus the window's rate, divided by
+    their number; wall time; size; TTFT error of the probes that started
+    during a scrape, and of those whose first token came during one); the first
+    one's loop-lag histogram, covering the whole run, gives the loop lag p99.
 
 blackbox_exporter
     ``prometheus-blackbox-exporter`` with one ``http`` module per target (POST of
@@ -29,8 +31,14 @@ blackbox_exporter
 Intervals: 1 s for N=1, 10 s otherwise (``--interval`` overrides), i.e.
 1, 10 and 100 probes/s for N = 1, 100, 1000.
 
+``--kind realtime`` probes OpenAI Realtime sessions over WebSocket instead
+(``--modality text`` or ``audio``; scenario REALTIME below), modelwatch only:
+blackbox_exporter has no prober that can hold a Realtime session and time its
+first delta. The join and the errors are the same, by the 101's x-request-id.
+
 Example:  .venv/bin/python bench/ttft_and_cpu.py --write
           .venv/bin/python bench/ttft_and_cpu.py --targets 1000 --window 20 --only modelwatch
+          .venv/bin/python bench/ttft_and_cpu.py --kind realtime --modality audio --targets 100
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     clear_sim_requests,
     code_version,
+    src_fingerprint,
     cpu_model,
     cpu_seconds,
     fmt,
@@ -75,6 +84,10 @@ DOCS = HERE.parent / "docs" / "benchmarks.md"
 BLACKBOX = shutil.which("prometheus-blackbox-exporter") or "/usr/bin/prometheus-blackbox-exporter"
 KEY = "sk-bench-000000000000"
 BEHAVIOUR = {"ttfb_ms": 20, "ttft_ms": 200, "jitter_ms": 50, "inter_token_ms": 10, "tokens": 8}
+# Realtime: session.created at 50 ms; first delta 250 +/- 50 ms after response.create; 8 text (or
+# transcript) deltas 20 ms apart; audio modality: 600 ms of audio in 100 ms chunks, paced in real time.
+REALTIME = {"ttfb_ms": 50, "ttft_ms": 250, "jitter_ms": 50, "inter_token_ms": 20, "tokens": 8,
+            "audio_ms": 600, "audio_chunk_ms": 100}
 
 
 def interval_for(n: int, override: float | None) -> float:
@@ -89,14 +102,20 @@ def target_name(i: int) -> str:
     return f"t{i + 1:04d}"
 
 
-def write_scenario(path: Path) -> None:
-    """Every model name gets the bench behaviour (``default:``)."""
-    inner = ", ".join(f"{k}: {v}" for k, v in BEHAVIOUR.items())
+def write_scenario(path: Path, kind: str = "rest") -> None:
+    """Every model name gets the bench behaviour (``default:``) of the probe kind."""
+    inner = ", ".join(f"{k}: {v}" for k, v in (REALTIME if kind == "realtime" else BEHAVIOUR).items())
     path.write_text(f"seed: 1\ndefault: {{{inner}}}\n")
 
 
-def write_mw_config(path: Path, n: int, interval: float, sim_url: str, port: int, db: Path) -> None:
-    """A modelwatch config with N rest targets on the simulator."""
+def probe_spec(kind: str = "rest", modality: str | None = None) -> str:
+    """The ``probes:`` entry of every bench target."""
+    return f"{{kind: realtime, modality: {modality or 'text'}}}" if kind == "realtime" else "{kind: rest}"
+
+
+def write_mw_config(path: Path, n: int, interval: float, sim_url: str, port: int, db: Path,
+                    probe: str = "{kind: rest}") -> None:
+    """A modelwatch config with N targets on the simulator, each with one ``probe``."""
     lines = [
         f"storage: {{path: {db}}}",
         f'server: {{listen: "127.0.0.1:{port}"}}',
@@ -106,7 +125,7 @@ def write_mw_config(path: Path, n: int, interval: float, sim_url: str, port: int
         f'  sim: {{type: openai, base_url: "{sim_url}/v1", api_key: {KEY}, max_concurrent_probes: 1000}}',
         "targets:",
     ]
-    lines += [f"  - {{name: {target_name(i)}, provider: sim, model: {target_name(i)}, probes: [{{kind: rest}}]}}"
+    lines += [f"  - {{name: {target_name(i)}, provider: sim, model: {target_name(i)}, probes: [{probe}]}}"
               for i in range(n)]
     path.write_text("\n".join(lines) + "\n")
 
@@ -200,11 +219,11 @@ def scrape(pid: int, url: str) -> dict:
 
 def run_modelwatch(n: int, interval: float, sim: subprocess.Popen, sim_url: str, work: Path,
                    args: argparse.Namespace) -> dict:
-    """One modelwatch phase: warm up, measure the window (no scrapes), then one scrape, then stop."""
+    """One modelwatch phase: warm up, measure the window, then a burst of timed scrapes, then stop."""
     port, db = free_port(), work / f"mw-{n}.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
-    write_mw_config(work / f"mw-{n}.yaml", n, interval, sim_url, port, db)
+    write_mw_config(work / f"mw-{n}.yaml", n, interval, sim_url, port, db, probe_spec(args.kind, args.modality))
     clear_sim_requests(sim_url)
     profile = work / f"mw-{n}.prof" if args.profile else None
     proc = start_daemon(work / f"mw-{n}.yaml", work / f"mw-{n}.log", args, profile)
@@ -222,22 +241,29 @@ def run_modelwatch(n: int, interval: float, sim: subprocess.Popen, sim_url: str,
         scraper.join()
         if spy is not None:
             spy.wait(30)
-        first = scrape(proc.pid, url)  # its loop-lag histogram covers the whole run
-        sleep_until(first["t1"] + 2.0)
-        second = scrape(proc.pid, url)
+        burst, cpu_b0, tb0 = [], cpu_seconds(proc.pid), time.time()
+        for _ in range(args.scrape_burst):  # the first one's loop-lag histogram covers the whole run
+            burst.append(scrape(proc.pid, url))
+            sleep_until(burst[-1]["t0"] + 0.5)
+        cpu_b1, tb1 = cpu_seconds(proc.pid), time.time()
     finally:
         stop_process(proc)
     log = sim_requests(sim_url)
     (work / f"mw-{n}-sim.json").write_text(json.dumps(log))
     busy = (cpu1 - cpu0) / args.window
-    during = mw_errors(read_rows(db, first["t0"], first["t1"] + 0.5), log)
-    return {"tool": "modelwatch", "n": n, "interval": interval, "cpu_s": cpu1 - cpu0, "sim_cpu_s": sim1 - sim0,
+    first, last = burst[0], burst[-1]
+    span = tb1 - tb0
+    spans = [(b["t0"], b["t1"]) for b in burst]
+    during = mw_errors(read_rows_first_token(db, spans, log), log)
+    started = mw_errors(read_rows_started(db, spans), log)
+    return {"tool": "modelwatch", "probe": probe_label(args), "n": n, "interval": interval, "cpu_s": cpu1 - cpu0, "sim_cpu_s": sim1 - sim0,
             "window": args.window, "lag_p99": lag_quantile_ms({"lag_buckets": {}}, first, 0.99),
             "lag_buckets": {f"{le:g}": v for le, v in sorted(first["lag_buckets"].items())},
-            "scrape": {"cpu_s": max(0.0, first["cpu_s"] - busy * (first["t1"] - first["t0"])),
-                       "wall_s": first["t1"] - first["t0"], "bytes": first["bytes"],
-                       "lag_p99_after": lag_quantile_ms(first, second, 0.99),
-                       "lag_max_after": lag_quantile_ms(first, second, 1.0), "ttft_err": during["ttft_err"]},
+            "scrape": {"count": len(burst), "cpu_s": max(0.0, (cpu_b1 - cpu_b0 - busy * span) / len(burst)),
+                       "wall_s": sorted(b["t1"] - b["t0"] for b in burst)[len(burst) // 2],
+                       "bytes": first["bytes"], "lag_p99_after": lag_quantile_ms(first, last, 0.99),
+                       "lag_max_after": lag_quantile_ms(first, last, 1.0), "ttft_err": during["ttft_err"],
+                       "ttft_err_started": started["ttft_err"]},
             "scrapes_in_window": scraper.done, **mw_errors(read_rows(db, start, end), log)}
 
 
@@ -248,6 +274,30 @@ def read_rows(db: Path, start: float, end: float) -> list[dict]:
         rows = conn.execute("SELECT ts, outcome, ttft_s, duration_s, request_id FROM probe_results "
                             "WHERE ts + duration_s >= ? AND ts + duration_s <= ?", (start, end)).fetchall()
     return [dict(r) for r in rows]
+
+
+def read_rows_started(db: Path, spans: list[tuple[float, float]]) -> list[dict]:
+    """probe_results rows of the probes that started inside one of ``spans`` (wall clock)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = conn.execute("SELECT ts, outcome, ttft_s, duration_s, request_id FROM probe_results "
+                            "WHERE ts >= ? AND ts <= ?", (spans[0][0], spans[-1][1])).fetchall()
+    return [dict(r) for r in rows if any(a <= r["ts"] <= b for a, b in spans)]
+
+
+def read_rows_first_token(db: Path, spans: list[tuple[float, float]], log: list[dict]) -> list[dict]:
+    """probe_results rows whose first token the simulator sent inside one of ``spans`` (wall clock).
+
+    The send time is the probe's start (``ts``) plus the simulator's ``actual_ttft_s``: the time the
+    daemon read the token would miss exactly the probes a blocked loop read late.
+    """
+    actual = {r["request_id"]: r["actual_ttft_s"] for r in log if r.get("actual_ttft_s") is not None}
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = conn.execute("SELECT ts, outcome, ttft_s, duration_s, request_id FROM probe_results "
+                            "WHERE ts >= ?", (spans[0][0] - 30,)).fetchall()
+    return [dict(r) for r in rows if r["request_id"] in actual
+            and any(a <= r["ts"] + actual[r["request_id"]] <= b for a, b in spans)]
 
 
 def mw_errors(rows: list[dict], log: list[dict]) -> dict:
@@ -329,10 +379,16 @@ def bb_errors(window: list[dict], everything: list[dict], log: list[dict], n: in
             "first_byte_vs_ttft": summary_ms(first_byte)}
 
 
+def probe_label(args: argparse.Namespace) -> str:
+    """'rest', 'realtime text' or 'realtime audio'."""
+    return f"realtime {args.modality}" if args.kind == "realtime" else "rest"
+
+
 def tool_label(r: dict) -> str:
-    """Tool name, plus the number of /metrics scrapes made inside the window, if any."""
+    """Tool name (with the probe if not rest), plus the /metrics scrapes made inside the window, if any."""
+    name = r["tool"] if r.get("probe", "rest") == "rest" else f"{r['tool']}, {r['probe']}"
     k = r.get("scrapes_in_window")
-    return f"{r['tool']} + {k} scrapes" if k else r["tool"]
+    return f"{name} + {k} scrapes" if k else name
 
 
 def cpu_rows(results: list[dict]) -> list[list[str]]:
@@ -370,8 +426,9 @@ def scrape_rows(results: list[dict]) -> list[list[str]]:
     for r in results:
         if "scrape" in r:
             s = r["scrape"]
-            rows.append([str(r["n"]), fmt(s["bytes"] / 1000, 0), fmt(s["cpu_s"] * 1000, 0),
+            rows.append([str(r["n"]), fmt(s["bytes"] / 1000, 0), fmt(s["cpu_s"] * 1000, 1),
                          fmt(s["wall_s"] * 1000, 0), f"{s['lag_p99_after']} / {s['lag_max_after']}",
+                         f"{s['ttft_err_started']['n']}: {_trio(s['ttft_err_started'])}",
                          f"{s['ttft_err']['n']}: {_trio(s['ttft_err'])}"])
     return rows
 
@@ -386,16 +443,21 @@ def render(results: list[dict]) -> str:
                           "duration error vs sim actual, ms p50 / p99 / max", "loop lag p99, ms"],
                          error_rows(results))
     tables = f"{cpu}\n\n{err}"
-    rows = scrape_rows(results)
+    rows = scrape_rows(results) if all(r.get("probe", "rest") == "rest" for r in results) else []
     if rows:
         tables += "\n\n" + markdown_table(
-            ["targets", "/metrics size, kB", "daemon CPU ms", "wall ms", "loop lag p99 / max from it to a scrape 2 s later, ms",
-             "probes completing during it: TTFT error ms p50 / p99 / max"], rows)
+            ["targets", "/metrics size, kB", "daemon CPU ms per scrape", "wall ms (median)",
+             "loop lag p99 / max during the scrapes, ms",
+             "probes started during a scrape: n: TTFT error ms p50 / p99 / max",
+             "probes whose first token came during a scrape: n: TTFT error ms p50 / p99 / max"], rows)
     return tables
 
 
-def environment(loop: str | None) -> str:
-    """Date, CPU, Python, aiohttp and blackbox_exporter versions."""
+def environment(loop: str | None, blackbox: bool = True) -> str:
+    """Date, CPU, Python, aiohttp and (if it runs) blackbox_exporter versions."""
+    if not blackbox:
+        return (f"{time.strftime('%Y-%m-%d')}; {cpu_model()}; Python {platform.python_version()}; "
+                f"aiohttp {importlib.metadata.version('aiohttp')}; {code_version(loop)}")
     try:
         out = subprocess.run([BLACKBOX, "--version"], capture_output=True, text=True, timeout=10,
                              check=False)
@@ -419,11 +481,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loop", choices=("asyncio", "uvloop"), help="daemon event loop (sets MODELWATCH_LOOP; "
                    "default: the daemon's own choice)")
     p.add_argument("--only", choices=("modelwatch", "blackbox"), help="run one tool only")
+    p.add_argument("--kind", choices=("rest", "realtime"), default="rest", help="probe kind (default rest; "
+                   "realtime runs modelwatch only)")
+    p.add_argument("--modality", choices=("text", "audio"), help="realtime only: what the probe times "
+                   "(default text)")
     p.add_argument("--workdir", type=Path, help="keep configs, logs and databases here (default: a temp dir)")
     p.add_argument("--profile", action="store_true", help="run the daemon under cProfile (writes "
                    "WORKDIR/mw-N.prof; CPU figures are then inflated)")
     p.add_argument("--scrape-every", type=float, metavar="S", help="also GET the daemon's /metrics every S "
                    "seconds during the window, as Prometheus would (default: no scrapes in the window)")
+    p.add_argument("--scrape-burst", type=int, default=10, metavar="K", help="after the window, GET /metrics "
+                   "K times, 0.5 s apart, and report CPU per scrape (default 10)")
     p.add_argument("--py-spy", metavar="EXE", help="sample the daemon with this py-spy during the window "
                    "(writes WORKDIR/mw-N.py-spy.txt, collapsed stacks)")
     p.add_argument("--write", action="store_true", help=f"write the tables into {DOCS}")
@@ -436,16 +504,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("each target count must be 1..5000")
     if not (1 <= args.window <= 600 and 0 <= args.warmup <= 120):
         p.error("--window must be 1..600 s and --warmup 0..120 s")
+    if not 2 <= args.scrape_burst <= 50:
+        p.error("--scrape-burst must be 2..50")
     if args.scrape_every is not None and not 1 <= args.scrape_every <= 600:
         p.error("--scrape-every must be 1..600 s")
     if args.interval is not None and not 0.5 <= args.interval <= 600:
         p.error("--interval must be 0.5..600 s")
+    if args.kind == "rest" and args.modality:
+        p.error("--modality is for --kind realtime")
+    if args.kind == "realtime":
+        if args.only == "blackbox":
+            p.error("blackbox_exporter cannot run a realtime session; --kind realtime is modelwatch only")
+        args.only, args.modality = "modelwatch", args.modality or "text"
     return args
 
 
 def run_all(args: argparse.Namespace, work: Path) -> list[dict]:
     """Start the simulator and run every requested phase against it."""
-    write_scenario(work / "scenario.yaml")
+    write_scenario(work / "scenario.yaml", args.kind)
     sim, sim_url = start_sim(work / "scenario.yaml", work / "sim.log")
     results = []
     try:
@@ -458,6 +534,9 @@ def run_all(args: argparse.Namespace, work: Path) -> list[dict]:
                 print(f"N={n} interval={interval:g}s: {name} ...", flush=True)
                 result = phase(n, interval, sim, sim_url, work, args)
                 print("  " + json.dumps({k: v for k, v in result.items() if k not in ("tool", "n")}), flush=True)
+                if result["joined"] < 0.98 * result["ok"]:
+                    print(f"  WARNING: only {result['joined']} of {result['ok']} ok probes found in the simulator's "
+                          "log (it keeps the last 10,000 requests: shorten --window)", flush=True)
                 results.append(result)
     finally:
         stop_process(sim)
@@ -469,16 +548,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="modelwatch-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    env = environment(args.loop)
+    env = environment(args.loop, blackbox=args.only != "modelwatch")
+    code_before = src_fingerprint()
     results = run_all(args, work)
     (work / "results.json").write_text(json.dumps(results, indent=1))
     tables = render(results)
-    if code_version(args.loop) not in env:
-        env += f" (WARNING: the code changed during the run, now {code_version(args.loop)})"
+    if src_fingerprint() != code_before:
+        env += f" (WARNING: src/ changed during the run, now {code_version(args.loop)})"
     command = "python bench/ttft_and_cpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"\n{env}\n\n{tables}\n\nraw results and logs: {work}")
     if args.write:
-        section = "ttft-and-cpu" + ("-scraped" if args.scrape_every else "")
+        section = ("ttft-and-cpu" if args.kind == "rest" else f"realtime-{args.modality}") + \
+            ("-scraped" if args.scrape_every else "")
         replace_section(DOCS, section, f"Run: {env}.  \nCommand: `{command.strip()}`\n\n{tables}")
         print(f"wrote {DOCS}")
     return 0
