@@ -256,7 +256,8 @@ def run_modelwatch(n: int, interval: float, sim: subprocess.Popen, sim_url: str,
     spans = [(b["t0"], b["t1"]) for b in burst]
     during = mw_errors(read_rows_first_token(db, spans, log), log)
     started = mw_errors(read_rows_started(db, spans), log)
-    return {"tool": "modelwatch", "probe": probe_label(args), "n": n, "interval": interval, "cpu_s": cpu1 - cpu0, "sim_cpu_s": sim1 - sim0,
+    return {"tool": "modelwatch", "probe": probe_label(args), "n": n, "interval": interval,
+            "cpu_s": cpu1 - cpu0, "sim_cpu_s": sim1 - sim0,
             "window": args.window, "lag_p99": lag_quantile_ms({"lag_buckets": {}}, first, 0.99),
             "lag_buckets": {f"{le:g}": v for le, v in sorted(first["lag_buckets"].items())},
             "scrape": {"count": len(burst), "cpu_s": max(0.0, (cpu_b1 - cpu_b0 - busy * span) / len(burst)),

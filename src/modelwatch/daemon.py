@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -49,6 +50,9 @@ class Daemon:
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())
         self._apply_jobs(cfg.jobs)
+        # Everything allocated so far lives as long as the daemon: keep it out of full garbage
+        # collections, whose pauses (20-35 ms at 1,000 targets) land in the readings.
+        gc.freeze()
         tasks = [loop.create_task(self._scheduler.run()), loop.create_task(watch_loop_lag(self.metrics))]
         log.info("started url=%s targets=%d probes=%d db=%s", self.url,
                  len({j.target for j in cfg.jobs}), len(cfg.jobs), cfg.storage.path)

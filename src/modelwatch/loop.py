@@ -1,10 +1,11 @@
 """The event loop modelwatch runs on: uvloop where installed, else asyncio's own.
 
 uvloop's loop is a drop-in replacement written in C. In the daemon at 1,000
-targets it saves only ~2 % of the CPU, but it removes the rare tens-of-ms
-stalls of asyncio's loop: the worst TTFT error over three runs was 3-4 ms with
-uvloop and 23-42 ms without (docs/benchmarks.md). ``MODELWATCH_LOOP=asyncio``
-forces the standard loop (for comparison, or on a platform without uvloop).
+targets its CPU per probe and TTFT p99 match asyncio's within the machine's
+drift, but it allocates less, so full garbage collections (20-35 ms pauses)
+came less often: the worst TTFT error over three runs was 8-13 ms with uvloop
+and 30-49 ms without (docs/benchmarks.md). ``MODELWATCH_LOOP=asyncio`` forces
+the standard loop (for comparison, or on a platform without uvloop).
 """
 
 from __future__ import annotations
