@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import socket
 import struct
 from typing import Any
@@ -47,3 +48,20 @@ def base62(number: int) -> str:
         digits = _BASE62[digit] + digits
         if not number:
             return digits
+
+
+class LoggedExchange:
+    """A request (or session) with a request-log ``record`` and its ``t0_perf`` start."""
+
+    record: Any
+    t0_perf: float
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.t0_perf
+
+    def finish(self, status: int | None = None) -> None:
+        """Stamp the log entry: the status, and the duration unless something stamped it first."""
+        if status is not None:
+            self.record.status = status
+        if self.record.actual_duration_s is None:
+            self.record.actual_duration_s = self.elapsed_s()

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .common import base62 as _base62
-from .common import reset_connection
+from .common import LoggedExchange, reset_connection
 from .common import sleep_until as _sleep_until
 from .common import to_json as _to_json
 from .scenario import ModelBehaviour
@@ -238,7 +238,7 @@ def register(app: web.Application, state: SimState) -> None:
 
 
 @dataclass
-class _Call:
+class _Call(LoggedExchange):
     """Everything one chat request needs, from arrival to the last byte."""
 
     request: web.Request
@@ -272,15 +272,6 @@ class _Call:
         options = self.body.get("stream_options")
         return not (isinstance(options, dict) and options.get("include_obfuscation") is False)
 
-    def elapsed_s(self) -> float:
-        return time.perf_counter() - self.t0_perf
-
-    def finish(self, status: int | None = None) -> None:
-        """Stamp the log entry; called just before the last byte goes out."""
-        if status is not None:
-            self.record.status = status
-        if self.record.actual_duration_s is None:
-            self.record.actual_duration_s = self.elapsed_s()
 
 
 class ChatCompletions:

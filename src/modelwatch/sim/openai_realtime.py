@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from .common import base62, reset_connection, sleep_until, to_json
+from .common import LoggedExchange, base62, reset_connection, sleep_until, to_json
 from .openai_chat import (
     ERRORS,
     MISSING_AUTH,
@@ -191,7 +191,7 @@ class _ClientError(Exception):
 
 
 @dataclass
-class _Connection:
+class _Connection(LoggedExchange):
     """One upgrade request, from arrival to the end of its session."""
 
     request: web.Request
@@ -204,15 +204,6 @@ class _Connection:
     model: str = ""
     idle: bool = False  # session open, no response running: a client leaving now is no disconnect
 
-    def elapsed_s(self) -> float:
-        return time.perf_counter() - self.t0_perf
-
-    def finish(self, status: int | None = None) -> None:
-        """Stamp the log entry (duration only if no response.done stamped it first)."""
-        if status is not None:
-            self.record.status = status
-        if self.record.actual_duration_s is None:
-            self.record.actual_duration_s = self.elapsed_s()
 
 
 class RealtimeEndpoint:
