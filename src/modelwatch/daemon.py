@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
@@ -111,8 +112,6 @@ class Daemon:
 
 
 def _keep_static(new: Config, old: Config) -> Config:
-    import dataclasses
-
     return dataclasses.replace(new, storage=old.storage, server=old.server, location=old.location,
                                jobs=tuple(dataclasses.replace(j, location=old.location) for j in new.jobs))
 

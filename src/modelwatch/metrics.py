@@ -172,18 +172,21 @@ class ProbeMetrics:
         names = BASE_LABELS + (("location",) if self.location else ())
         return ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, key, strict=True))
 
+    def _job_key(self, job: ProbeJob) -> tuple[str, ...]:
+        return self._key(job.target, job.provider_name, job.model, job.probe.kind)
+
     def add_job(self, job: ProbeJob) -> None:
         """Create a job's series so they exist (at 0) before its first probe."""
-        key = self._key(job.target, job.provider_name, job.model, job.probe.kind)
+        key = self._job_key(job)
         self._series.setdefault(key, _Series(self._labels(key)))
 
     def remove_job(self, job: ProbeJob) -> None:
         """Drop a job's series (after a reload removed it)."""
-        self._series.pop(self._key(job.target, job.provider_name, job.model, job.probe.kind), None)
+        self._series.pop(self._job_key(job), None)
 
     def skip(self, job: ProbeJob) -> None:
         """Count a run skipped because the job's previous run was still going."""
-        series = self._series.get(self._key(job.target, job.provider_name, job.model, job.probe.kind))
+        series = self._series.get(self._job_key(job))
         if series is not None:
             series.skipped += 1
 

@@ -38,8 +38,8 @@ from modelwatch.probes.openai_chat import classify_openai_error, parse_body
 
 INSTRUCTIONS = "Reply with one word."
 CLOSE_GRACE_S = 1.0
-TEXT_DELTAS = {"response.output_text.delta", "response.text.delta",
-               "response.output_audio_transcript.delta", "response.audio_transcript.delta"}
+# Transcript deltas (response.output_audio_transcript.delta, ...) are neither: never the TTFT.
+TEXT_DELTAS = {"response.output_text.delta", "response.text.delta"}
 AUDIO_DELTAS = {"response.output_audio.delta", "response.audio.delta"}
 
 # Realtime error codes whose meaning the generic OpenAI table does not capture.
@@ -137,11 +137,11 @@ def classify_close(code: int | None, reason: str) -> ProbeFailure:
 class RealtimeSession:
     """What a realtime session said so far; :meth:`feed` one decoded server event at a time."""
 
-    __slots__ = ("modality", "created", "updated", "output", "done", "usage", "session_id")
+    __slots__ = ("modality", "created", "updated", "output", "usage", "session_id")
 
     def __init__(self, modality: str) -> None:
         self.modality = modality
-        self.created = self.updated = self.output = self.done = False
+        self.created = self.updated = self.output = False
         self.usage: dict = {}
         self.session_id: str | None = None
 
@@ -172,16 +172,13 @@ class RealtimeSession:
     def _delta(self, kind: str, delta: Any) -> str | None:
         if not isinstance(delta, str) or not delta or self.output:
             return None
-        wanted = AUDIO_DELTAS if self.modality == "audio" else TEXT_DELTAS - {
-            "response.output_audio_transcript.delta", "response.audio_transcript.delta"}
-        if kind in wanted:
+        if kind in (AUDIO_DELTAS if self.modality == "audio" else TEXT_DELTAS):
             self.output = True
             return "ttft"
         return None
 
     def _response_done(self, response: Any) -> str:
         response = response if isinstance(response, dict) else {}
-        self.done = True
         self.usage = response.get("usage") or {}
         status = response.get("status")
         details = response.get("status_details") or {}
