@@ -86,3 +86,22 @@ def promtool() -> str:
 
 def dedent(text: str) -> str:
     return textwrap.dedent(text).lstrip()
+
+
+def with_sim(scenario, body, **sim_options):
+    """Run ``await body(session, url)`` against a fresh in-process simulator; return its result."""
+    import asyncio
+
+    import aiohttp
+
+    from modelwatch.sim import start_sim
+
+    async def main():
+        server = await start_sim(scenario, port=0, **sim_options)
+        try:
+            async with aiohttp.ClientSession() as session:
+                return await body(session, server.url)
+        finally:
+            await server.close()
+
+    return asyncio.run(main())

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_config
 from modelwatch.config import load_config
 from modelwatch.outcomes import ProbeFailure
 from modelwatch.probes.openai_realtime import (RealtimeSession, classify_close, prompt_audio,

@@ -24,6 +24,7 @@ import aiohttp
 import openai
 import pytest
 
+from conftest import with_sim
 from modelwatch.sim import ScenarioError, default_scenario, load_scenario, start_sim
 from modelwatch.sim.scenario import ERROR_KINDS, Scenario
 
@@ -39,20 +40,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 def make_scenario(seed: int = 1, keys: list[str] | None = None, **models: dict) -> Scenario:
     """A scenario from model blocks given as keyword arguments."""
     return Scenario.model_validate({"seed": seed, "keys": keys or [], "models": models})
-
-
-def with_sim(scenario: Scenario, body, **sim_options):
-    """Run ``await body(url)`` against a fresh simulator and return its result."""
-
-    async def main():
-        server = await start_sim(scenario, port=0, **sim_options)
-        try:
-            async with aiohttp.ClientSession() as session:
-                return await body(session, server.url)
-        finally:
-            await server.close()
-
-    return asyncio.run(main())
 
 
 async def post_chat(session, url, model, *, stream=True, include_usage=False, headers=KEY, **extra):

@@ -19,7 +19,8 @@ import aiohttp
 import openai
 import pytest
 
-from modelwatch.sim import ScenarioError, default_scenario, parse_scenario, start_sim
+from conftest import with_sim
+from modelwatch.sim import ScenarioError, default_scenario, parse_scenario
 from modelwatch.sim.scenario import Scenario
 
 KEY = {"Authorization": "Bearer sk-test"}
@@ -37,20 +38,6 @@ WAIT_S = 3.0
 def make_scenario(keys: list[str] | None = None, **models: dict) -> Scenario:
     """A scenario from model blocks given as keyword arguments."""
     return Scenario.model_validate({"seed": 1, "keys": keys or [], "models": models})
-
-
-def with_sim(scenario: Scenario, body):
-    """Run ``await body(session, url)`` against a fresh simulator and return its result."""
-
-    async def main():
-        server = await start_sim(scenario, port=0)
-        try:
-            async with aiohttp.ClientSession() as session:
-                return await body(session, server.url)
-        finally:
-            await server.close()
-
-    return asyncio.run(main())
 
 
 def ws_url(url: str, path: str = "/v1/realtime?model=m") -> str:
