@@ -148,9 +148,13 @@ def test_demo_runs_simulator_and_daemon_then_stops(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "metrics:" in out.stdout and "/metrics" in out.stdout
     stored = rows(db)
-    assert {"gpt-4o-mini", "flaky-model", "gpt-4o-mini-realtime",
-            "gpt-4o-mini-realtime-audio"} <= {r["target"] for r in stored}
+    assert {"gpt-4o-mini", "flaky-model", "gpt-4o-mini-realtime", "gpt-4o-mini-realtime-audio",
+            "gpt-4o-mini-responses", "claude-haiku-4-5", "gemini-2.5-flash",
+            "gemini-live-2.5-flash"} <= {r["target"] for r in stored}
     assert any(r["outcome"] == "ok" for r in stored)
+    for target in ("gpt-4o-mini-responses", "gemini-2.5-flash"):  # every protocol answers in the demo
+        assert any(r["outcome"] == "ok" and r["ttft_s"] for r in stored if r["target"] == target), target
     realtime = [r for r in stored if r["kind"] == "realtime"]
     assert realtime and all(r["outcome"] == "ok" for r in realtime), realtime
     assert any(r["output_audio_tokens"] for r in realtime if r["target"].endswith("-audio"))
+    assert all(r["cost_usd"] > 0 for r in stored if r["outcome"] == "ok" and r["kind"] != "models")

@@ -635,7 +635,8 @@ def test_missing_scenario_file_is_a_scenario_error(tmp_path):
 
 def test_bundled_demo_scenario():
     scenario = default_scenario()
-    assert set(scenario.models) == {"gpt-4o-mini", "flaky-model", "slow-model", "gpt-4o-mini-realtime-preview"}
+    assert set(scenario.models) == {"gpt-4o-mini", "flaky-model", "slow-model", "gpt-4o-mini-realtime-preview",
+                                    "claude-haiku-4-5", "gemini-2.5-flash", "gemini-live-2.5-flash-preview"}
     assert scenario.default is None and scenario.keys == []
     assert scenario.models["flaky-model"].errors == {"rate_limited": 0.10, "server_error": 0.05,
                                                      "overloaded": 0.03}

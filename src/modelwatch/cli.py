@@ -112,7 +112,7 @@ async def _run_daemon(config, on_ready=None, stop_after: float | None = None) ->
 @cli.command()
 @config_option
 @click.argument("targets", nargs=-1, metavar="[TARGET]...")
-@click.option("--kind", type=click.Choice(["rest", "realtime"]), help="Only probes of this kind.")
+@click.option("--kind", type=click.Choice(["rest", "realtime", "models"]), help="Only probes of this kind.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per probe (JSON Lines).")
 @click.option("--dry-run", is_flag=True, help="Probe nothing; print probes, tokens and cost per day.")
 @log_level_option
@@ -130,7 +130,7 @@ def probe(config_path: str | None, targets: tuple[str, ...], kind: str | None, a
     if dry_run:
         from modelwatch.cost import dry_run_lines
 
-        click.echo("\n".join(dry_run_lines(jobs)))
+        click.echo("\n".join(dry_run_lines(jobs, config.budget.daily_usd if config.budget else None)))
         return
     from modelwatch.probes import prober_for
     from modelwatch.probes.base import new_http_session, run_probe

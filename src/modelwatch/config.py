@@ -98,6 +98,12 @@ class ServerConfig(_Strict):
         return v
 
 
+class BudgetConfig(_Strict):
+    """A daily spending limit for paid probes (UTC days)."""
+
+    daily_usd: float = Field(gt=0, le=1_000_000)
+
+
 class ProbeSettings(_Strict):
     """Probe fields that ``defaults:`` may set for every probe."""
 
@@ -113,12 +119,15 @@ class ProbeSettings(_Strict):
     modality: Literal["text", "audio"] = "text"
     interface: Literal["ga", "beta"] = "ga"
     voice: str = Field("alloy", min_length=1, max_length=64)
+    api: Literal["chat", "responses"] = "chat"
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    thinking_budget: int | None = Field(None, ge=0, le=32768)
 
 
 class ProbeConfig(ProbeSettings):
     """One probe of a target: its kind plus any probe setting."""
 
-    kind: Literal["rest", "realtime"]
+    kind: Literal["rest", "realtime", "models"]
 
 
 class ProviderConfig(_Strict):
@@ -130,6 +139,7 @@ class ProviderConfig(_Strict):
     api_key_file: Path | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     api_version: str | None = Field(None, min_length=1, max_length=64)
+    auth_style: Literal["bearer", "x-api-key"] | None = None
     max_concurrent_probes: int = Field(8, ge=1, le=1000)
 
     @field_validator("base_url")
@@ -155,6 +165,8 @@ class PriceConfig(_Strict):
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
+    audio_input: float | None = Field(None, ge=0)
+    audio_output: float | None = Field(None, ge=0)
 
 
 class TargetConfig(_Strict):
@@ -197,10 +209,11 @@ class Config:
     max_concurrent_probes: int
     providers: dict[str, ProviderConfig]
     jobs: tuple[ProbeJob, ...]
+    budget: BudgetConfig | None = None
 
 
 _TOP_KEYS = {"storage", "server", "location", "defaults", "include", "providers", "targets",
-             "max_concurrent_probes"}
+             "max_concurrent_probes", "budget"}
 _INCLUDE_KEYS = {"include", "providers", "targets"}
 
 
@@ -406,6 +419,9 @@ def load_config(path: str | os.PathLike) -> Config:
 
     storage = _validate(StorageConfig, data.get("storage"), file, "storage", problems)
     server = _validate(ServerConfig, data.get("server"), file, "server", problems)
+    budget = None
+    if data.get("budget") is not None:
+        budget = _validate(BudgetConfig, data["budget"], file, "budget", problems)
     defaults = _validate(ProbeSettings, data.get("defaults"), file, "defaults", problems)
     default_values = defaults.model_dump(exclude_unset=True) if defaults else {}
     location = data.get("location")
@@ -426,7 +442,7 @@ def load_config(path: str | os.PathLike) -> Config:
         raise ConfigError(problems.lines)
     return Config(path=file, storage=storage, server=server, location=location,
                   max_concurrent_probes=max_concurrent,
-                  providers={n: p for n, (p, _) in providers.items()}, jobs=tuple(jobs))
+                  providers={n: p for n, (p, _) in providers.items()}, jobs=tuple(jobs), budget=budget)
 
 
 def _resolve_targets(pieces: _Pieces, providers: dict, default_values: dict, location: str | None,
@@ -463,10 +479,24 @@ def _resolve_targets(pieces: _Pieces, providers: dict, default_values: dict, loc
                 problems.add(file, f"{ppath}.kind",
                              f"provider type {provider.type} has no {probe.kind} probe (supported: {have})")
                 continue
+            problem = _probe_problem(provider.type, probe)
+            if problem:
+                problems.add(file, ppath + problem[0], problem[1])
+                continue
             if probe.enabled:
                 jobs.append(ProbeJob(target.name, target.provider, provider, key, target.model,
                                      probe, location, target.price))
     return jobs
+
+
+_OPENAI_FAMILY = ("openai", "azure-openai", "openai-compatible")
+
+
+def _probe_problem(provider_type: str, probe: ProbeConfig) -> tuple[str, str] | None:
+    """A setting that the probe's provider type or kind cannot honour, as (key suffix, reason)."""
+    if probe.api == "responses" and (probe.kind != "rest" or provider_type not in _OPENAI_FAMILY):
+        return ".api", "api: responses is for rest probes of openai, azure-openai and openai-compatible providers"
+    return None
 
 
 def default_config_path() -> str:

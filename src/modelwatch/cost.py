@@ -1,38 +1,149 @@
-"""What probing costs: the ``probe --dry-run`` estimate per day at the configured intervals."""
+"""What probing costs: per-probe cost, the daily budget, and the ``probe --dry-run`` estimate.
+
+Prices come from ``targets[].price`` in USD per million tokens. Audio tokens
+(realtime audio probes) are charged at ``audio_input`` / ``audio_output`` when
+set, else at the text rates, which underestimates: catalogs set both. The
+free ``models`` check has no tokens and costs nothing.
+
+The budget counts UTC days: once the day's spend reaches ``budget.daily_usd``
+the daemon stops starting paid probes (see :func:`is_paid`) until the next UTC
+midnight. Probes
+already running finish, so a day can end slightly over (at most the
+concurrent probes' output caps).
+"""
 
 from __future__ import annotations
 
-from modelwatch.config import ProbeJob
+import datetime as dt
+import time
+from collections.abc import Callable
+
+from modelwatch.config import PriceConfig, ProbeJob
 
 DAY_S = 86400.0
 PROMPT_OVERHEAD_TOKENS = 8  # chat framing around the prompt
+REALTIME_INSTRUCTION_TOKENS = 12  # "Reply with one word." plus session framing
+PROMPT_AUDIO_TOKENS = 15  # the bundled 1.5 s spoken prompt at ~10 audio tokens a second [MEM]
+FREE_KINDS = frozenset({"models"})
 
 
-def estimate_input_tokens(prompt: str) -> int:
-    """A rough token count: ~4 characters per token plus message framing."""
-    return PROMPT_OVERHEAD_TOKENS + max(1, len(prompt) // 4)
+def probe_cost_usd(price: PriceConfig | None, input_tokens: int | None, output_tokens: int | None,
+                   input_audio: int | None = None, output_audio: int | None = None) -> float | None:
+    """USD for one probe's reported tokens, or None without a price or any token count."""
+    if price is None or (input_tokens is None and output_tokens is None):
+        return None
+    audio_in, audio_out = input_audio or 0, output_audio or 0
+    text_in = max((input_tokens or 0) - audio_in, 0)
+    text_out = max((output_tokens or 0) - audio_out, 0)
+    micro = (text_in * price.input + text_out * price.output
+             + audio_in * _rate(price.audio_input, price.input)
+             + audio_out * _rate(price.audio_output, price.output))
+    return round(micro / 1e6, 9)
 
 
-def dry_run_lines(jobs: list[ProbeJob]) -> list[str]:
+def _rate(audio: float | None, text: float) -> float:
+    return text if audio is None else audio
+
+
+def utc_day_start(ts: float) -> float:
+    """Unix time of the UTC midnight that starts the day containing ``ts``."""
+    day = dt.datetime.fromtimestamp(ts, dt.timezone.utc).date()
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp()
+
+
+class DailyBudget:
+    """Today's spend against a daily limit; the day rolls over at UTC midnight."""
+
+    def __init__(self, daily_usd: float, clock: Callable[[], float] = time.time) -> None:
+        self.daily_usd = daily_usd
+        self._clock = clock
+        self.day_start = utc_day_start(clock())
+        self.spent_usd = 0.0
+
+    def _roll(self) -> None:
+        today = utc_day_start(self._clock())
+        if today != self.day_start:
+            self.day_start, self.spent_usd = today, 0.0
+
+    def restore(self, spent_today_usd: float) -> None:
+        """Start from what the store says today's probes already cost (after a restart)."""
+        self._roll()
+        self.spent_usd = spent_today_usd
+
+    def add(self, usd: float | None, ts: float) -> None:
+        """Count one probe's cost; a probe that started before today's midnight is yesterday's."""
+        self._roll()
+        if usd and ts >= self.day_start:
+            self.spent_usd += usd
+
+    def exhausted(self) -> bool:
+        """Whether today's spend has reached the limit."""
+        self._roll()
+        return self.spent_usd >= self.daily_usd
+
+
+def is_paid(job: ProbeJob) -> bool:
+    """Whether a probe may cost money: it spends tokens and its price is not known to be zero.
+
+    The model-list check spends none; self-hosted targets priced at 0 cost none
+    per token. An unpriced probe counts as paid: its cost is unknown, not zero.
+    """
+    price = job.price
+    free_price = price is not None and not any((price.input, price.output, price.audio_input,
+                                                price.audio_output))
+    return job.probe.kind not in FREE_KINDS and not free_price
+
+
+def tokens_per_probe(job: ProbeJob) -> tuple[int, int, int, int]:
+    """Upper-bound (text in, text out, audio in, audio out) tokens of one probe."""
+    p = job.probe
+    if p.kind in FREE_KINDS:
+        return 0, 0, 0, 0
+    text_in = PROMPT_OVERHEAD_TOKENS + max(1, len(p.prompt) // 4)
+    if p.kind == "realtime":
+        text_in += REALTIME_INSTRUCTION_TOKENS
+        if p.modality == "audio":  # the spoken prompt replaces the text one; the reply is audio
+            return REALTIME_INSTRUCTION_TOKENS, 0, PROMPT_AUDIO_TOKENS, p.max_tokens
+    if p.api == "responses":
+        from modelwatch.probes.openai_responses import MIN_OUTPUT_TOKENS  # the API's floor
+        return text_in, max(p.max_tokens, MIN_OUTPUT_TOKENS), 0, 0
+    return text_in, p.max_tokens, 0, 0
+
+
+def daily_cost_usd(job: ProbeJob) -> float | None:
+    """Upper-bound USD a day for one probe at its interval, or None without a price."""
+    if not is_paid(job):
+        return 0.0
+    text_in, text_out, audio_in, audio_out = tokens_per_probe(job)
+    per_probe = probe_cost_usd(job.price, text_in + audio_in, text_out + audio_out, audio_in, audio_out)
+    return None if per_probe is None else per_probe * DAY_S / job.probe.interval
+
+
+def dry_run_lines(jobs: list[ProbeJob], daily_budget_usd: float | None = None) -> list[str]:
     """One line per probe and a total: probes/day, tokens/day (upper bound) and USD/day."""
     lines = []
     total_usd, unpriced = 0.0, 0
+    width = max((len(job.target) for job in jobs), default=0)
     for job in jobs:
         per_day = DAY_S / job.probe.interval
-        tin = estimate_input_tokens(job.probe.prompt) * per_day
-        tout = job.probe.max_tokens * per_day
-        price = job.price
-        if price is None:
+        text_in, text_out, audio_in, audio_out = tokens_per_probe(job)
+        cost = daily_cost_usd(job)
+        if cost is None:
             unpriced += 1
             usd = "price unknown"
         else:
-            cost = (tin * price.input + tout * price.output) / 1e6
             total_usd += cost
-            usd = f"${cost:.4f}/day"
-        lines.append(f"{job.target:<24} {job.probe.kind:<8} {per_day:>8.0f} probes/day  "
-                     f"<= {tin:,.0f} in + {tout:,.0f} out tokens/day  {usd}")
+            usd = "free" if not is_paid(job) else f"${cost:.4f}/day"
+        tokens = f"<= {(text_in + audio_in) * per_day:,.0f} in + {(text_out + audio_out) * per_day:,.0f} out"
+        if audio_in or audio_out:
+            tokens += " (audio)"
+        lines.append(f"{job.target:<{width}}  {job.probe.kind:<8} {per_day:>6.0f} probes/day  "
+                     f"{tokens} tokens/day  {usd}")
     tail = f"total: ${total_usd:.4f}/day (upper bound: every probe uses its full output cap)"
     if unpriced:
         tail += f"; {unpriced} probe(s) without a price (set targets[].price)"
     lines.append(tail)
+    if daily_budget_usd is not None:
+        verdict = "within" if total_usd <= daily_budget_usd else "OVER: paid probes will pause before the day ends"
+        lines.append(f"budget: ${daily_budget_usd:.4f}/day, {verdict}")
     return lines

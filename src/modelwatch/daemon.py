@@ -13,13 +13,14 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from modelwatch.config import Config, ConfigError, ProbeJob, load_config, parse_listen
+from modelwatch.cost import DailyBudget, is_paid, utc_day_start
 from modelwatch.metrics import ProbeMetrics
 from modelwatch.outcomes import Outcome, ProbeResult
 from modelwatch.probes import prober_for
 from modelwatch.probes.base import new_http_session, run_probe
 from modelwatch.scheduler import Scheduler, watch_loop_lag
 from modelwatch.server import create_app, start_server
-from modelwatch.store import Store
+from modelwatch.store import Store, cost_since
 
 log = logging.getLogger("modelwatch.daemon")
 
@@ -37,12 +38,16 @@ class Daemon:
         self.store: Store | None = None
         self._scheduler: Scheduler | None = None
         self._http = None
+        self.budget: DailyBudget | None = None
+        self._paused = False
+        self._clock = time.time
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[str], None] | None = None) -> None:
         """Run until ``stop`` is set, then shut down cleanly."""
         loop = asyncio.get_running_loop()
         cfg = self.config
         self.store = await loop.run_in_executor(None, self._open_store)
+        await self._set_budget(cfg)
         self._http = new_http_session()
         self._scheduler = Scheduler(self._probe, self.metrics, cfg.max_concurrent_probes)
         host, port = parse_listen(cfg.server.listen)
@@ -83,10 +88,49 @@ class Daemon:
         for job in added:
             self.metrics.add_job(job)
 
+    async def _set_budget(self, cfg: Config) -> None:
+        """Track the daily budget, counting what today's probes already cost before a restart."""
+        if cfg.budget is None:
+            self.budget, self._paused = None, False
+            self.metrics.budget_limit.set(0)
+            self.metrics.budget_paused.set(0)
+            return
+        spent = self.budget.spent_usd if self.budget else None
+        self.budget = DailyBudget(cfg.budget.daily_usd, self._clock)
+        if spent is None:  # first start: the store knows what today cost so far
+            loop = asyncio.get_running_loop()
+            spent = await loop.run_in_executor(None, cost_since, cfg.storage.path,
+                                               utc_day_start(self._clock()))
+        self.budget.restore(spent)
+        self.metrics.budget_limit.set(cfg.budget.daily_usd)
+        self._budget_changed()
+
+    def _budget_changed(self) -> None:
+        budget = self.budget
+        self.metrics.budget_spent.set(budget.spent_usd)
+        paused = budget.exhausted()
+        if paused != self._paused:
+            self._paused = paused
+            if paused:
+                log.warning("daily budget used up, paid probes paused until UTC midnight "
+                            "spent_usd=%.4f daily_usd=%.4f", budget.spent_usd, budget.daily_usd)
+            else:
+                log.info("paid probes resumed spent_usd=%.4f daily_usd=%.4f", budget.spent_usd,
+                         budget.daily_usd)
+        self.metrics.budget_paused.set(1 if paused else 0)
+
     async def _probe(self, job: ProbeJob) -> None:
+        if self.budget is not None and is_paid(job):
+            self._budget_changed()  # notices a new UTC day as well
+            if self.budget.exhausted():
+                self.metrics.budget_skipped.inc()
+                return
         result = await run_probe(job, self._http, prober_for(job.provider.type, job.probe.kind))
         self.metrics.observe(result)
         self.store.submit(result)
+        if self.budget is not None:
+            self.budget.add(result.cost_usd, result.ts)
+            self._budget_changed()
         _log_result(result)
 
     async def reload(self) -> tuple[bool, str]:
@@ -104,6 +148,7 @@ class Daemon:
             log.warning("reload: storage, server and location changes need a restart")
             new = _keep_static(new, self.config)
         self.config = new
+        await self._set_budget(new)
         self._apply_jobs(new.jobs)
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())

@@ -77,7 +77,8 @@ class _Histogram:
 class _Series:
     """Everything exported about one job."""
 
-    __slots__ = ("labels", "success", "last_run", "outcomes", "duration", "ttft", "tokens", "skipped")
+    __slots__ = ("labels", "success", "last_run", "outcomes", "duration", "ttft", "tokens", "skipped",
+                 "cost_usd")
 
     def __init__(self, labels: str) -> None:
         self.labels = labels
@@ -88,6 +89,7 @@ class _Series:
         self.ttft = _Histogram()
         self.tokens = [0, 0]
         self.skipped = 0
+        self.cost_usd = 0.0
 
 
 def _family(name: str, kind: str, help_text: str,
@@ -126,6 +128,9 @@ PROBE_FAMILIES = (
             "Unix time the last completed probe started",
             _gauge_line("modelwatch_probe_last_run_timestamp_seconds", "last_run")),
     _family("modelwatch_probe_tokens_total", "counter", "Tokens reported by the provider", _token_lines),
+    _family("modelwatch_probe_cost_usd_total", "counter",
+            "USD the probes cost, from reported tokens and the target's price table (0 without one)",
+            lambda s: iter((f"modelwatch_probe_cost_usd_total{{{s.labels}}} {_num(s.cost_usd)}\n",))),
     _family("modelwatch_skipped_runs_total", "counter",
             "Scheduled runs skipped because the previous run was still going",
             lambda s: iter((f"modelwatch_skipped_runs_total{{{s.labels}}} {s.skipped}.0\n",))),
@@ -153,6 +158,16 @@ class ProbeMetrics:
                                "1 if the last configuration load succeeded", registry=r)
         self.reload_ts = Gauge("modelwatch_config_last_reload_success_timestamp_seconds",
                                "Unix time of the last successful configuration load", registry=r)
+        self.budget_limit = Gauge("modelwatch_budget_daily_usd",
+                                  "The daily budget for paid probes in USD (0: no budget set)", registry=r)
+        self.budget_spent = Gauge("modelwatch_budget_spent_usd",
+                                  "USD spent by probes since the last UTC midnight", registry=r)
+        self.budget_paused = Gauge("modelwatch_budget_paused",
+                                   "1 while the daily budget is used up and paid probes are paused",
+                                   registry=r)
+        self.budget_skipped = Counter("modelwatch_budget_skipped_runs",
+                                      "Paid probe runs not started because the daily budget was used up",
+                                      registry=r)
         self.build = Gauge("modelwatch_build_info", "Build information",
                            ("version", "python"), registry=r)
         self.build.labels(__version__, platform.python_version()).set(1)
@@ -206,6 +221,7 @@ class ProbeMetrics:
             s.ttft.observe(r.ttft_s)
         s.tokens[0] += r.input_tokens or 0
         s.tokens[1] += r.output_tokens or 0
+        s.cost_usd += r.cost_usd or 0.0
 
     async def render(self) -> list[bytes]:
         """The exposition text, built in slices that let the event loop run in between."""

@@ -102,6 +102,7 @@ class ProbeResult:
     location: str | None = None
     input_audio_tokens: int | None = None
     output_audio_tokens: int | None = None
+    cost_usd: float | None = None
 
     def as_row(self) -> dict:
         """The result as a dict keyed by column name."""

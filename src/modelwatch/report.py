@@ -28,14 +28,16 @@ def build_report(db_path: str | Path, since_s: float, now: float | None = None) 
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         rows = conn.execute(
-            "SELECT target, kind, outcome, ttft_s, duration_s FROM probe_results "
+            "SELECT target, kind, outcome, ttft_s, duration_s, cost_usd FROM probe_results "
             "WHERE ts >= ? ORDER BY target, kind", [now - since_s]).fetchall()
     finally:
         conn.close()
     groups: dict[tuple[str, str], dict] = {}
-    for target, kind, outcome, ttft, duration in rows:
-        g = groups.setdefault((target, kind), {"outcomes": {}, "ttft": [], "duration": []})
+    for target, kind, outcome, ttft, duration, cost in rows:
+        g = groups.setdefault((target, kind), {"outcomes": {}, "ttft": [], "duration": [], "cost": None})
         g["outcomes"][outcome] = g["outcomes"].get(outcome, 0) + 1
+        if cost is not None:
+            g["cost"] = (g["cost"] or 0.0) + cost
         if ttft is not None and outcome == Outcome.OK.value:
             g["ttft"].append(ttft)
         if duration is not None and outcome == Outcome.OK.value:
@@ -57,6 +59,7 @@ def _summary(target: str, kind: str, g: dict) -> dict:
             row[f"{name}_p{p}_s"] = percentile(values, p)
     for outcome in Outcome:
         row[outcome.value] = g["outcomes"].get(outcome.value, 0)
+    row["cost_usd"] = None if g["cost"] is None else round(g["cost"], 6)
     return row
 
 
@@ -77,7 +80,7 @@ def render(rows: list[dict], fmt: str) -> str:
 def _table(rows: list[dict]) -> str:
     if not rows:
         return "no probe results in this range"
-    head = ["TARGET", "KIND", "PROBES", "AVAIL", "TTFT p50/p95/p99", "DURATION p95", "FAILURES"]
+    head = ["TARGET", "KIND", "PROBES", "AVAIL", "TTFT p50/p95/p99", "DURATION p95", "COST", "FAILURES"]
     lines = [head]
     for r in rows:
         failures = ", ".join(f"{o.value}={r[o.value]}" for o in Outcome
@@ -86,7 +89,8 @@ def _table(rows: list[dict]) -> str:
             r["target"], r["kind"], str(r["probes"]),
             f"{r['availability'] * 100:.2f}%" if r["availability"] is not None else "-",
             "/".join(_ms(r[f"ttft_p{p}_s"]) for p in PERCENTILES),
-            _ms(r["duration_p95_s"]), failures or "-",
+            _ms(r["duration_p95_s"]), "-" if r["cost_usd"] is None else f"${r['cost_usd']:.4f}",
+            failures or "-",
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)

@@ -4,6 +4,12 @@ Follows the WHATWG event-stream rules that matter to LLM APIs: lines end in
 LF, CRLF or CR; a blank line ends an event; ``:`` starts a comment; several
 ``data:`` lines join with ``\\n``; one space after the colon is dropped. An
 event still open at end of stream is discarded, as the spec says.
+
+One deviation on purpose: a line with the non-standard field name ``error``
+(llama.cpp's server once sent stream errors that way, PROTOCOLS.md section 7)
+is kept as the data of an event named ``error`` instead of being dropped, so a
+failing stream is reported as the error it is rather than as a missing
+terminator.
 """
 
 from __future__ import annotations
@@ -64,6 +70,10 @@ class SSEDecoder:
             value = value[1:]
         if name == "data":
             self._data.append(value)
+            self._has_data = True
+        elif name == "error":
+            self._data.append(value)
+            self._event = "error"
             self._has_data = True
         elif name == "event":
             self._event = value

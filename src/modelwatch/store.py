@@ -58,6 +58,12 @@ def m002_audio_tokens(db: sqlite_utils.Database) -> None:
     db["probe_results"].add_column("output_audio_tokens", int)
 
 
+@migration
+def m003_cost(db: sqlite_utils.Database) -> None:
+    """What each probe cost, from its tokens and the target's price table."""
+    db["probe_results"].add_column("cost_usd", float)
+
+
 def open_db(path: str | Path) -> sqlite_utils.Database:
     """Open (creating) a database in WAL mode with all migrations applied."""
     path = Path(path)
@@ -85,6 +91,21 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
             db.execute("INSERT INTO _migrations VALUES (?, ?)", [name, time.time()])
         applied.append(name)
     return applied
+
+
+def cost_since(path: str | Path, since_ts: float) -> float:
+    """USD spent by probes that started at or after ``since_ts`` (0 for a new database)."""
+    path = Path(path)
+    if not path.exists():
+        return 0.0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    try:
+        row = conn.execute("SELECT total(cost_usd) FROM probe_results WHERE ts >= ?", [since_ts]).fetchone()
+    except sqlite3.Error:  # a database from before the cost column, or unreadable: start at 0
+        return 0.0
+    finally:
+        conn.close()
+    return float(row[0] or 0.0)
 
 
 class Store:
@@ -171,6 +192,6 @@ class Store:
             log.warning("store prune failed error=%r", str(exc))
 
 
-_COLUMN_TYPES = {name: (float if name.endswith("_s") or name == "ts" else
+_COLUMN_TYPES = {name: (float if name.endswith(("_s", "_usd")) or name == "ts" else
                         int if name == "http_status" or name.endswith("_tokens") else str)
                  for name in COLUMNS}

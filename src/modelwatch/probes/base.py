@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 
 from modelwatch.config import ProbeJob
+from modelwatch.cost import probe_cost_usd
 from modelwatch.outcomes import Outcome, ProbeFailure, ProbeResult
 from modelwatch.secrets import short_error
 
@@ -143,7 +144,21 @@ def _result(job: ProbeJob, ts: float, m: Measurement, outcome: Outcome, code: st
         input_tokens=m.input_tokens, output_tokens=m.output_tokens,
         input_audio_tokens=m.input_audio_tokens, output_audio_tokens=m.output_audio_tokens,
         request_id=m.request_id, location=job.location,
+        cost_usd=probe_cost_usd(job.price, m.input_tokens, m.output_tokens, m.input_audio_tokens,
+                                m.output_audio_tokens),
     )
+
+
+async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or its first ``limit`` bytes (``read(n)`` alone stops at the first network chunk)."""
+    parts, size = [], 0
+    while size < limit:
+        chunk = await resp.content.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
 
 
 def _r(value: float | None) -> float | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -19,7 +20,8 @@ import aiohttp
 
 from modelwatch.config import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure, outcome_for_status
-from modelwatch.probes.base import Measurement
+from modelwatch.probes.auth import auth_headers
+from modelwatch.probes.base import Measurement, read_body
 from modelwatch.sse import SSEDecoder
 
 ERROR_BODY_LIMIT = 65536
@@ -49,17 +51,16 @@ def build_request(job: ProbeJob) -> tuple[str, dict[str, str], bytes]:
         "stream_options": {"include_usage": True},
         cap_field: p.max_tokens,
     }
+    if p.reasoning_effort is not None:
+        body["reasoning_effort"] = p.reasoning_effort
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
-               "Accept-Encoding": "identity", "User-Agent": "modelwatch", **job.provider.headers}
+               "Accept-Encoding": "identity", "User-Agent": "modelwatch", **job.provider.headers,
+               **auth_headers(job)}
     url = f"{job.provider.base_url}/chat/completions"
-    if job.provider.type == "azure-openai":
-        if job.provider.api_version:  # the dated form: the deployment is in the path
-            url = (f"{job.provider.base_url}/deployments/{quote(job.model, safe='')}/chat/completions"
-                   f"?api-version={quote(job.provider.api_version)}")
-        if job.api_key is not None:
-            headers["api-key"] = job.api_key.reveal()
-    elif job.api_key is not None:
-        headers["Authorization"] = f"Bearer {job.api_key.reveal()}"
+    if job.provider.type == "azure-openai" and job.provider.api_version:
+        # the dated form: the deployment is in the path
+        url = (f"{job.provider.base_url}/deployments/{quote(job.model, safe='')}/chat/completions"
+               f"?api-version={quote(job.provider.api_version)}")
     return url, headers, json.dumps(body).encode()
 
 
@@ -120,6 +121,8 @@ def classify_openai_error(status: int | None, body: Any) -> tuple[Outcome, str, 
     error_code = code or etype or (f"http_{status}" if status else "stream_error")
     if names & _QUOTA or status == 402:
         return Outcome.QUOTA_EXHAUSTED, error_code, message
+    if _flagged(body):
+        return Outcome.CONTENT_BLOCKED, "moderation", message
     if status in (401, 403) or names & _AUTH:
         return Outcome.AUTH_ERROR, error_code, message
     if names & _CONTENT:
@@ -136,6 +139,13 @@ def classify_openai_error(status: int | None, body: Any) -> tuple[Outcome, str, 
         bad = "invalid_request_error" in names
         return (Outcome.BAD_REQUEST if bad else Outcome.SERVER_ERROR), error_code, message
     return outcome_for_status(status), error_code, message
+
+
+def _flagged(body: Any) -> bool:
+    """OpenRouter's moderation refusal: a 403 whose metadata names the flagged input."""
+    inner = body.get("error") if isinstance(body, dict) else None
+    meta = inner.get("metadata") if isinstance(inner, dict) else None
+    return isinstance(meta, dict) and bool(meta.get("reasons") or meta.get("flagged_input"))
 
 
 def parse_body(raw: bytes) -> Any:
@@ -161,11 +171,13 @@ class ChatStream:
         self.content_chunks = 0
         self.refusal = False
 
-    def feed(self, data: str) -> bool:
+    def feed(self, data: str, event: str = "") -> bool:
         """Consume one event payload; True if it carried non-empty content."""
         if data.startswith("[DONE]"):
             self.done = True
             return False
+        if event == "error":  # llama.cpp's stray ``error:`` field (see sse.py)
+            raise ProbeFailure(*classify_openai_error(None, parse_body(data.encode())))
         try:
             obj = json.loads(data)
         except ValueError:
@@ -235,20 +247,28 @@ async def probe_openai_chat(job: ProbeJob, http: aiohttp.ClientSession, m: Measu
         m.http_status = resp.status
         m.request_id = resp.headers.get("x-request-id")
         m.enter("ttft")
-        if resp.status != 200:
-            raw = await resp.content.read(ERROR_BODY_LIMIT)
-            if 300 <= resp.status < 400:
-                raise ProbeFailure(Outcome.PROTOCOL_ERROR, "redirect",
-                                   f"HTTP {resp.status} redirect (not followed)")
-            raise ProbeFailure(*classify_openai_error(resp.status, parse_body(raw)))
-        if "text/event-stream" not in resp.headers.get("Content-Type", ""):
-            raw = await resp.content.read(ERROR_BODY_LIMIT)
-            parsed = parse_body(raw)
-            if isinstance(parsed, (dict, list)) and error_fields(parsed)[2]:
-                raise ProbeFailure(*classify_openai_error(None, parsed))
-            raise ProbeFailure(Outcome.PROTOCOL_ERROR, "not_event_stream",
-                               f"expected text/event-stream, got {resp.headers.get('Content-Type')}")
+        await refuse_unless_event_stream(resp)
         await _read_stream(job, resp, m)
+
+
+async def refuse_unless_event_stream(resp: aiohttp.ClientResponse,
+                                     is_answer: Callable[[Any], bool] = lambda body: False) -> None:
+    """Raise the failure an error status, or a 200 that is not an event stream, amounts to.
+
+    ``is_answer`` tells a whole non-streamed answer (a server that ignored
+    ``stream``) from an error body that came with status 200.
+    """
+    if resp.status == 200 and "text/event-stream" in resp.headers.get("Content-Type", ""):
+        return
+    body = parse_body(await read_body(resp, ERROR_BODY_LIMIT))
+    if 300 <= resp.status < 400:
+        raise ProbeFailure(Outcome.PROTOCOL_ERROR, "redirect", f"HTTP {resp.status} redirect (not followed)")
+    if resp.status != 200:
+        raise ProbeFailure(*classify_openai_error(resp.status, body))
+    if isinstance(body, (dict, list)) and error_fields(body)[2] and not is_answer(body):
+        raise ProbeFailure(*classify_openai_error(None, body))
+    raise ProbeFailure(Outcome.PROTOCOL_ERROR, "not_event_stream",
+                       f"expected text/event-stream, got {resp.headers.get('Content-Type')}")
 
 
 async def _read_stream(job: ProbeJob, resp: aiohttp.ClientResponse, m: Measurement) -> None:
@@ -265,7 +285,7 @@ async def _read_stream(job: ProbeJob, resp: aiohttp.ClientResponse, m: Measureme
             raise ProbeFailure(Outcome.PROTOCOL_ERROR, "response_too_large",
                                f"response exceeded {limit} bytes")
         for event in decoder.feed(chunk):
-            if stream.feed(event.data) and m.ttft_s is None:
+            if stream.feed(event.data, event.event) and m.ttft_s is None:
                 m.ttft_s = now - m.start
                 m.enter("total")
             if stream.done:

@@ -33,6 +33,7 @@ import aiohttp
 
 from modelwatch.config import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure
+from modelwatch.probes.auth import auth_headers
 from modelwatch.probes.base import Measurement
 from modelwatch.probes.openai_chat import classify_openai_error, parse_body
 
@@ -67,11 +68,7 @@ def realtime_endpoint(job: ProbeJob) -> tuple[str, dict[str, str]]:
                f"&deployment={quote(job.model, safe='')}")
     else:
         url = f"{base}/realtime?model={quote(job.model, safe='')}"
-    if job.api_key is not None:
-        if provider.type == "azure-openai":
-            headers["api-key"] = job.api_key.reveal()
-        else:
-            headers["Authorization"] = f"Bearer {job.api_key.reveal()}"
+    headers.update(auth_headers(job))
     if job.probe.interface == "beta":
         headers["OpenAI-Beta"] = "realtime=v1"
     return url, headers

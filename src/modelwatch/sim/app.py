@@ -36,7 +36,11 @@ from aiohttp import web
 
 from modelwatch import loop
 
-from . import openai_chat, openai_realtime
+from . import models, openai_chat, openai_realtime
+from . import openai_responses
+from . import anthropic
+from . import gemini
+from . import gemini_live
 from .scenario import Scenario
 
 __all__ = ["RequestDraws", "RequestRecord", "SimServer", "SimState", "create_app", "serve", "start_sim"]
@@ -118,6 +122,11 @@ def create_app(scenario: Scenario, *, clock: Callable[[], float] | None = None) 
     app.router.add_delete("/_sim/requests", _clear_requests)
     openai_chat.register(app, state)
     openai_realtime.register(app, state)
+    gemini.register(app, state)
+    gemini_live.register(app, state)
+    openai_responses.register(app, state)
+    anthropic.register(app, state)
+    models.register(app, state)
     return app
 
 

@@ -1,8 +1,8 @@
 """OpenAI Chat Completions on the simulator (PROTOCOLS.md §4.1-4.4, §7).
 
-Routes: ``POST /v1/chat/completions`` (streaming SSE or a plain JSON
-``chat.completion``) and ``GET /v1/models``. Both check ``Authorization:
-Bearer`` like OpenAI and answer failures with OpenAI's own bodies and headers,
+Route: ``POST /v1/chat/completions`` (streaming SSE or a plain JSON
+``chat.completion``; the model list is in ``models``). It checks ``Authorization:
+Bearer`` like OpenAI and answers failures with OpenAI's own bodies and headers,
 or with an OpenAI-compatible server's layout when the model's ``error_shape``
 asks for one. All statuses, messages and retry hints live in ``ERRORS``.
 
@@ -234,7 +234,6 @@ def register(app: web.Application, state: SimState) -> None:
     """Add the Chat Completions routes to the simulator app."""
     handler = ChatCompletions(state)
     app.router.add_post("/v1/chat/completions", handler.chat_completions)
-    app.router.add_get("/v1/models", handler.list_models)
 
 
 @dataclass
@@ -286,18 +285,6 @@ class ChatCompletions:
         draws = self.state.draw()
         record = self.state.begin(f"req_{draws.id_bits:032x}", request.path)
         return _Call(request, record, draws, t0_perf, t0_loop)
-
-    async def list_models(self, request: web.Request) -> web.Response:
-        """``GET /v1/models``: the scenario's model names, behind the same auth."""
-        call = self._begin(request)
-        denied = self._authenticate(call)
-        if denied is not None:
-            return denied
-        data = [{"id": name, "object": "model", "created": 1686935002, "owned_by": "modelwatch-sim"}
-                for name in self.state.scenario.models]
-        call.record.outcome = "ok"
-        call.finish(200)
-        return web.json_response({"object": "list", "data": data}, headers=self._headers(call), dumps=_to_json)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/chat/completions``; client disconnects end it quietly."""

@@ -44,6 +44,17 @@ Behaviour block keys (all optional)
     error_shape     openai | openai_numeric_code | vllm_flat | gemini_array |
                     mistral_detail: the body layout of injected errors.
     done            true. Send ``data: [DONE]`` at the end of a stream.
+    thinking_tokens 0. Anthropic Messages: send a thinking block of N
+                    ``thinking_delta`` events (spread between the headers and
+                    ``ttft_ms``) and a ``signature_delta`` before the text block,
+                    as a reasoning model does; they count as output tokens and
+                    against ``max_tokens``, never as the first token.
+                    Gemini REST reads it too: N ``thought: true`` parts before
+                    the text (none when the request sets ``thinkingBudget: 0``),
+                    counted in ``thoughtsTokenCount``.
+    raw_error_after N: Gemini REST only: after N content chunks write a
+                    pretty-printed JSON error (500 INTERNAL) into the stream
+                    without SSE framing, as Google sometimes does, then end.
 
 Realtime keys (OpenAI Realtime over WebSocket, ``openai_realtime``). There
 ``ttfb_ms`` is the wait from the upgrade request to ``session.created``,
@@ -54,6 +65,9 @@ their gap; ``finish_reason: length`` or ``content_filter`` ends responses
 chat status and body, except ``content_blocked``, which ends every response
 ``incomplete`` with reason ``content_filter``. The SSE-only keys (midstream,
 disconnect, stall, malformed, keep-alive, usage_mode, done) do not apply.
+``fail_response_with`` and ``error_event`` also apply to the Responses API
+(``openai_responses``): a ``response.failed`` with that code, or a standalone
+``error`` event, where the first delta was due.
     realtime_mode   ga | beta | beta_retired. Default ga: the ``OpenAI-Beta:
                     realtime=v1`` header selects beta shapes, else GA. beta: beta
                     shapes always (a pre-GA server). beta_retired: the beta
@@ -85,6 +99,15 @@ disconnect, stall, malformed, keep-alive, usage_mode, done) do not apply.
     audio_chunk_ms  100. Audio per ``response.output_audio.delta``.
     legacy_event_names  false. In GA shapes, name the text/audio/transcript
                     delta and done events the beta way (a reported live quirk).
+
+Gemini Live keys (``gemini_live``; see its docstring for how the realtime keys
+above map onto close codes there):
+    goaway_after_s  after this many seconds of the session send ``goAway`` with
+                    ``timeLeft`` until ``session_max_s`` (default 10 s later),
+                    then close 1000 when the time is up.
+    binary_frames   true. Server messages as pretty-printed JSON in binary
+                    frames (what the SDK's tests feed it); false: compact JSON
+                    in text frames.
 
 Error kinds: auth_error, quota_exhausted, rate_limited, overloaded,
 server_error, bad_gateway, gateway_timeout, model_unavailable, bad_request,
@@ -190,6 +213,8 @@ class ModelBehaviour(BaseModel):
     usage_mode: UsageMode = "include_usage"
     error_shape: ErrorShape = "openai"
     done: bool = True
+    thinking_tokens: Count = 0
+    raw_error_after: Count | None = None
     realtime_mode: RealtimeMode = "ga"
     auth_failure_style: AuthFailureStyle = "http_401"
     fail_response_with: ErrorCode | None = None
@@ -203,6 +228,8 @@ class ModelBehaviour(BaseModel):
     audio_ms: NonNegative = 600
     audio_chunk_ms: Annotated[float, Field(gt=0)] = 100
     legacy_event_names: bool = False
+    goaway_after_s: Annotated[float, Field(gt=0)] | None = None
+    binary_frames: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelBehaviour:
@@ -227,6 +254,10 @@ class ModelBehaviour(BaseModel):
             raise ValueError("close_reason has no effect without close_code or ignore_client_after")
         if len(self.close_reason.encode()) > 123:
             raise ValueError("close_reason is longer than the 123 bytes a close frame can carry")
+        if (self.goaway_after_s is not None and self.session_max_s is not None
+                and self.goaway_after_s >= self.session_max_s):
+            raise ValueError(f"goaway_after_s ({self.goaway_after_s:g}) must come before "
+                             f"session_max_s ({self.session_max_s:g})")
 
     def injected_error(self, uptime_s: float, roll: float) -> str | None:
         """The error kind for one request, or None for a normal answer.

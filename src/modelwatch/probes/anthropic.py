@@ -1,0 +1,280 @@
+"""Anthropic Messages streaming probe (PROTOCOLS.md §5).
+
+Sends ``POST {base_url}/messages`` with a tiny prompt, ``stream: true`` and a
+small ``max_tokens``; thinking is never enabled (it would bill thinking
+tokens every probe). Credentials go the way the official SDK sends them
+(``Authorization: Bearer``, ``anthropic-version: 2026-10-21``) unless the
+provider sets ``auth_style: x-api-key`` and/or ``api_version``. Times:
+response headers (``ttfb_s``), the first ``content_block_delta`` whose delta
+is a non-empty ``text_delta`` (``ttft_s``; ``thinking_delta``,
+``signature_delta`` and ``ping`` do not count) and ``message_stop``
+(``duration_s``). Tokens: input from ``message_start``, output from the
+final, cumulative ``message_delta`` usage.
+
+Decoding (:class:`MessageStream`) and classification
+(:func:`classify_anthropic_error`) are pure, tested with captures. A
+mid-stream ``event: error`` arrives after HTTP 200, so it is classified from
+its ``error.type`` (``overloaded_error`` -> ``overloaded``), never the status.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+from modelwatch.config import ProbeJob
+from modelwatch.outcomes import Outcome, ProbeFailure, outcome_for_status
+from modelwatch.probes.auth import auth_headers
+from modelwatch.probes.base import Measurement, read_body
+from modelwatch.probes.openai_chat import ERROR_BODY_LIMIT, error_fields, parse_body
+from modelwatch.sse import SSEDecoder
+
+# error.details.error_code values that say more than error.type (SDK ``_error_classes.py``).
+_DETAIL_OUTCOMES = {
+    "contract_spend_limit_reached": Outcome.QUOTA_EXHAUSTED,
+    "enforced_spend_limit_reached": Outcome.QUOTA_EXHAUSTED,
+    "linked_organization_billing_unavailable": Outcome.QUOTA_EXHAUSTED,
+    "linked_organization_spend_limit_reached": Outcome.QUOTA_EXHAUSTED,
+    "ramp_limit_exceeded": Outcome.RATE_LIMITED,
+    "request_body_too_large_after_decoding": Outcome.BAD_REQUEST,
+}
+_TYPE_OUTCOMES = {
+    "authentication_error": Outcome.AUTH_ERROR,
+    "permission_error": Outcome.AUTH_ERROR,
+    "billing_error": Outcome.QUOTA_EXHAUSTED,
+    "rate_limit_error": Outcome.RATE_LIMITED,
+    "overloaded_error": Outcome.OVERLOADED,
+    "api_error": Outcome.SERVER_ERROR,
+    "timeout_error": Outcome.SERVER_ERROR,
+    "not_found_error": Outcome.MODEL_UNAVAILABLE,
+    "invalid_request_error": Outcome.BAD_REQUEST,
+    "request_too_large": Outcome.BAD_REQUEST,
+    "conflict_error": Outcome.BAD_REQUEST,
+}
+# Statuses that decide on their own, whatever error.type says: 503 has no type of its own and
+# 529 is always overload; a 401/403 from a proxy or with an odd type is still about the key.
+_STATUS_OUTCOMES = {401: Outcome.AUTH_ERROR, 403: Outcome.AUTH_ERROR, 402: Outcome.QUOTA_EXHAUSTED,
+                    503: Outcome.OVERLOADED, 529: Outcome.OVERLOADED}
+# An empty prepaid balance comes as a plain 400 invalid_request_error with only this message
+# to tell it apart (observed 2025-2026 in public bug reports); it is quota, not a bad request.
+_CREDIT_TOO_LOW = "credit balance is too low"
+
+
+def build_request(job: ProbeJob) -> tuple[str, dict[str, str], bytes]:
+    """URL, headers and JSON body of the probe request."""
+    p = job.probe
+    body = {
+        "model": job.model,
+        "max_tokens": p.max_tokens,
+        "stream": True,
+        "messages": [{"role": "user", "content": p.prompt}],
+    }
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
+               "Accept-Encoding": "identity", "User-Agent": "modelwatch", **job.provider.headers,
+               **auth_headers(job)}
+    return f"{job.provider.base_url}/messages", headers, json.dumps(body).encode()
+
+
+def anthropic_error_fields(body: Any) -> tuple[str, str, str]:
+    """(error.type, error.details.error_code, message) of an error body, lower-cased codes.
+
+    Anthropic's shape is ``{"type": "error", "error": {"type", "message",
+    "details": {"error_code"}}, "request_id"}``; anything else (HTML from a
+    gateway, plain text, other JSON) yields its best message and empty codes.
+    """
+    inner = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(inner, dict):
+        return "", "", error_fields(body)[2]
+    details = inner.get("details")
+    detail = details.get("error_code") if isinstance(details, dict) else None
+    etype = inner.get("type")
+    return (_code(etype), _code(detail), str(inner.get("message") or ""))
+
+
+def _code(value: Any) -> str:
+    return value.strip().lower() if isinstance(value, str) else ""
+
+
+def classify_anthropic_error(status: int | None, body: Any) -> tuple[Outcome, str, str]:
+    """Outcome, error code and message for an error status or a mid-stream ``error`` event.
+
+    ``status`` is None (or 200) for an error inside a stream. The error code is
+    the most specific one the body has: ``details.error_code``, else
+    ``error.type``, else ``http_<status>``.
+    """
+    etype, detail, message = anthropic_error_fields(body)
+    status = None if status == 200 else status
+    code = detail or etype or (f"http_{status}" if status else "stream_error")
+    message = message or (f"HTTP {status}" if status else "error event without a message")
+    if detail in _DETAIL_OUTCOMES:
+        return _DETAIL_OUTCOMES[detail], code, message
+    if status in _STATUS_OUTCOMES:
+        return _STATUS_OUTCOMES[status], code, message
+    if _CREDIT_TOO_LOW in message.lower():
+        return Outcome.QUOTA_EXHAUSTED, code, message
+    if etype in _TYPE_OUTCOMES:
+        return _TYPE_OUTCOMES[etype], code, message
+    if status is None:
+        return Outcome.SERVER_ERROR, code, message
+    return outcome_for_status(status), code, message
+
+
+class MessageStream:
+    """State of one Messages stream, fed with each SSE event."""
+
+    __slots__ = ("started", "done", "stop_reason", "text_deltas", "input_tokens", "output_tokens",
+                 "message_id")
+
+    def __init__(self) -> None:
+        self.started = False  # message_start seen
+        self.done = False  # message_stop seen
+        self.stop_reason: str | None = None
+        self.text_deltas = 0
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+        self.message_id: str | None = None
+
+    def feed(self, data: str, event: str = "") -> bool:
+        """Consume one event; True if it carried non-empty answer text."""
+        if self.done or event == "ping" or not data:
+            return False  # the SDK skips pings and empty data the same way
+        obj = _json_object(data, event)
+        kind = obj.get("type") or event
+        if kind == "ping":
+            return False
+        if kind == "error" or event == "error":
+            raise ProbeFailure(*classify_anthropic_error(None, obj))
+        if kind == "message_start":
+            self._start(obj.get("message"))
+            return False
+        if not self.started and kind in ("content_block_start", "content_block_delta", "message_delta",
+                                         "message_stop"):
+            raise ProbeFailure(Outcome.PROTOCOL_ERROR, "out_of_order", f"{kind} before message_start")
+        if kind == "content_block_delta":
+            return self._delta(obj.get("delta"))
+        if kind == "message_delta":
+            self._message_delta(obj)
+        elif kind == "message_stop":
+            self.done = True
+        return False  # content_block_start/stop and future event types carry no answer text
+
+    def _start(self, message: Any) -> None:
+        if not isinstance(message, dict):
+            raise ProbeFailure(Outcome.PROTOCOL_ERROR, "malformed_event", "message_start without a message")
+        self.started = True
+        self.message_id = message.get("id")
+        usage = message.get("usage")
+        if isinstance(usage, dict):
+            self.input_tokens = _int(usage.get("input_tokens"))
+            self.output_tokens = _int(usage.get("output_tokens"))
+
+    def _delta(self, delta: Any) -> bool:
+        # Only text answers count: thinking, signature, tool-input and citation deltas do not.
+        if isinstance(delta, dict) and delta.get("type") == "text_delta":
+            text = delta.get("text")
+            if isinstance(text, str) and text:
+                self.text_deltas += 1
+                return True
+        return False
+
+    def _message_delta(self, obj: dict) -> None:
+        delta = obj.get("delta")
+        if isinstance(delta, dict) and delta.get("stop_reason"):
+            self.stop_reason = str(delta["stop_reason"])
+        usage = obj.get("usage")
+        output = _int(usage.get("output_tokens")) if isinstance(usage, dict) else None
+        if output is not None:  # cumulative: the last one is the final count
+            self.output_tokens = output
+
+    def verdict(self) -> ProbeFailure | None:
+        """The failure a finished stream amounts to, or None if it is a success."""
+        if self.stop_reason == "refusal":
+            return ProbeFailure(Outcome.CONTENT_BLOCKED, "refusal", "the model refused (stop_reason refusal)")
+        if not self.done:
+            return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_terminator", "stream ended without message_stop")
+        if not self.text_deltas:
+            return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_content",
+                                f"message stopped ({self.stop_reason or 'no stop_reason'}) without text")
+        return None
+
+    def tokens(self) -> tuple[int | None, int | None]:
+        """(input, output) tokens as reported so far."""
+        return self.input_tokens, self.output_tokens
+
+
+def _json_object(data: str, event: str) -> dict:
+    """The event's JSON object; broken JSON is a protocol error, a bare error text is classified."""
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        if event == "error":
+            raise ProbeFailure(*classify_anthropic_error(None, data)) from None
+        raise ProbeFailure(Outcome.PROTOCOL_ERROR, "malformed_chunk",
+                           f"malformed JSON in stream: {data[:60]}") from None
+    if not isinstance(obj, dict):
+        raise ProbeFailure(Outcome.PROTOCOL_ERROR, "malformed_chunk", "stream event is not an object")
+    return obj
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+async def probe_anthropic(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
+    """One streamed Messages request, timed phase by phase."""
+    url, headers, body = build_request(job)
+    async with http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+        m.ttfb_s = m.elapsed()
+        m.http_status = resp.status
+        m.request_id = resp.headers.get("request-id")
+        m.enter("ttft")
+        await _refuse_non_stream(job, resp, m)
+        await _read_stream(job, resp, m)
+
+
+async def _refuse_non_stream(job: ProbeJob, resp: aiohttp.ClientResponse, m: Measurement) -> None:
+    """Classify an error status, or a 200 that is not an event stream."""
+    if resp.status == 200 and "text/event-stream" in resp.headers.get("Content-Type", ""):
+        return
+    body = parse_body(await read_body(resp, min(ERROR_BODY_LIMIT, job.probe.max_response_bytes)))
+    if isinstance(body, dict) and m.request_id is None and isinstance(body.get("request_id"), str):
+        m.request_id = body["request_id"]  # a proxy may drop the header; the body keeps it
+    if 300 <= resp.status < 400:
+        raise ProbeFailure(Outcome.PROTOCOL_ERROR, "redirect", f"HTTP {resp.status} redirect (not followed)")
+    if resp.status != 200:
+        raise ProbeFailure(*classify_anthropic_error(resp.status, body))
+    if isinstance(body, dict) and body.get("type") == "error":
+        raise ProbeFailure(*classify_anthropic_error(None, body))
+    raise ProbeFailure(Outcome.PROTOCOL_ERROR, "not_event_stream",
+                       f"expected text/event-stream, got {resp.headers.get('Content-Type')}")
+
+
+async def _read_stream(job: ProbeJob, resp: aiohttp.ClientResponse, m: Measurement) -> None:
+    """Read events until ``message_stop`` (or EOF), stamping ttft and the end."""
+    decoder, stream = SSEDecoder(), MessageStream()
+    limit = job.probe.max_response_bytes
+    try:
+        while not stream.done:
+            chunk = await resp.content.readany()
+            now = time.perf_counter()
+            if not chunk:
+                break
+            m.bytes_read += len(chunk)
+            if m.bytes_read > limit:
+                raise ProbeFailure(Outcome.PROTOCOL_ERROR, "response_too_large", f"response exceeded {limit} bytes")
+            for event in decoder.feed(chunk):
+                if stream.feed(event.data, event.event) and m.ttft_s is None:
+                    m.ttft_s = now - m.start
+                    m.enter("total")
+                if stream.done:
+                    break
+        m.duration_s = now - m.start
+    finally:
+        # A failed stream still reports what was billed so far.
+        m.input_tokens, m.output_tokens = stream.tokens()
+    failure = stream.verdict()
+    if failure is not None:
+        raise failure

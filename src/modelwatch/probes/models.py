@@ -1,0 +1,87 @@
+"""The free check: list the provider's models (``kind: models``).
+
+``GET {base_url}/models`` costs no tokens, so it keeps running when a daily
+budget pauses the paid probes. It proves the endpoint answers, the key is
+accepted and, when the provider's list is complete on its first page, that the
+target's model is still offered (a retired model fails as
+``model_unavailable`` before any paid probe would). Timed: response headers
+(``ttfb_s``) and the whole body (``duration_s``); there is no first token.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from modelwatch.config import ProbeJob
+from modelwatch.outcomes import Outcome, ProbeFailure
+from modelwatch.probes.anthropic import classify_anthropic_error
+from modelwatch.probes.auth import auth_headers
+from modelwatch.probes.base import Measurement, read_body
+from modelwatch.probes.gemini import classify_google_error
+from modelwatch.probes.openai_chat import classify_openai_error, parse_body
+
+# Errors read the way the provider's other probes read them.
+CLASSIFIERS = {"anthropic": classify_anthropic_error, "gemini": classify_google_error}
+
+def models_request(job: ProbeJob) -> tuple[str, dict[str, str]]:
+    """URL and headers of the model list request."""
+    provider = job.provider
+    url = f"{provider.base_url}/models"
+    if provider.type == "azure-openai" and provider.api_version:
+        url += f"?api-version={quote(provider.api_version)}"
+    headers = {"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": "modelwatch",
+               **provider.headers, **auth_headers(job)}
+    return url, headers
+
+
+def listed_models(body: Any) -> tuple[set[str], bool] | None:
+    """(model ids, whether the list is complete) from any provider's list shape, or None.
+
+    OpenAI and compatible servers: ``{"data": [{"id": ...}]}``; Anthropic adds
+    ``has_more``; Gemini: ``{"models": [{"name": "models/..."}], "nextPageToken"}``.
+    """
+    if not isinstance(body, dict):
+        return None
+    items = body.get("data") if isinstance(body.get("data"), list) else body.get("models")
+    if not isinstance(items, list):
+        return None
+    ids: set[str] = set()
+    for item in items:
+        if isinstance(item, dict):
+            name = item.get("id") or item.get("name") or ""
+            ids.add(str(name).removeprefix("models/"))
+    complete = not body.get("has_more") and not body.get("nextPageToken")
+    return ids, complete
+
+
+async def probe_models(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
+    """One model-list request: reachable, authorised, and the model still listed."""
+    url, headers = models_request(job)
+    async with http.get(url, headers=headers, allow_redirects=False) as resp:
+        m.ttfb_s = m.elapsed()
+        m.http_status = resp.status
+        m.request_id = resp.headers.get("x-request-id") or resp.headers.get("request-id")
+        m.enter("total")
+        raw = await read_body(resp, job.probe.max_response_bytes + 1)
+        m.duration_s = m.elapsed()
+    if len(raw) > job.probe.max_response_bytes:
+        raise ProbeFailure(Outcome.PROTOCOL_ERROR, "response_too_large",
+                           f"response exceeded {job.probe.max_response_bytes} bytes")
+    if resp.status != 200:
+        classify = CLASSIFIERS.get(job.provider.type, classify_openai_error)
+        raise ProbeFailure(*classify(resp.status, parse_body(raw)))
+    try:
+        listing = listed_models(json.loads(raw))
+    except ValueError:
+        listing = None
+    if listing is None:
+        raise ProbeFailure(Outcome.PROTOCOL_ERROR, "not_a_model_list", "the answer is not a model list")
+    ids, complete = listing
+    # Azure lists base models, not deployments, so its list says nothing about the target.
+    if complete and job.provider.type != "azure-openai" and job.model not in ids:
+        raise ProbeFailure(Outcome.MODEL_UNAVAILABLE, "not_listed",
+                           f"model {job.model} is not in the provider's model list ({len(ids)} listed)")

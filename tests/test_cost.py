@@ -1,0 +1,121 @@
+"""What probing costs: per-probe cost, the daily budget that pauses paid probes, --dry-run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TEST_KEY, free_port
+from daemon_helpers import http_get, metric, rows, running_daemon, wait_for
+from modelwatch.config import PriceConfig, load_config
+from modelwatch.cost import DailyBudget, daily_cost_usd, probe_cost_usd, utc_day_start
+
+MINI = PriceConfig(input=0.15, output=0.60)
+REALTIME = PriceConfig(input=0.60, output=2.40, audio_input=10.0, audio_output=20.0)
+
+
+def test_probe_cost_splits_text_and_audio_tokens():
+    assert probe_cost_usd(MINI, 20, 16) == pytest.approx((20 * 0.15 + 16 * 0.60) / 1e6)
+    # realtime usage counts audio inside the totals: 30 in (25 audio), 40 out (36 audio)
+    expected = (5 * 0.60 + 25 * 10.0 + 4 * 2.40 + 36 * 20.0) / 1e6
+    assert probe_cost_usd(REALTIME, 30, 40, 25, 36) == pytest.approx(expected)
+    # without audio rates, audio is charged at the text rates
+    assert probe_cost_usd(MINI, 30, 40, 25, 36) == pytest.approx((30 * 0.15 + 40 * 0.60) / 1e6)
+
+
+def test_no_price_or_no_usage_means_unknown_cost():
+    assert probe_cost_usd(None, 20, 16) is None
+    assert probe_cost_usd(MINI, None, None) is None
+    assert probe_cost_usd(MINI, 0, 0) == 0
+
+
+def test_budget_pauses_at_the_limit_and_resumes_at_utc_midnight():
+    now = [utc_day_start(1_790_000_000) + 86400 - 5]  # five seconds before a UTC midnight
+    budget = DailyBudget(0.01, clock=lambda: now[0])
+    budget.add(0.004, now[0])
+    assert not budget.exhausted()
+    budget.add(0.006, now[0])
+    assert budget.exhausted()
+    now[0] += 4
+    budget.add(0.5, now[0] - 10)  # a probe that started yesterday still counts as yesterday's
+    assert budget.exhausted() and budget.spent_usd == pytest.approx(0.51)
+    now[0] += 2  # past midnight: a new day
+    assert not budget.exhausted() and budget.spent_usd == 0
+    budget.add(0.003, now[0] - 3)  # ...and a probe that started before it is not today's
+    assert budget.spent_usd == 0
+
+
+def budget_config(tmp_path, sim_url, daily_usd: float, db):
+    port = free_port()
+    path = tmp_path / "c.yaml"
+    path.write_text(f"""
+storage: {{path: {db}}}
+server: {{listen: '127.0.0.1:{port}'}}
+budget: {{daily_usd: {daily_usd}}}
+defaults: {{interval: 300ms, timeout: 3s}}
+providers:
+  sim: {{type: openai, base_url: '{sim_url}/v1', api_key: '{TEST_KEY}'}}
+targets:
+  - name: paid
+    provider: sim
+    model: healthy
+    price: {{input: 1000, output: 1000}}
+    probes: [{{kind: rest}}]
+  - {{name: free, provider: sim, model: healthy, price: {{input: 1000, output: 1000}}, probes: [{{kind: models}}]}}
+""")
+    return path, port
+
+
+def test_spent_budget_pauses_paid_probes_but_not_the_free_check(tmp_path, sim_url):
+    db = tmp_path / "mw.db"
+    # One healthy probe costs ~13 tokens at $1000/M, so a few probes use up $0.03.
+    cfg, port = budget_config(tmp_path, sim_url, 0.03, db)
+    with running_daemon(cfg, port) as (_, url):
+        text = wait_for(lambda: (t := http_get(url + "/metrics")) and
+                        metric(t, "modelwatch_budget_skipped_runs_total") >= 3 and
+                        metric(t, "modelwatch_probes_total", target="free") >= 6 and t, 20)
+        assert metric(text, "modelwatch_budget_paused") == 1
+        assert metric(text, "modelwatch_budget_daily_usd") == 0.03
+        paid = metric(text, "modelwatch_probes_total", target="paid")
+        spent = metric(text, "modelwatch_budget_spent_usd")
+        assert spent >= 0.03
+        assert spent == pytest.approx(metric(text, "modelwatch_probe_cost_usd_total", target="paid"))
+        assert metric(text, "modelwatch_probe_cost_usd_total", target="free") == 0
+    stored = rows(db)
+    paid_rows = [r for r in stored if r["target"] == "paid"]
+    assert len(paid_rows) == paid >= 2 and all(r["cost_usd"] > 0.005 for r in paid_rows)
+    assert sum(r["cost_usd"] for r in paid_rows) == pytest.approx(spent)
+    # The probe that crossed the limit finished; none started after it.
+    assert spent - paid_rows[-1]["cost_usd"] < 0.03 <= spent
+    report = subprocess.run([sys.executable, "-m", "modelwatch", "report", "--db", str(db), "--format", "json"],
+                            capture_output=True, text=True, timeout=30)
+    by_target = {r["target"]: r for r in json.loads(report.stdout)}
+    assert by_target["paid"]["cost_usd"] == pytest.approx(spent, abs=1e-6)
+    assert by_target["free"]["cost_usd"] is None
+    assert all(r["cost_usd"] is None for r in stored if r["target"] == "free")
+
+    # A restart the same day remembers what was spent: paid probes stay paused from the start.
+    with running_daemon(cfg, port) as (_, url):
+        text = wait_for(lambda: (t := http_get(url + "/metrics")) and
+                        metric(t, "modelwatch_probes_total", target="free") >= 2 and t, 20)
+        assert metric(text, "modelwatch_budget_paused") == 1
+        assert metric(text, "modelwatch_probes_total", target="paid") == 0
+        assert metric(text, "modelwatch_budget_spent_usd") == pytest.approx(spent)
+
+
+def test_dry_run_prices_each_probe_and_weighs_the_budget(tmp_path, sim_url):
+    cfg, _ = budget_config(tmp_path, sim_url, 0.03, tmp_path / "mw.db")
+    out = subprocess.run([sys.executable, "-m", "modelwatch", "probe", "-c", str(cfg), "--dry-run"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    jobs = {j.target: j for j in load_config(cfg).jobs}
+    expected = daily_cost_usd(jobs["paid"])
+    # 300 ms interval; 8 framing + 1 prompt tokens in, the 16-token cap out; $1000/M
+    assert expected == pytest.approx(288_000 * (8 + 1 + 16) * 1000 / 1e6)
+    assert any(line.startswith("paid") and f"${expected:.4f}/day" in line for line in lines)
+    assert any(line.startswith("free") and line.endswith("free") for line in lines)
+    assert lines[-1].startswith("budget: $0.0300/day, OVER")
