@@ -1,0 +1,87 @@
+"""The shipped probe catalogs (``probes/*.yaml``): each loads, is priced and is documented."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modelwatch.config import load_config
+from modelwatch.cost import daily_cost_usd
+
+ROOT = Path(__file__).parent.parent
+CATALOGS = sorted((ROOT / "probes").glob("*.yaml"))
+DUMMY_ENV = {name: "dummy-key-for-check-config" for name in (
+    "OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "OPENROUTER_API_KEY")}
+DUMMY_ENV["AZURE_OPENAI_RESOURCE"] = "example-resource"
+PROVIDER_CATALOGS = {"openai", "azure-openai", "anthropic", "gemini", "openrouter", "local"}
+
+
+def main_config(tmp_path: Path, include: str) -> Path:
+    path = tmp_path / "modelwatch.yaml"
+    path.write_text(f"storage: {{path: {tmp_path / 'mw.db'}}}\ninclude: ['{include}']\n")
+    return path
+
+
+def check_config(config: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "modelwatch", "check-config", "-c", str(config)],
+                          capture_output=True, text=True, timeout=30, env={**os.environ, **env})
+
+
+def test_one_catalog_per_provider():
+    assert {p.stem for p in CATALOGS} == PROVIDER_CATALOGS
+
+
+@pytest.mark.parametrize("catalog", CATALOGS, ids=lambda p: p.stem)
+def test_catalog_passes_check_config_with_dummy_keys(tmp_path, catalog):
+    done = check_config(main_config(tmp_path, str(catalog)), DUMMY_ENV)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_all_catalogs_together_have_unique_names(tmp_path, monkeypatch):
+    for name, value in DUMMY_ENV.items():
+        monkeypatch.setenv(name, value)
+    cfg = load_config(main_config(tmp_path, str(ROOT / "probes" / "*.yaml")))
+    assert len({j.provider_name for j in cfg.jobs}) == 7  # vllm and ollama share local.yaml
+    for job in cfg.jobs:
+        assert job.target.split("/")[0] in {"openai", "azure", "anthropic", "gemini", "openrouter", "vllm",
+                                            "ollama"}
+        assert job.price is not None, job.target  # the budget can count every probe
+        assert job.probe.max_tokens <= 64 and len(job.probe.prompt) <= 20  # probes stay tiny
+        assert job.probe.interval >= 30
+
+
+def test_a_catalog_without_its_key_names_the_variable(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+    env |= {k: v for k, v in DUMMY_ENV.items() if k != "ANTHROPIC_API_KEY"}
+    config = main_config(tmp_path, str(ROOT / "probes" / "anthropic.yaml"))
+    done = subprocess.run([sys.executable, "-m", "modelwatch", "check-config", "-c", str(config)],
+                          capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 2
+    assert "environment variable ANTHROPIC_API_KEY is not set" in done.stderr
+
+
+def test_seed_realtime_model_has_text_and_audio_beside_its_rest_sibling(tmp_path, monkeypatch):
+    for name, value in DUMMY_ENV.items():
+        monkeypatch.setenv(name, value)
+    jobs = load_config(main_config(tmp_path, str(ROOT / "probes" / "openai.yaml"))).jobs
+    realtime = {j.probe.modality for j in jobs
+                if j.model == "gpt-4o-mini-realtime-preview" and j.probe.kind == "realtime"}
+    assert realtime == {"text", "audio"}
+    assert any(j.model == "gpt-4o-mini" and j.probe.kind == "rest" for j in jobs)
+
+
+@pytest.mark.parametrize("catalog", CATALOGS, ids=lambda p: p.stem)
+def test_docs_state_each_catalogs_daily_cost(tmp_path, catalog, monkeypatch):
+    for name, value in DUMMY_ENV.items():
+        monkeypatch.setenv(name, value)
+    jobs = load_config(main_config(tmp_path, str(catalog))).jobs
+    usd = sum(daily_cost_usd(j) or 0.0 for j in jobs)
+    docs = (ROOT / "docs" / "probes.md").read_text()
+    row = re.search(rf"^\| `probes/{re.escape(catalog.name)}` \|.*\| \$([0-9.]+) \|$", docs, re.M)
+    assert row, f"docs/probes.md has no cost row for {catalog.name}"
+    assert float(row.group(1)) == pytest.approx(usd, abs=0.005)
