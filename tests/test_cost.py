@@ -119,3 +119,22 @@ def test_dry_run_prices_each_probe_and_weighs_the_budget(tmp_path, sim_url):
     assert any(line.startswith("paid") and f"${expected:.4f}/day" in line for line in lines)
     assert any(line.startswith("free") and line.endswith("free") for line in lines)
     assert lines[-1].startswith("budget: $0.0300/day, OVER")
+
+
+def test_audio_prompt_estimate_follows_the_bundled_audio_and_the_provider_rate(tmp_path, monkeypatch):
+    from modelwatch.cost import PROMPT_AUDIO_S, tokens_per_probe
+    from modelwatch.probes.openai_realtime import prompt_audio
+
+    assert PROMPT_AUDIO_S == len(prompt_audio()) / 48000  # PCM16 mono at 24 kHz
+    path = tmp_path / "c.yaml"
+    path.write_text("""
+providers:
+  o: {type: openai, base_url: 'http://127.0.0.1:9/v1', api_key: k}
+  g: {type: gemini, base_url: 'http://127.0.0.1:9/v1beta', api_key: k}
+targets:
+  - {name: o, provider: o, model: m, probes: [{kind: realtime, modality: audio}]}
+  - {name: g, provider: g, model: m, probes: [{kind: realtime, modality: audio}]}
+""")
+    jobs = {j.target: j for j in load_config(path).jobs}
+    assert tokens_per_probe(jobs["o"])[2] == round(PROMPT_AUDIO_S * 10)
+    assert tokens_per_probe(jobs["g"])[2] == round(PROMPT_AUDIO_S * 32)

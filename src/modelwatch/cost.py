@@ -23,7 +23,10 @@ from modelwatch.config import PriceConfig, ProbeJob
 DAY_S = 86400.0
 PROMPT_OVERHEAD_TOKENS = 8  # chat framing around the prompt
 REALTIME_INSTRUCTION_TOKENS = 12  # "Reply with one word." plus session framing
-PROMPT_AUDIO_TOKENS = 15  # the bundled 1.5 s spoken prompt at ~10 audio tokens a second [MEM]
+PROMPT_AUDIO_S = 70286 / 48000  # the bundled spoken prompt: 70,286 bytes of PCM16 at 24 kHz
+# Input audio tokens per second: Google documents 32; OpenAI's realtime models bill about 10 [MEM].
+AUDIO_TOKENS_PER_S = {"gemini": 32}
+DEFAULT_AUDIO_TOKENS_PER_S = 10
 FREE_KINDS = frozenset({"models"})
 
 
@@ -103,7 +106,8 @@ def tokens_per_probe(job: ProbeJob) -> tuple[int, int, int, int]:
     if p.kind == "realtime":
         text_in += REALTIME_INSTRUCTION_TOKENS
         if p.modality == "audio":  # the spoken prompt replaces the text one; the reply is audio
-            return REALTIME_INSTRUCTION_TOKENS, 0, PROMPT_AUDIO_TOKENS, p.max_tokens
+            rate = AUDIO_TOKENS_PER_S.get(job.provider.type, DEFAULT_AUDIO_TOKENS_PER_S)
+            return REALTIME_INSTRUCTION_TOKENS, 0, round(PROMPT_AUDIO_S * rate), p.max_tokens
     if p.api == "responses":
         from modelwatch.probes.openai_responses import MIN_OUTPUT_TOKENS  # the API's floor
         return text_in, max(p.max_tokens, MIN_OUTPUT_TOKENS), 0, 0

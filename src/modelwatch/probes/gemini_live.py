@@ -38,7 +38,8 @@ from modelwatch.outcomes import Outcome, ProbeFailure
 from modelwatch.probes.base import Measurement
 from modelwatch.probes.gemini import classify_google_error
 from modelwatch.probes.openai_chat import parse_body
-from modelwatch.probes.openai_realtime import CLOSE_GRACE_S, _close, _close_later, prompt_audio
+from modelwatch.probes.openai_realtime import prompt_audio
+from modelwatch.probes.websocket import CLOSE_GRACE_S, close_in_background, close_within_grace
 
 INSTRUCTIONS = "Reply with one word."
 DEFAULT_VERSION = "v1beta"
@@ -286,12 +287,12 @@ async def probe_gemini_live(job: ProbeJob, http: aiohttp.ClientSession, m: Measu
     try:
         await _converse(job, ws, session, m)
     except BaseException:
-        _close_later(ws)  # the outcome is decided: don't let the goodbye stretch the duration
+        close_in_background(ws)  # the outcome is decided: don't let the goodbye stretch the duration
         raise
     finally:
         m.input_tokens, m.output_tokens, m.input_audio_tokens, m.output_audio_tokens = session.tokens()
         m.request_id = session.session_id or m.request_id  # else a proxy's x-request-id
-    await _close(ws, m)
+    await close_within_grace(ws, m)
 
 
 async def _converse(job: ProbeJob, ws: aiohttp.ClientWebSocketResponse, session: LiveSession,

@@ -20,7 +20,6 @@ I/O, so it is tested with captured frames.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -36,9 +35,9 @@ from modelwatch.outcomes import Outcome, ProbeFailure
 from modelwatch.probes.auth import auth_headers
 from modelwatch.probes.base import Measurement
 from modelwatch.probes.openai_chat import classify_openai_error, parse_body
+from modelwatch.probes.websocket import CLOSE_GRACE_S, close_in_background, close_within_grace
 
 INSTRUCTIONS = "Reply with one word."
-CLOSE_GRACE_S = 1.0
 # Transcript deltas (response.output_audio_transcript.delta, ...) are neither: never the TTFT.
 TEXT_DELTAS = {"response.output_text.delta", "response.text.delta"}
 AUDIO_DELTAS = {"response.output_audio.delta", "response.audio.delta"}
@@ -221,12 +220,12 @@ async def probe_openai_realtime(job: ProbeJob, http: aiohttp.ClientSession, m: M
     try:
         await _converse(job, ws, session, m)
     except BaseException:
-        _close_later(ws)  # the outcome is decided: don't let the goodbye stretch the duration
+        close_in_background(ws)  # the outcome is decided: don't let the goodbye stretch the duration
         raise
     finally:
         m.input_tokens, m.output_tokens, m.input_audio_tokens, m.output_audio_tokens = session.tokens()
         m.request_id = m.request_id or session.session_id
-    await _close(ws, m)
+    await close_within_grace(ws, m)
 
 
 async def _converse(job: ProbeJob, ws: aiohttp.ClientWebSocketResponse, session: RealtimeSession,
@@ -284,34 +283,3 @@ async def _send(ws: aiohttp.ClientWebSocketResponse, session: RealtimeSession, m
         # Frames the server sent before closing are still queued: read them for the reason.
         await _until(ws, session, m, "never")
         raise ProbeFailure(Outcome.PROTOCOL_ERROR, "abnormal_close", "closed while sending") from None
-
-
-_closing: set[asyncio.Task] = set()  # strong references until the background closes finish
-
-
-def _close_later(ws: aiohttp.ClientWebSocketResponse) -> None:
-    if ws.closed:
-        return
-    task = asyncio.get_running_loop().create_task(_close_quietly(ws))
-    _closing.add(task)
-    task.add_done_callback(_closing.discard)
-
-
-async def _close_quietly(ws: aiohttp.ClientWebSocketResponse) -> None:
-    try:
-        await ws.close()
-    except (ConnectionError, aiohttp.ClientError, asyncio.CancelledError):
-        pass
-
-
-async def _close(ws: aiohttp.ClientWebSocketResponse, m: Measurement) -> None:
-    """Close cleanly if the server answers within a grace period; never fail the probe over it.
-
-    The outcome is already decided, so the close gets its own short budget
-    instead of what is left of the probe's (ws_close bounds aiohttp's wait).
-    """
-    m.finishing(CLOSE_GRACE_S + 0.5)
-    try:
-        await ws.close()
-    except (ConnectionError, aiohttp.ClientError):
-        pass

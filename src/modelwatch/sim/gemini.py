@@ -57,14 +57,14 @@ from .scenario import ModelBehaviour
 if TYPE_CHECKING:
     from .app import RequestDraws, RequestRecord, SimState
 
-__all__ = ["ERRORS", "GoogleError", "VERSIONS", "google_error_body", "register"]
+__all__ = ["BAD_KEY", "ERRORS", "GoogleError", "NO_KEY", "NO_KEY_ERROR", "VERSIONS", "google_error_body", "register"]
 
 VERSIONS = ("v1", "v1beta")
 METHODS = ("streamGenerateContent", "generateContent")
 _TYPE = "type.googleapis.com/google.rpc."
 _SERVICE = "generativelanguage.googleapis.com"
-_BAD_KEY = "API key not valid. Please pass a valid API key."
-_NO_KEY = ("Method doesn't allow unregistered callers (callers without established identity). "
+BAD_KEY = "API key not valid. Please pass a valid API key."
+NO_KEY = ("Method doesn't allow unregistered callers (callers without established identity). "
            "Please use API Key or other form of API consumer identity to call this API.")
 _QUOTA_MESSAGE = (
     "You exceeded your current quota, please check your plan and billing details. For more information on this "
@@ -120,9 +120,9 @@ def _quota_error(quota_id: str, metric: str, value: str) -> GoogleError:
 
 
 ERRORS: dict[str, GoogleError] = {
-    "auth_error": GoogleError(400, "INVALID_ARGUMENT", _BAD_KEY, lambda model: [
+    "auth_error": GoogleError(400, "INVALID_ARGUMENT", BAD_KEY, lambda model: [
         _error_info("API_KEY_INVALID"),
-        {"@type": _TYPE + "LocalizedMessage", "locale": "en-US", "message": _BAD_KEY}]),
+        {"@type": _TYPE + "LocalizedMessage", "locale": "en-US", "message": BAD_KEY}]),
     "quota_exhausted": _quota_error("GenerateRequestsPerDayPerProjectPerModel-FreeTier",
                                     "generate_content_free_tier_requests", "250"),
     "rate_limited": _quota_error("GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
@@ -145,7 +145,7 @@ ERRORS: dict[str, GoogleError] = {
                                         "received. Unknown name \"maxTokens\" at 'generation_config': Cannot "
                                         "find field."}]}]),
 }
-_NO_KEY_ERROR = GoogleError(403, "PERMISSION_DENIED", _NO_KEY)
+NO_KEY_ERROR = GoogleError(403, "PERMISSION_DENIED", NO_KEY)
 
 
 def google_error_body(kind: str, model: str) -> dict[str, Any]:
@@ -232,7 +232,7 @@ class GeminiRest:
             return self._reject(ex, "bad_request", GoogleError(404, "NOT_FOUND", "Method not found."))
         key = ex.request.headers.get("x-goog-api-key") or ex.request.query.get("key", "")
         if not key:
-            return self._reject(ex, "auth_error", _NO_KEY_ERROR)
+            return self._reject(ex, "auth_error", NO_KEY_ERROR)
         if not self.state.scenario.accepts_key(key):
             return self._reject(ex, "auth_error", ERRORS["auth_error"])
         problem = await self._read_body(ex)

@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from .common import LoggedExchange, reset_connection, sleep_until, to_json
+from .gemini import BAD_KEY, NO_KEY
 from .openai_chat import content_piece
 from .openai_realtime import SAMPLE_RATE, pcm_tone, text_tokens
 from .scenario import ModelBehaviour
@@ -80,9 +81,6 @@ OUTPUT_MIME = f"audio/pcm;rate={SAMPLE_RATE}"
 AUDIO_TOKENS_PER_S = 32  # Gemini's rate for audio in and out [DOC: token counting guide]
 GOAWAY_NOTICE_S = 10.0  # timeLeft of a goAway when no session_max_s says otherwise
 DEADLINE_REASON = "Deadline expired before operation could complete."
-BAD_KEY = "API key not valid. Please pass a valid API key."
-NO_KEY = ("Method doesn't allow unregistered callers (callers without established identity). "
-          "Please use API Key or other form of API consumer identity to call this API.")
 INVALID = "Request contains an invalid argument."
 
 # Close code and reason per error kind; bad_gateway drops the TCP connection instead (no close frame).

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from . import gemini
 from .common import to_json
 from .openai_chat import MISSING_AUTH, error_response, openai_headers, plain_error
 
@@ -32,10 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 CREATED = 1686935002
-_GOOGLE_BAD_KEY = {"error": {
-    "code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT",
-    "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
-                 "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}}]}}
 
 
 def register(app: web.Application, state: SimState) -> None:
@@ -86,7 +83,7 @@ class ModelLists:
         if key and self.state.scenario.accepts_key(key):
             return None
         if dialect == "gemini":
-            return web.json_response(_GOOGLE_BAD_KEY, status=400, dumps=to_json)
+            return web.json_response(gemini.ERRORS["auth_error"].body(""), status=400, dumps=to_json)
         if dialect == "anthropic":
             message = "invalid x-api-key" if key else "x-api-key header is required"
             body = {"type": "error", "error": {"type": "authentication_error", "message": message}}

@@ -1,0 +1,49 @@
+"""Ending a probe's WebSocket session without letting the goodbye stretch its timings.
+
+Both realtime probes (OpenAI Realtime, Gemini Live) decide their outcome
+before the socket is closed. A clean close then gets its own short grace
+(:func:`close_within_grace`); after a failure the close runs in the
+background (:func:`close_in_background`) so the recorded duration is when
+the failure was seen, not when a slow server acknowledged the close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from modelwatch.probes.base import Measurement
+
+CLOSE_GRACE_S = 1.0  # also the ws_close timeout the probes pass to ws_connect
+
+_closing: set[asyncio.Task] = set()  # strong references until the background closes finish
+
+
+def close_in_background(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Start closing ``ws`` without waiting for it (the probe has already failed)."""
+    if ws.closed:
+        return
+    task = asyncio.get_running_loop().create_task(_close_quietly(ws))
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+async def _close_quietly(ws: aiohttp.ClientWebSocketResponse) -> None:
+    try:
+        await ws.close()
+    except (ConnectionError, aiohttp.ClientError, asyncio.CancelledError):
+        pass
+
+
+async def close_within_grace(ws: aiohttp.ClientWebSocketResponse, m: Measurement) -> None:
+    """Close cleanly if the server answers within a grace period; never fail the probe over it.
+
+    The outcome is already decided, so the close gets its own short budget
+    instead of what is left of the probe's (``ws_close`` bounds aiohttp's wait).
+    """
+    m.finishing(CLOSE_GRACE_S + 0.5)
+    try:
+        await ws.close()
+    except (ConnectionError, aiohttp.ClientError):
+        pass
