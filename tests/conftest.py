@@ -105,3 +105,56 @@ def with_sim(scenario, body, **sim_options):
             await server.close()
 
     return asyncio.run(main())
+
+
+def feed_capture(stream, pieces: list[bytes]):  # noqa: ANN001, ANN201 - any EventStream
+    """Feed SSE bytes to a stream decoder as the probe does (``read_event_stream``).
+
+    Returns (index of the event that carried the first content or -1, the
+    failure the stream amounts to or None).
+    """
+    from modelwatch.outcomes import ProbeFailure
+    from modelwatch.sse import SSEDecoder
+
+    decoder, first, n = SSEDecoder(), -1, 0
+    try:
+        for piece in pieces:
+            for event in decoder.feed(piece):
+                if stream.feed(event.data, event.event) and first < 0:
+                    first = n
+                n += 1
+                if stream.finished:
+                    return first, stream.verdict()
+    except ProbeFailure as exc:
+        return first, exc
+    return first, stream.verdict()
+
+
+def split_in(raw: bytes, pieces: int) -> list[bytes]:
+    """``raw`` cut into ``pieces`` nearly equal parts."""
+    size = -(-len(raw) // pieces)
+    return [raw[start:start + size] for start in range(0, len(raw), size)]
+
+
+def run_jobs(jobs, http_factory=None) -> dict:  # noqa: ANN001
+    """Run each job's probe once, concurrently, as ``modelwatch probe`` does; results by target."""
+    import asyncio
+
+    from modelwatch.probes import prober_for
+    from modelwatch.probes.base import new_http_session, run_probe
+
+    async def go():
+        async with (http_factory or new_http_session)() as http:
+            results = await asyncio.gather(*(run_probe(j, http, prober_for(j.provider.type, j.probe.kind))
+                                             for j in jobs))
+        return {r.target: r for r in results}
+    return asyncio.run(go())
+
+
+def sim_log(sim_url: str) -> dict[str, dict]:
+    """The simulator's request log, by request id."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{sim_url}/_sim/requests") as resp:
+        return {r["request_id"]: r for r in json.load(resp)}

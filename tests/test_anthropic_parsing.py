@@ -7,32 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from conftest import feed_capture, split_in
 from modelwatch.config import ProbeJob, ProbeConfig, ProviderConfig
 from modelwatch.outcomes import Outcome, ProbeFailure
 from modelwatch.probes.anthropic import MessageStream, build_request, classify_anthropic_error
 from modelwatch.secrets import Secret
-from modelwatch.sse import SSEDecoder
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
 
 
 def run_capture(raw: bytes, pieces: int = 1) -> tuple[MessageStream, int, ProbeFailure | None]:
-    """Feed a capture (in ``pieces`` equal parts); return the stream, the index of the event that
-    carried the first text, and the failure it amounts to (None for a success)."""
-    decoder, stream = SSEDecoder(), MessageStream()
-    size = -(-len(raw) // pieces)
-    first, n = -1, 0
-    try:
-        for start in range(0, len(raw), size):
-            for event in decoder.feed(raw[start:start + size]):
-                if stream.feed(event.data, event.event) and first < 0:
-                    first = n
-                n += 1
-                if stream.done:
-                    return stream, first, stream.verdict()
-    except ProbeFailure as exc:
-        return stream, first, exc
-    return stream, first, stream.verdict()
+    """Feed a capture in ``pieces`` equal parts; return the stream, the first-text event index and
+    the failure it amounts to (None for a success)."""
+    stream = MessageStream()
+    return (stream, *feed_capture(stream, split_in(raw, pieces)))
 
 
 CASES = {

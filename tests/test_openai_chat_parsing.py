@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import feed_capture
 from modelwatch.outcomes import Outcome, ProbeFailure
 from modelwatch.probes.openai_chat import ChatStream, classify_openai_error
 from modelwatch.sse import SSEDecoder
@@ -18,20 +19,8 @@ def run_capture(raw: bytes, split: int | None = None, require_done: bool = False
                 ) -> tuple[ChatStream, int, ProbeFailure | None]:
     """Feed a capture (optionally in two pieces) and return the stream, the index of the
     event that carried the first content, and the failure it amounts to."""
-    decoder, stream = SSEDecoder(), ChatStream(require_done)
-    pieces = [raw] if split is None else [raw[:split], raw[split:]]
-    first, n = -1, 0
-    try:
-        for piece in pieces:
-            for event in decoder.feed(piece):
-                if stream.feed(event.data, event.event) and first < 0:
-                    first = n
-                n += 1
-                if stream.done:
-                    return stream, first, stream.verdict()
-    except ProbeFailure as exc:
-        return stream, first, exc
-    return stream, first, stream.verdict()
+    stream = ChatStream(require_done)
+    return (stream, *feed_capture(stream, [raw] if split is None else [raw[:split], raw[split:]]))
 
 
 CASES = {

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import TEST_KEY
+from conftest import TEST_KEY, run_jobs, sim_log
 from modelwatch.config import load_config
 from modelwatch.probes import prober_for
 from modelwatch.probes.base import new_http_session, run_probe
@@ -31,19 +30,7 @@ def write_anthropic_config(path: Path, sim_url: str, targets: dict[str, str], *,
 
 
 def probe(tmp_path, sim_url, models: dict[str, str], **kw) -> dict:
-    cfg = load_config(write_anthropic_config(tmp_path / "c.yaml", sim_url, models, **kw))
-
-    async def go():
-        async with new_http_session() as http:
-            results = await asyncio.gather(*(run_probe(j, http, prober_for(j.provider.type, j.probe.kind))
-                                             for j in cfg.jobs))
-        return {r.target: r for r in results}
-    return asyncio.run(go())
-
-
-def sim_requests(sim_url: str) -> dict[str, dict]:
-    with urllib.request.urlopen(f"{sim_url}/_sim/requests") as resp:
-        return {r["request_id"]: r for r in json.load(resp)}
+    return run_jobs(load_config(write_anthropic_config(tmp_path / "c.yaml", sim_url, models, **kw)).jobs)
 
 
 def test_healthy_probe_records_every_phase_in_order(tmp_path, sim_url):
@@ -147,7 +134,7 @@ def test_phase_timeouts_name_the_phase(tmp_path, sim_url):
 
 def test_measured_ttft_matches_what_the_simulator_did(tmp_path, sim_url):
     results = probe(tmp_path, sim_url, {f"t{i}": "anth-fixed-ttft" for i in range(3)})
-    seen = sim_requests(sim_url)
+    seen = sim_log(sim_url)
     for r in results.values():
         assert r.outcome == "ok", r
         sim = seen[r.request_id]

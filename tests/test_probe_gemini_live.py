@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
 
 import pytest
 from aiohttp import web
 
-from conftest import with_sim
+from conftest import sim_log, with_sim
 from modelwatch.config import load_config
 from modelwatch.probes import prober_for
 from modelwatch.probes.base import new_http_session, run_probe
@@ -39,11 +38,6 @@ async def run_all(cfg) -> dict:
 
 def probe(tmp_path, sim_url, models: dict[str, str], **kwargs) -> dict:
     return asyncio.run(run_all(config(tmp_path, sim_url, models, **kwargs)))
-
-
-def sim_log(sim_url: str) -> dict[str, dict]:
-    with urllib.request.urlopen(f"{sim_url}/_sim/requests") as resp:
-        return {r["request_id"]: r for r in json.load(resp)}
 
 
 @pytest.mark.parametrize("version", ["v1beta", "v1", "v1alpha"])

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import urllib.request
 
 import pytest
 
-from conftest import write_config
+from conftest import run_jobs, sim_log, write_config
 from modelwatch.config import load_config
-from modelwatch.probes import prober_for
-from modelwatch.probes.base import new_http_session, run_probe
 
 
 def probe_models(tmp_path, sim_url, models: dict[str, str], **kw) -> dict:
-    cfg = load_config(write_config(tmp_path / "c.yaml", sim_url, models, **kw))
-
-    async def go():
-        async with new_http_session() as http:
-            results = await asyncio.gather(*(run_probe(j, http, prober_for(j.provider.type, j.probe.kind))
-                                             for j in cfg.jobs))
-        return {r.target: r for r in results}
-    return asyncio.run(go())
-
-
-def sim_requests(sim_url: str) -> dict[str, dict]:
-    with urllib.request.urlopen(f"{sim_url}/_sim/requests") as resp:
-        return {r["request_id"]: r for r in json.load(resp)}
+    return run_jobs(load_config(write_config(tmp_path / "c.yaml", sim_url, models, **kw)).jobs)
 
 
 def test_healthy_probe_records_every_phase_in_order(tmp_path, sim_url):
@@ -141,7 +125,7 @@ def test_response_size_is_capped(tmp_path, sim_url):
 
 def test_measured_ttft_matches_what_the_simulator_did(tmp_path, sim_url):
     results = probe_models(tmp_path, sim_url, {f"t{i}": "fixed-ttft" for i in range(3)})
-    seen = sim_requests(sim_url)
+    seen = sim_log(sim_url)
     for r in results.values():
         sim = seen[r.request_id]
         # The simulator times from its handler's entry; the probe also counts connect and send.

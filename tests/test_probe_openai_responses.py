@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import urllib.request
 
-from conftest import TEST_KEY, write_config
+from conftest import TEST_KEY, run_jobs, sim_log, write_config
 from modelwatch.config import load_config
-from modelwatch.probes import prober_for
-from modelwatch.probes.base import new_http_session, run_probe
 
 RESPONSES = ", api: responses"
 
@@ -17,20 +13,6 @@ RESPONSES = ", api: responses"
 def probe_models(tmp_path, sim_url, models: dict[str, str], extra_probe: str = "", **kw) -> dict:
     cfg = load_config(write_config(tmp_path / "c.yaml", sim_url, models, extra_probe=RESPONSES + extra_probe, **kw))
     return run_jobs(cfg.jobs)
-
-
-def run_jobs(jobs) -> dict:
-    async def go():
-        async with new_http_session() as http:
-            results = await asyncio.gather(*(run_probe(j, http, prober_for(j.provider.type, j.probe.kind))
-                                             for j in jobs))
-        return {r.target: r for r in results}
-    return asyncio.run(go())
-
-
-def sim_requests(sim_url: str) -> dict[str, dict]:
-    with urllib.request.urlopen(f"{sim_url}/_sim/requests") as resp:
-        return {r["request_id"]: r for r in json.load(resp)}
 
 
 def test_healthy_probe_records_every_phase_in_order(tmp_path, sim_url):
@@ -41,7 +23,7 @@ def test_healthy_probe_records_every_phase_in_order(tmp_path, sim_url):
     assert r.http_status == 200 and r.request_id.startswith("req_")
     assert r.input_tokens > 0 and r.output_tokens == 4
     assert r.error is None and r.error_code is None
-    entry = sim_requests(sim_url)[r.request_id]
+    entry = sim_log(sim_url)[r.request_id]
     assert entry["path"] == "/v1/responses" and entry["outcome"] == "ok"
 
 
@@ -49,7 +31,7 @@ def test_chat_stays_the_default_api(tmp_path, sim_url):
     cfg = load_config(write_config(tmp_path / "c.yaml", sim_url, {"c": "healthy"}))
     r = run_jobs(cfg.jobs)["c"]
     assert r.outcome == "ok"
-    assert sim_requests(sim_url)[r.request_id]["path"] == "/v1/chat/completions"
+    assert sim_log(sim_url)[r.request_id]["path"] == "/v1/chat/completions"
 
 
 FAILURES = {
@@ -143,7 +125,7 @@ def test_azure_v1_form_uses_the_api_key_header(tmp_path, sim_url):
                                    extra_probe=RESPONSES, ptype="azure-openai"))
     r = run_jobs(cfg.jobs)["z"]
     assert r.outcome == "ok", r
-    assert sim_requests(sim_url)[r.request_id]["path"] == "/openai/v1/responses"
+    assert sim_log(sim_url)[r.request_id]["path"] == "/openai/v1/responses"
 
 
 def test_azure_dated_form_sends_the_api_version(tmp_path, sim_url):
@@ -157,12 +139,12 @@ def test_azure_dated_form_sends_the_api_version(tmp_path, sim_url):
         "  - {name: z, provider: az, model: resp-healthy, probes: [{kind: rest, api: responses, timeout: 3s}]}\n")
     r = run_jobs(load_config(path).jobs)["z"]
     assert r.outcome == "ok", r
-    assert sim_requests(sim_url)[r.request_id]["path"] == "/openai/responses"
+    assert sim_log(sim_url)[r.request_id]["path"] == "/openai/responses"
 
 
 def test_measured_ttft_matches_what_the_simulator_did(tmp_path, sim_url):
     results = probe_models(tmp_path, sim_url, {f"t{i}": "resp-fixed-ttft" for i in range(3)})
-    seen = sim_requests(sim_url)
+    seen = sim_log(sim_url)
     for r in results.values():
         assert r.outcome == "ok", r
         sim = seen[r.request_id]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import feed_capture
 from modelwatch.config import ProbeConfig, ProbeJob, ProviderConfig
 from modelwatch.outcomes import Outcome, ProbeFailure
 from modelwatch.probes import prober_for
@@ -21,20 +22,8 @@ CAPTURES = Path(__file__).parent / "data" / "captures"
 def run_capture(raw: bytes, split: int | None = None) -> tuple[ResponsesStream, int, ProbeFailure | None]:
     """Feed a capture (optionally in two pieces) as the probe does; return the stream, the index of
     the event that carried the first text, and the failure the stream amounts to."""
-    decoder, stream = SSEDecoder(), ResponsesStream()
-    pieces = [raw] if split is None else [raw[:split], raw[split:]]
-    first, n = -1, 0
-    try:
-        for piece in pieces:
-            for event in decoder.feed(piece):
-                if stream.feed(event.data, event.event) and first < 0:
-                    first = n
-                n += 1
-                if stream.done or stream.closed:
-                    return stream, first, stream.verdict()
-    except ProbeFailure as exc:
-        return stream, first, exc
-    return stream, first, stream.verdict()
+    stream = ResponsesStream()
+    return (stream, *feed_capture(stream, [raw] if split is None else [raw[:split], raw[split:]]))
 
 
 CASES = {

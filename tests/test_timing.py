@@ -9,21 +9,14 @@ a fraction of a millisecond on loopback.
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.request
 
-from conftest import write_config
+from conftest import sim_log, write_config
 from modelwatch.config import load_config
 from modelwatch.probes import prober_for
 from modelwatch.probes.base import new_http_session, run_probe
 
 INJECTED_S = 0.250
 TOLERANCE_S = 0.005
-
-
-def sim_log(sim_url: str) -> dict[str, dict]:
-    with urllib.request.urlopen(f"{sim_url}/_sim/requests") as resp:
-        return {r["request_id"]: r for r in json.load(resp)}
 
 
 def test_ttft_is_truthful_while_fifty_other_probes_stream(tmp_path, sim_url):

@@ -20,7 +20,6 @@ its ``error.type`` (``overloaded_error`` -> ``overloaded``), never the status.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import aiohttp
@@ -28,9 +27,8 @@ import aiohttp
 from modelwatch.config import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure, outcome_for_status
 from modelwatch.probes.auth import auth_headers
-from modelwatch.probes.base import Measurement, read_body
+from modelwatch.probes.base import Measurement, read_body, read_event_stream
 from modelwatch.probes.openai_chat import ERROR_BODY_LIMIT, error_fields, parse_body
-from modelwatch.sse import SSEDecoder
 
 # error.details.error_code values that say more than error.type (SDK ``_error_classes.py``).
 _DETAIL_OUTCOMES = {
@@ -137,6 +135,11 @@ class MessageStream:
         self.output_tokens: int | None = None
         self.message_id: str | None = None
 
+    @property
+    def finished(self) -> bool:
+        """``message_stop`` arrived."""
+        return self.done
+
     def feed(self, data: str, event: str = "") -> bool:
         """Consume one event; True if it carried non-empty answer text."""
         if self.done or event == "ping" or not data:
@@ -232,7 +235,7 @@ async def probe_anthropic(job: ProbeJob, http: aiohttp.ClientSession, m: Measure
         m.request_id = resp.headers.get("request-id")
         m.enter("ttft")
         await _refuse_non_stream(job, resp, m)
-        await _read_stream(job, resp, m)
+        await read_event_stream(resp, m, MessageStream())
 
 
 async def _refuse_non_stream(job: ProbeJob, resp: aiohttp.ClientResponse, m: Measurement) -> None:
@@ -250,31 +253,3 @@ async def _refuse_non_stream(job: ProbeJob, resp: aiohttp.ClientResponse, m: Mea
         raise ProbeFailure(*classify_anthropic_error(None, body))
     raise ProbeFailure(Outcome.PROTOCOL_ERROR, "not_event_stream",
                        f"expected text/event-stream, got {resp.headers.get('Content-Type')}")
-
-
-async def _read_stream(job: ProbeJob, resp: aiohttp.ClientResponse, m: Measurement) -> None:
-    """Read events until ``message_stop`` (or EOF), stamping ttft and the end."""
-    decoder, stream = SSEDecoder(), MessageStream()
-    limit = job.probe.max_response_bytes
-    try:
-        while not stream.done:
-            chunk = await resp.content.readany()
-            now = time.perf_counter()
-            if not chunk:
-                break
-            m.bytes_read += len(chunk)
-            if m.bytes_read > limit:
-                raise ProbeFailure(Outcome.PROTOCOL_ERROR, "response_too_large", f"response exceeded {limit} bytes")
-            for event in decoder.feed(chunk):
-                if stream.feed(event.data, event.event) and m.ttft_s is None:
-                    m.ttft_s = now - m.start
-                    m.enter("total")
-                if stream.done:
-                    break
-        m.duration_s = now - m.start
-    finally:
-        # A failed stream still reports what was billed so far.
-        m.input_tokens, m.output_tokens = stream.tokens()
-    failure = stream.verdict()
-    if failure is not None:
-        raise failure

@@ -26,6 +26,7 @@ import ssl
 import time
 from contextvars import ContextVar
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import aiohttp
 
@@ -33,6 +34,7 @@ from modelwatch.config import ProbeJob
 from modelwatch.cost import probe_cost_usd
 from modelwatch.outcomes import Outcome, ProbeFailure, ProbeResult
 from modelwatch.secrets import short_error
+from modelwatch.sse import SSEDecoder
 
 log = logging.getLogger("modelwatch.probe")
 
@@ -147,6 +149,55 @@ def _result(job: ProbeJob, ts: float, m: Measurement, outcome: Outcome, code: st
         cost_usd=probe_cost_usd(job.price, m.input_tokens, m.output_tokens, m.input_audio_tokens,
                                 m.output_audio_tokens),
     )
+
+
+class EventStream(Protocol):
+    """A provider's stream decoder, fed one SSE event at a time (sans-I/O)."""
+
+    @property
+    def finished(self) -> bool:
+        """The terminator arrived: nothing more is to be read."""
+
+    def feed(self, data: str, event: str) -> bool:
+        """Consume one event; True if it carried the first kind of content that counts."""
+
+    def tokens(self) -> tuple[int | None, int | None]:
+        """(input, output) tokens reported so far."""
+
+    def verdict(self) -> ProbeFailure | None:
+        """The failure the stream amounts to, or None for a success."""
+
+
+async def read_event_stream(resp: aiohttp.ClientResponse, m: Measurement, stream: EventStream) -> None:
+    """Feed a response's SSE events to ``stream`` until it finishes or the body ends.
+
+    Stamps ``ttft_s`` with the arrival of the read that carried the first
+    content and ``duration_s`` with the last read; caps the bytes read; keeps
+    the tokens reported even when the stream then fails.
+    """
+    decoder = SSEDecoder()
+    try:
+        while not stream.finished:
+            chunk = await resp.content.readany()
+            now = time.perf_counter()
+            if not chunk:
+                break
+            m.bytes_read += len(chunk)
+            if m.bytes_read > m.byte_limit:
+                raise ProbeFailure(Outcome.PROTOCOL_ERROR, "response_too_large",
+                                   f"response exceeded {m.byte_limit} bytes")
+            for event in decoder.feed(chunk):
+                if stream.feed(event.data, event.event) and m.ttft_s is None:
+                    m.ttft_s = now - m.start
+                    m.enter("total")
+                if stream.finished:
+                    break
+        m.duration_s = now - m.start
+    finally:
+        m.input_tokens, m.output_tokens = stream.tokens()
+    failure = stream.verdict()
+    if failure is not None:
+        raise failure
 
 
 async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:

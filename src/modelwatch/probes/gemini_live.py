@@ -37,9 +37,8 @@ from modelwatch.config import ProbeJob, ProbeSettings
 from modelwatch.outcomes import Outcome, ProbeFailure
 from modelwatch.probes.base import Measurement
 from modelwatch.probes.gemini import classify_google_error
-from modelwatch.probes.openai_chat import parse_body
 from modelwatch.probes.openai_realtime import prompt_audio
-from modelwatch.probes.websocket import CLOSE_GRACE_S, close_in_background, close_within_grace
+from modelwatch.probes.websocket import close_in_background, close_within_grace, open_websocket
 
 INSTRUCTIONS = "Reply with one word."
 DEFAULT_VERSION = "v1beta"
@@ -272,17 +271,7 @@ def _audio(details: Any) -> int | None:
 async def probe_gemini_live(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
     """One staged Live session, timed stage by stage."""
     url, headers = live_endpoint(job)
-    m.websocket = True
-    try:
-        ws = await http.ws_connect(url, headers=headers, autoping=True, compress=0,
-                                   max_msg_size=job.probe.max_response_bytes,
-                                   timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_GRACE_S))
-    except aiohttp.WSServerHandshakeError as exc:
-        m.http_status = exc.status
-        if exc.status == 101:
-            raise ProbeFailure(Outcome.PROTOCOL_ERROR, "bad_handshake", exc.message) from None
-        raise ProbeFailure(*classify_google_error(exc.status, parse_body(m.handshake_body or b""))) from None
-    m.http_status = 101
+    ws = await open_websocket(http, url, headers, m, classify_google_error)
     session = LiveSession(job.probe.modality)
     try:
         await _converse(job, ws, session, m)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -21,8 +20,7 @@ import aiohttp
 from modelwatch.config import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure, outcome_for_status
 from modelwatch.probes.auth import auth_headers
-from modelwatch.probes.base import Measurement, read_body
-from modelwatch.sse import SSEDecoder
+from modelwatch.probes.base import Measurement, read_body, read_event_stream
 
 ERROR_BODY_LIMIT = 65536
 
@@ -171,6 +169,11 @@ class ChatStream:
         self.content_chunks = 0
         self.refusal = False
 
+    @property
+    def finished(self) -> bool:
+        """``[DONE]`` arrived."""
+        return self.done
+
     def feed(self, data: str, event: str = "") -> bool:
         """Consume one event payload; True if it carried non-empty content."""
         if data.startswith("[DONE]"):
@@ -248,7 +251,7 @@ async def probe_openai_chat(job: ProbeJob, http: aiohttp.ClientSession, m: Measu
         m.request_id = resp.headers.get("x-request-id")
         m.enter("ttft")
         await refuse_unless_event_stream(resp)
-        await _read_stream(job, resp, m)
+        await read_event_stream(resp, m, ChatStream(require_done=job.provider.type == "openai"))
 
 
 async def refuse_unless_event_stream(resp: aiohttp.ClientResponse,
@@ -269,29 +272,3 @@ async def refuse_unless_event_stream(resp: aiohttp.ClientResponse,
         raise ProbeFailure(*classify_openai_error(None, body))
     raise ProbeFailure(Outcome.PROTOCOL_ERROR, "not_event_stream",
                        f"expected text/event-stream, got {resp.headers.get('Content-Type')}")
-
-
-async def _read_stream(job: ProbeJob, resp: aiohttp.ClientResponse, m: Measurement) -> None:
-    decoder, stream = SSEDecoder(), ChatStream(require_done=job.provider.type == "openai")
-    limit = job.probe.max_response_bytes
-    content = resp.content
-    while not stream.done:
-        chunk = await content.readany()
-        now = time.perf_counter()
-        if not chunk:
-            break
-        m.bytes_read += len(chunk)
-        if m.bytes_read > limit:
-            raise ProbeFailure(Outcome.PROTOCOL_ERROR, "response_too_large",
-                               f"response exceeded {limit} bytes")
-        for event in decoder.feed(chunk):
-            if stream.feed(event.data, event.event) and m.ttft_s is None:
-                m.ttft_s = now - m.start
-                m.enter("total")
-            if stream.done:
-                break
-    m.duration_s = now - m.start
-    m.input_tokens, m.output_tokens = stream.tokens()
-    failure = stream.verdict()
-    if failure is not None:
-        raise failure

@@ -34,8 +34,8 @@ from modelwatch.config import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure
 from modelwatch.probes.auth import auth_headers
 from modelwatch.probes.base import Measurement
-from modelwatch.probes.openai_chat import classify_openai_error, parse_body
-from modelwatch.probes.websocket import CLOSE_GRACE_S, close_in_background, close_within_grace
+from modelwatch.probes.openai_chat import classify_openai_error
+from modelwatch.probes.websocket import close_in_background, close_within_grace, open_websocket
 
 INSTRUCTIONS = "Reply with one word."
 # Transcript deltas (response.output_audio_transcript.delta, ...) are neither: never the TTFT.
@@ -205,17 +205,7 @@ class RealtimeSession:
 async def probe_openai_realtime(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
     """One staged realtime session, timed stage by stage."""
     url, headers = realtime_endpoint(job)
-    m.websocket = True
-    try:
-        ws = await http.ws_connect(url, headers=headers, autoping=True, compress=0,
-                                   max_msg_size=job.probe.max_response_bytes,
-                                   timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_GRACE_S))
-    except aiohttp.WSServerHandshakeError as exc:
-        m.http_status = exc.status
-        if exc.status == 101:
-            raise ProbeFailure(Outcome.PROTOCOL_ERROR, "bad_handshake", exc.message) from None
-        raise ProbeFailure(*classify_openai_error(exc.status, parse_body(m.handshake_body or b""))) from None
-    m.http_status = 101
+    ws = await open_websocket(http, url, headers, m, classify_openai_error)
     session = RealtimeSession(job.probe.modality)
     try:
         await _converse(job, ws, session, m)

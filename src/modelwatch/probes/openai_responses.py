@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 from urllib.parse import quote
 
@@ -30,9 +29,8 @@ import aiohttp
 from modelwatch.config import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure
 from modelwatch.probes.auth import auth_headers
-from modelwatch.probes.base import Measurement
+from modelwatch.probes.base import Measurement, read_event_stream
 from modelwatch.probes.openai_chat import classify_openai_error, probe_openai_chat, refuse_unless_event_stream
-from modelwatch.sse import SSEDecoder
 
 log = logging.getLogger("modelwatch.probe")
 
@@ -100,6 +98,11 @@ class ResponsesStream:
         self.incomplete_reason: str | None = None
         self.response_id: str | None = None
         self.events = 0
+
+    @property
+    def finished(self) -> bool:
+        """A terminal event, or a compatible server's ``[DONE]``, arrived."""
+        return self.done or self.closed
 
     def feed(self, data: str, event: str = "") -> bool:
         """Consume one event; True if it carried non-empty output text."""
@@ -213,40 +216,13 @@ async def probe_openai_responses(job: ProbeJob, http: aiohttp.ClientSession, m: 
         m.request_id = resp.headers.get("x-request-id")
         m.enter("ttft")
         await refuse_unless_event_stream(resp, is_answer=_is_response)
-        await _read_stream(job, resp, m)
+        stream = ResponsesStream()
+        await read_event_stream(resp, m, stream)
+    if stream.incomplete_reason:
+        log.debug("probe ok at the output cap target=%s reason=%s output_tokens=%s",
+                  job.target, stream.incomplete_reason, m.output_tokens)
 
 
 def _is_response(body: Any) -> bool:
     """A whole Response object (a server that ignored ``stream``): not an error body."""
     return isinstance(body, dict) and body.get("object") == "response"
-
-
-async def _read_stream(job: ProbeJob, resp: aiohttp.ClientResponse, m: Measurement) -> None:
-    """Read events until a terminal one (or [DONE], or EOF), stamping ttft and the end."""
-    decoder, stream = SSEDecoder(), ResponsesStream()
-    limit = job.probe.max_response_bytes
-    try:
-        while not (stream.done or stream.closed):
-            chunk = await resp.content.readany()
-            now = time.perf_counter()
-            if not chunk:
-                break
-            m.bytes_read += len(chunk)
-            if m.bytes_read > limit:
-                raise ProbeFailure(Outcome.PROTOCOL_ERROR, "response_too_large", f"response exceeded {limit} bytes")
-            for event in decoder.feed(chunk):
-                if stream.feed(event.data, event.event) and m.ttft_s is None:
-                    m.ttft_s = now - m.start
-                    m.enter("total")
-                if stream.done or stream.closed:
-                    break
-        m.duration_s = now - m.start
-    finally:
-        # A failed response reports usage too: what was spent is worth recording.
-        m.input_tokens, m.output_tokens = stream.tokens()
-    failure = stream.verdict()
-    if failure is not None:
-        raise failure
-    if stream.incomplete_reason:
-        log.debug("probe ok at the output cap target=%s reason=%s output_tokens=%s",
-                  job.target, stream.incomplete_reason, m.output_tokens)

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .common import LoggedExchange, base62, reset_connection, sleep_until, to_json
+from .common import FaultyStream, LoggedExchange, base62, sleep_until, to_json
 from .openai_chat import SSE_CONTENT_TYPE, content_piece, estimate_prompt_tokens
 from .openai_chat import error_response as openai_error_response
 from .scenario import ModelBehaviour
@@ -330,12 +330,12 @@ class _Plan:
         return cls(thinking, text, _STOP_REASONS[b.finish_reason])
 
 
-class _Stream:
+class _Stream(FaultyStream):
     """One SSE answer: message_start, optional thinking, text deltas, faults, message_stop."""
 
     def __init__(self, ex: _Exchange, headers: dict[str, str]) -> None:
-        self.ex = ex
-        self.b = ex.behaviour
+        self.ex = self.exchange = ex
+        self.b = self.behaviour = ex.behaviour
         self.plan = _Plan.of(ex)
         self.headers_at = ex.t0_loop + self.b.ttfb_ms / 1000
         self.first_at = ex.t0_loop + ex.record.injected_ttft_s
@@ -359,8 +359,8 @@ class _Stream:
             await self._send("content_block_start", index=self.text_index,
                              content_block={"type": "text", "text": ""})
         await self._send("ping")
-        await self._keepalive_until(self.first_at)
-        if not await self._content():
+        await self.keepalive_until(self.first_at)
+        if not await self.stream_deltas(self.plan.text):
             return response
         await sleep_until(self.first_at)  # with no text (a refusal) the verdict still comes at ttft
         await self._finish()
@@ -381,63 +381,22 @@ class _Stream:
                          delta={"type": "signature_delta", "signature": _signature(self.ex)})
         await self._send("content_block_stop", index=0)
 
-    async def _content(self) -> bool:
-        """Send the text deltas and any injected fault; False if a fault ended the stream."""
-        gap = self.b.inter_token_ms / 1000
-        stall = 0.0
-        count = self.plan.text
-        for index in range(count + 1):
-            if index == count and not self._fault_at(index):
-                break
-            if index == self.b.stall_after:
-                self.ex.record.outcome = "stall"
-                if self.b.stall_ms is None:
-                    await asyncio.Event().wait()  # silent until the client gives up
-                stall = self.b.stall_ms / 1000
-            await sleep_until(self.first_at + index * gap + stall)
-            if not await self._maybe_fault(index):
-                return False
-            if index < count:
-                await self._send("content_block_delta", index=self.text_index,
-                                 delta={"type": "text_delta", "text": content_piece(index)})
-                if index == 0:
-                    self.ex.record.actual_ttft_s = self.ex.elapsed_s()
-        return True
+    async def send_delta(self, index: int, count: int) -> None:
+        await self._send("content_block_delta", index=self.text_index,
+                         delta={"type": "text_delta", "text": content_piece(index)})
 
-    def _fault_at(self, index: int) -> bool:
-        b = self.b
-        return index in (b.stall_after, b.malformed_after, b.midstream_error_after, b.disconnect_after)
+    async def send_malformed(self) -> None:
+        await self.ex.response.write(b"event: content_block_delta\ndata: {not json\n\n")
 
-    async def _maybe_fault(self, index: int) -> bool:
-        """Inject the faults due after ``index`` text deltas; False if the stream must end."""
-        b, ex = self.b, self.ex
-        if index == b.malformed_after:
-            ex.record.outcome = "malformed"
-            await ex.response.write(b"event: content_block_delta\ndata: {not json\n\n")
-        if index == b.midstream_error_after:
-            ex.record.outcome = "midstream_error"
-            ex.finish()
-            spec = ERRORS["overloaded"]
-            await self._send("error", error={"type": spec.type, "message": spec.message})
-            await ex.response.write_eof()
-            return False
-        if index == b.disconnect_after:
-            ex.record.outcome = "disconnect"
-            ex.finish()
-            reset_connection(ex.request.transport)
-            return False
-        return True
+    async def send_midstream_error(self, index: int) -> None:
+        """``event: error`` with ``overloaded_error``, as Anthropic sends it after a 200."""
+        spec = ERRORS["overloaded"]
+        await self._send("error", error={"type": spec.type, "message": spec.message})
+        await self.ex.response.write_eof()
 
-    async def _keepalive_until(self, deadline: float) -> None:
-        """Send ``ping`` events while the first token is pending."""
-        every_ms = self.b.keepalive_every_ms
-        if not every_ms:
-            return
-        at = asyncio.get_running_loop().time() + every_ms / 1000
-        while at < deadline:
-            await sleep_until(at)
-            await self._send("ping")
-            at += every_ms / 1000
+    async def send_keepalive(self) -> None:
+        """A ``ping`` event (Anthropic's keep-alive)."""
+        await self._send("ping")
 
     async def _finish(self) -> None:
         """Close the text block, report stop reason and usage, then message_stop (log stamped first)."""

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from aiohttp import web
 
-from .common import LoggedExchange, reset_connection, sleep_until, to_json
+from .common import FaultyStream, LoggedExchange, sleep_until, to_json
 from .openai_chat import content_piece
 from .scenario import ModelBehaviour
 
@@ -387,12 +387,12 @@ async def _complete(ex: _Exchange) -> web.Response:
                         charset="UTF-8", headers=headers)
 
 
-class _Stream:
+class _Stream(FaultyStream):
     """One streamed answer: thoughts, text chunks, faults, the finishReason chunk, EOF."""
 
     def __init__(self, ex: _Exchange) -> None:
-        self.ex = ex
-        self.b = ex.behaviour
+        self.ex = self.exchange = ex
+        self.b = self.behaviour = ex.behaviour
         self.plan = _Plan.of(ex)
         self.headers_at = ex.t0_loop + self.b.ttfb_ms / 1000
         self.first_at = ex.t0_loop + ex.record.injected_ttft_s
@@ -416,7 +416,7 @@ class _Stream:
             await response.write_eof()
             return response
         await self._thoughts()
-        if not await self._content():
+        if not await self.stream_deltas(self.plan.text):
             return response
         if plan.thoughts or not plan.text:
             await sleep_until(self.first_at)
@@ -433,57 +433,34 @@ class _Stream:
             await sleep_until(self.headers_at + (index + 1) * step)
             await self._send(_chunk(self.ex, self.plan, [{"text": _thought_piece(index), "thought": True}]))
 
-    async def _content(self) -> bool:
-        """Send the text chunks and any injected fault; False if a fault ended the stream."""
-        gap, stall, count = self.b.inter_token_ms / 1000, 0.0, self.plan.text
+    async def send_delta(self, index: int, count: int) -> None:
         # Without thoughts the last text chunk carries the finishReason itself.
-        finish_with_text = not self.plan.thoughts
-        for index in range(count + 1):
-            if index == count and not self._fault_at(index):
-                break
-            if index == self.b.stall_after:
-                self.ex.record.outcome = "stall"
-                if self.b.stall_ms is None:
-                    await asyncio.Event().wait()  # silent until the client gives up
-                stall = self.b.stall_ms / 1000
-            await sleep_until(self.first_at + index * gap + stall)
-            if not await self._maybe_fault(index):
-                return False
-            if index < count:
-                last = finish_with_text and index == count - 1
-                finish = self.plan.finish if last else None
-                await self._send(_chunk(self.ex, self.plan, [{"text": content_piece(index)}], finish), last=last)
-                if index == 0:
-                    self.ex.record.actual_ttft_s = self.ex.elapsed_s()
-        return True
+        last = not self.plan.thoughts and index == count - 1
+        finish = self.plan.finish if last else None
+        await self._send(_chunk(self.ex, self.plan, [{"text": content_piece(index)}], finish), last=last)
 
-    def _fault_at(self, index: int) -> bool:
-        b = self.b
-        return index in (b.stall_after, b.malformed_after, b.midstream_error_after, b.raw_error_after,
-                         b.disconnect_after)
+    async def send_malformed(self) -> None:
+        await self.ex.response.write(b"data: {not json\r\n\r\n")
 
-    async def _maybe_fault(self, index: int) -> bool:
-        """Inject the faults due after ``index`` text chunks; False if the stream must end."""
-        b, ex = self.b, self.ex
-        if index == b.malformed_after:
-            ex.record.outcome = "malformed"
-            await ex.response.write(b"data: {not json\r\n\r\n")
-        if index in (b.midstream_error_after, b.raw_error_after):
-            ex.record.outcome = "midstream_error" if index == b.midstream_error_after else "raw_error"
-            error = ERRORS["server_error"].body(ex.model)
-            ex.finish()
-            if ex.record.outcome == "midstream_error":
-                await self._send(error, last=True)
-            else:  # Google's front end writes it as it would a whole error body
-                await ex.response.write((json.dumps(error, indent=2) + "\n").encode())
-            await ex.response.write_eof()
-            return False
-        if index == b.disconnect_after:
-            ex.record.outcome = "disconnect"
-            ex.finish()
-            reset_connection(ex.request.transport)
-            return False
-        return True
+    async def send_midstream_error(self, index: int) -> None:
+        """A ``data:`` event holding Google's error body, as the SDK expects it."""
+        await self._send(ERRORS["server_error"].body(self.ex.model), last=True)
+        await self.ex.response.write_eof()
+
+    def fault_points(self) -> tuple[int | None, ...]:
+        return (*super().fault_points(), self.b.raw_error_after)
+
+    async def inject_faults(self, index: int) -> bool:
+        """The shared faults, plus ``raw_error_after``: an error body outside SSE framing."""
+        ex = self.ex
+        if index != self.b.raw_error_after:
+            return await super().inject_faults(index)
+        ex.record.outcome = "raw_error"
+        ex.finish()
+        # Google's front end writes it as it would a whole error body.
+        await ex.response.write((json.dumps(ERRORS["server_error"].body(ex.model), indent=2) + "\n").encode())
+        await ex.response.write_eof()
+        return False
 
     async def _send(self, obj: dict[str, Any], last: bool = False) -> None:
         """Write one chunk in one write; before the last one, stamp the log's duration."""

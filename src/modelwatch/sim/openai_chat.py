@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .common import base62 as _base62
-from .common import LoggedExchange, reset_connection
+from .common import FaultyStream, LoggedExchange, reset_connection
 from .common import sleep_until as _sleep_until
 from .common import to_json as _to_json
 from .scenario import ModelBehaviour
@@ -374,11 +374,11 @@ class ChatCompletions:
         return web.json_response(body, headers=headers, dumps=_to_json)
 
 
-class _Stream:
+class _Stream(FaultyStream):
     """One SSE answer: role chunk, keep-alives, content, faults, finish, usage, [DONE]."""
 
     def __init__(self, call: _Call, headers: dict[str, str]) -> None:
-        self.call = call
+        self.call = self.exchange = call
         self.behaviour = call.behaviour
         self.count, self.finish_reason = _token_plan(call)
         self.first_at = call.t0_loop + call.record.injected_ttft_s
@@ -398,8 +398,8 @@ class _Stream:
         call.record.status = 200
         await response.prepare(call.request)
         await self._send(self._chunk({"role": "assistant", "content": ""}))
-        await self._keepalive_until(self.first_at)
-        if not await self._content():
+        await self.keepalive_until(self.first_at)
+        if not await self.stream_deltas(self.count):
             return response
         # With no content (content_blocked, tokens: 0) the verdict still takes until ttft.
         await _sleep_until(self.first_at)
@@ -407,62 +407,19 @@ class _Stream:
         await response.write_eof()
         return response
 
-    async def _content(self) -> bool:
-        """Send the content chunks and any injected fault; False if a fault ended the stream."""
-        gap = self.behaviour.inter_token_ms / 1000
-        stall = 0.0
-        for index in range(self.count + 1):
-            if index == self.count and not self._fault_at(index):
-                break
-            if index == self.behaviour.stall_after:
-                self.call.record.outcome = "stall"
-                if self.behaviour.stall_ms is None:
-                    await asyncio.Event().wait()  # silent until the client gives up
-                stall = self.behaviour.stall_ms / 1000
-            await _sleep_until(self.first_at + index * gap + stall)
-            if not await self._maybe_fault(index):
-                return False
-            if index < self.count:
-                await self._send(self._chunk({"content": content_piece(index)}))
-                if index == 0:
-                    self.call.record.actual_ttft_s = self.call.elapsed_s()
-        return True
+    async def send_delta(self, index: int, count: int) -> None:
+        await self._send(self._chunk({"content": content_piece(index)}))
 
-    def _fault_at(self, index: int) -> bool:
-        """Whether any fault is due after ``index`` content chunks."""
-        b = self.behaviour
-        return index in (b.stall_after, b.malformed_after, b.midstream_error_after, b.disconnect_after)
+    async def send_malformed(self) -> None:
+        await self._send("{not json")
 
-    async def _maybe_fault(self, index: int) -> bool:
-        """Inject the faults due after ``index`` chunks; False if the stream must end."""
-        b, call = self.behaviour, self.call
-        if index == b.malformed_after:
-            call.record.outcome = "malformed"
-            await self._send("{not json")
-        if index == b.midstream_error_after:
-            call.record.outcome = "midstream_error"
-            call.finish()
-            await self._send(_to_json(_midstream_error(b.error_shape)))
-            await call.response.write_eof()
-            return False
-        if index == b.disconnect_after:
-            call.record.outcome = "disconnect"
-            call.finish()
-            reset_connection(call.request.transport)
-            return False
-        return True
+    async def send_midstream_error(self, index: int) -> None:
+        await self._send(_to_json(_midstream_error(self.behaviour.error_shape)))
+        await self.call.response.write_eof()
 
-    async def _keepalive_until(self, deadline: float) -> None:
-        """Send ``: keep-alive`` comments while the first token is pending (DeepSeek style)."""
-        every_ms = self.behaviour.keepalive_every_ms
-        if not every_ms:
-            return
-        loop = asyncio.get_running_loop()
-        at = loop.time() + every_ms / 1000
-        while at < deadline:
-            await _sleep_until(at)
-            await self.call.response.write(b": keep-alive\n\n")
-            at += every_ms / 1000
+    async def send_keepalive(self) -> None:
+        """A ``: keep-alive`` comment (DeepSeek style)."""
+        await self.call.response.write(b": keep-alive\n\n")
 
     async def _finish(self) -> None:
         """Finish chunk, usage chunk and [DONE]; the log is stamped before the last one."""

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .common import LoggedExchange, reset_connection, sleep_until, to_json
+from .common import FaultyStream, LoggedExchange, sleep_until, to_json
 from .openai_chat import (
     ERRORS, MISSING_AUTH, SSE_CONTENT_TYPE, content_piece, error_response, estimate_prompt_tokens,
     openai_headers, plain_error)
@@ -245,12 +245,12 @@ class ResponsesEndpoint:
         return web.json_response(body, headers=headers, dumps=to_json)
 
 
-class _Stream:
+class _Stream(FaultyStream):
     """One SSE answer: lifecycle events, keep-alives, the message, faults and the terminal event."""
 
     def __init__(self, ex: _Exchange, headers: dict[str, str]) -> None:
-        self.ex = ex
-        self.b = ex.behaviour
+        self.ex = self.exchange = ex
+        self.b = self.behaviour = ex.behaviour
         self.count, self.status, self.reason = _plan(ex)
         self.first_at = ex.t0_loop + ex.record.injected_ttft_s
         self.headers = headers
@@ -269,11 +269,11 @@ class _Stream:
         await response.prepare(ex.request)
         await self._send("response.created", response=_response(ex, "in_progress", [], None))
         await self._send("response.in_progress", response=_response(ex, "in_progress", [], None))
-        await self._keepalive_until(self.first_at)
+        await self.keepalive_until(self.first_at)
         if b.fail_response_with or b.error_event:
             await sleep_until(self.first_at)
             await self._end_early()
-        elif await self._content():
+        elif await self.stream_deltas(self.count):
             await sleep_until(self.first_at)  # with no output the verdict still takes until ttft
             await self._finish()
         elif ex.record.outcome == "disconnect":
@@ -295,50 +295,19 @@ class _Stream:
             message = FAILED_MESSAGES.get(code, f"The request failed with error code '{code}'.")
             await self._send("error", code=code, message=message.format(model=ex.model), param=None)
 
-    async def _content(self) -> bool:
-        """Send the deltas and any injected fault; False if a fault ended the stream."""
-        gap = self.b.inter_token_ms / 1000
-        stall = 0.0
-        for index in range(self.count + 1):
-            if index == self.count and not self._fault_at(index):
-                break
-            if index == self.b.stall_after:
-                self.ex.record.outcome = "stall"
-                if self.b.stall_ms is None:
-                    await asyncio.Event().wait()  # silent until the client gives up
-                stall = self.b.stall_ms / 1000
-            await sleep_until(self.first_at + index * gap + stall)
-            if not await self._maybe_fault(index):
-                return False
-            if index < self.count:
-                await self._delta(index)
-        return True
+    async def send_malformed(self) -> None:
+        await self.ex.response.write(b"event: response.output_text.delta\ndata: {not json\n\n")
 
-    def _fault_at(self, index: int) -> bool:
-        b = self.b
-        return index in (b.stall_after, b.malformed_after, b.midstream_error_after, b.disconnect_after)
+    async def send_midstream_error(self, index: int) -> None:
+        """``response.failed`` with ``server_error`` (the run ends the body)."""
+        ex = self.ex
+        error = {"code": "server_error", "message": ERRORS["server_error"].message}
+        await self._send("response.failed", response=_response(ex, "failed", [], _usage(ex, self.sent), error=error))
 
-    async def _maybe_fault(self, index: int) -> bool:
-        """Inject the faults due after ``index`` deltas; False if the stream must end."""
-        b, ex = self.b, self.ex
-        if index == b.malformed_after:
-            ex.record.outcome = "malformed"
-            await ex.response.write(b"event: response.output_text.delta\ndata: {not json\n\n")
-        if index == b.midstream_error_after:
-            ex.record.outcome = "midstream_error"
-            ex.finish()
-            error = {"code": "server_error", "message": ERRORS["server_error"].message}
-            await self._send("response.failed", response=_response(ex, "failed", [], _usage(ex, self.sent),
-                                                                   error=error))
-            return False
-        if index == b.disconnect_after:
-            ex.record.outcome = "disconnect"
-            ex.finish()
-            reset_connection(ex.request.transport)
-            return False
-        return True
+    async def send_keepalive(self) -> None:
+        await self.ex.response.write(b": keep-alive\n\n")
 
-    async def _delta(self, index: int) -> None:
+    async def send_delta(self, index: int, count: int) -> None:
         """One output_text delta, opening the message item before the first."""
         ex = self.ex
         if index == 0:
@@ -350,19 +319,6 @@ class _Stream:
         await self._send("response.output_text.delta", item_id=ex.message_id, output_index=0, content_index=0,
                          delta=content_piece(index), logprobs=[])
         self.sent += 1
-        if index == 0:
-            ex.record.actual_ttft_s = ex.elapsed_s()
-
-    async def _keepalive_until(self, deadline: float) -> None:
-        """Send ``: keep-alive`` comments while the first token is pending."""
-        every_ms = self.b.keepalive_every_ms
-        if not every_ms:
-            return
-        at = asyncio.get_running_loop().time() + every_ms / 1000
-        while at < deadline:
-            await sleep_until(at)
-            await self.ex.response.write(b": keep-alive\n\n")
-            at += every_ms / 1000
 
     async def _finish(self) -> None:
         """Close the message item, then the terminal event; the log is stamped before it."""
