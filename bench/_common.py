@@ -195,6 +195,7 @@ def code_version(loop: str | None = None) -> str:
             loop = loop_name()
         except ImportError:
             loop = "asyncio"
-    files = [line[3:].removeprefix("src/modelwatch/") for line in dirty]
+    # "XY path"; _git() strips the output, so the first line may have lost its leading blank
+    files = [line.split(None, 1)[-1].removeprefix("src/modelwatch/") for line in dirty]
     mark = f" (src modified: {', '.join(files[:3])}{', ...' if len(files) > 3 else ''})" if files else ""
     return f"modelwatch {head}{mark}, {loop} loop"

@@ -36,9 +36,26 @@ Intervals: 1 s for N=1, 10 s otherwise (``--interval`` overrides), i.e.
 blackbox_exporter has no prober that can hold a Realtime session and time its
 first delta. The join and the errors are the same, by the 101's x-request-id.
 
+``--protocol P[,P...]`` picks the wire protocol(s) of the modelwatch phase: ``chat``
+(OpenAI Chat Completions, the default, = ``--kind rest``), ``responses`` (the
+Responses API), ``anthropic`` (Messages), ``gemini`` (Gemini REST), ``realtime``
+(OpenAI Realtime, = ``--kind realtime``), ``gemini-live`` (Gemini Live) and
+``models`` (the free model-list check: no TTFT, only the duration joins). REST
+protocols get scenario BEHAVIOUR, WebSocket ones REALTIME (``--modality`` applies
+to both WebSocket protocols). Each protocol's simulator entry is joined on the id
+its probe records: x-request-id (chat, responses, models), request-id
+(anthropic), the chunks' responseId (gemini), setupComplete.sessionId
+(gemini-live). A single ``chat`` or ``realtime`` run is exactly the ``--kind``
+run (blackbox_exporter included for chat, same ``--write`` table); anything
+else (a new protocol, several, or ``--runs`` > 1) is modelwatch only, gets its
+own simulator per protocol and run, and ``--write`` replaces the "by protocol"
+table. ``--runs R`` repeats the list R times, every other pass in reverse order,
+so that drift of the machine's speed falls on every protocol alike.
+
 Example:  .venv/bin/python bench/ttft_and_cpu.py --write
           .venv/bin/python bench/ttft_and_cpu.py --targets 1000 --window 20 --only modelwatch
           .venv/bin/python bench/ttft_and_cpu.py --kind realtime --modality audio --targets 100
+          .venv/bin/python bench/ttft_and_cpu.py --protocol chat,anthropic,gemini-live --runs 2 --targets 100
 """
 
 from __future__ import annotations
@@ -60,6 +77,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
+    CLK_TCK,
     clear_sim_requests,
     code_version,
     src_fingerprint,
@@ -70,6 +88,7 @@ from _common import (
     http,
     markdown_table,
     modelwatch_cmd,
+    pct,
     replace_section,
     sim_requests,
     sleep_until,
@@ -88,6 +107,21 @@ BEHAVIOUR = {"ttfb_ms": 20, "ttft_ms": 200, "jitter_ms": 50, "inter_token_ms": 1
 # transcript) deltas 20 ms apart; audio modality: 600 ms of audio in 100 ms chunks, paced in real time.
 REALTIME = {"ttfb_ms": 50, "ttft_ms": 250, "jitter_ms": 50, "inter_token_ms": 20, "tokens": 8,
             "audio_ms": 600, "audio_chunk_ms": 100}
+# --protocol: provider type, base_url path on the simulator, the probe, which scenario block
+# (BEHAVIOUR for "rest", REALTIME for "realtime"), and what it is, for the tables. "{modality}" is
+# filled in for the WebSocket protocols.
+PROTOCOLS = {
+    "chat": ("openai", "/v1", "{kind: rest}", "rest", "OpenAI Chat Completions, SSE"),
+    "responses": ("openai", "/v1", "{kind: rest, api: responses}", "rest", "OpenAI Responses, SSE"),
+    "anthropic": ("anthropic", "/v1", "{kind: rest}", "rest", "Anthropic Messages, SSE"),
+    "gemini": ("gemini", "/v1beta", "{kind: rest}", "rest", "Gemini streamGenerateContent, SSE"),
+    "realtime": ("openai", "/v1", "{kind: realtime, modality: {modality}}", "realtime",
+                 "OpenAI Realtime, WebSocket"),
+    "gemini-live": ("gemini", "/v1beta", "{kind: realtime, modality: {modality}}", "realtime",
+                    "Gemini Live, WebSocket"),
+    "models": ("openai", "/v1", "{kind: models}", "rest", "GET /v1/models (OpenAI list)"),
+}
+TEST_PATTERN = "pytest"  # --wait-for-tests: processes whose command line matches this (pgrep -f)
 
 
 def interval_for(n: int, override: float | None) -> float:
@@ -102,27 +136,41 @@ def target_name(i: int) -> str:
     return f"t{i + 1:04d}"
 
 
-def write_scenario(path: Path, kind: str = "rest") -> None:
-    """Every model name gets the bench behaviour (``default:``) of the probe kind."""
+def write_scenario(path: Path, kind: str = "rest", listed: int = 0) -> None:
+    """Every model name gets the bench behaviour (``default:``) of the probe kind.
+
+    ``listed`` > 0 also names models t0001..tNNNN, so that the simulator's model list (which holds
+    the scenario's names only) has every target in it, as ``kind: models`` probes require.
+    """
     inner = ", ".join(f"{k}: {v}" for k, v in (REALTIME if kind == "realtime" else BEHAVIOUR).items())
-    path.write_text(f"seed: 1\ndefault: {{{inner}}}\n")
+    text = f"seed: 1\ndefault: {{{inner}}}\n"
+    if listed:
+        text += "models:\n" + "".join(f"  {target_name(i)}: {{{inner}}}\n" for i in range(listed))
+    path.write_text(text)
 
 
-def probe_spec(kind: str = "rest", modality: str | None = None) -> str:
+def probe_spec(kind: str = "rest", modality: str | None = None, protocol: str | None = None) -> str:
     """The ``probes:`` entry of every bench target."""
+    if protocol is not None:
+        return PROTOCOLS[protocol][2].replace("{modality}", modality or "text")
     return f"{{kind: realtime, modality: {modality or 'text'}}}" if kind == "realtime" else "{kind: rest}"
 
 
 def write_mw_config(path: Path, n: int, interval: float, sim_url: str, port: int, db: Path,
-                    probe: str = "{kind: rest}") -> None:
-    """A modelwatch config with N targets on the simulator, each with one ``probe``."""
+                    probe: str = "{kind: rest}", provider: tuple[str, str] = ("openai", "/v1")) -> None:
+    """A modelwatch config with N targets on the simulator, each with one ``probe``.
+
+    ``provider`` is the provider type and the path of its ``base_url`` on the simulator.
+    """
+    ptype, path_prefix = provider
     lines = [
         f"storage: {{path: {db}}}",
         f'server: {{listen: "127.0.0.1:{port}"}}',
         "max_concurrent_probes: 2000",
         f"defaults: {{interval: {interval:g}s, timeout: 10s}}",
         "providers:",
-        f'  sim: {{type: openai, base_url: "{sim_url}/v1", api_key: {KEY}, max_concurrent_probes: 1000}}',
+        f'  sim: {{type: {ptype}, base_url: "{sim_url}{path_prefix}", api_key: {KEY}, '
+        'max_concurrent_probes: 1000}',
         "targets:",
     ]
     lines += [f"  - {{name: {target_name(i)}, provider: sim, model: {target_name(i)}, probes: [{probe}]}}"
@@ -217,16 +265,86 @@ def scrape(pid: int, url: str) -> dict:
     return {**parse_metrics(text), "t0": t0, "t1": t1, "cpu_s": cpu1 - cpu0, "bytes": len(text)}
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs of the machine spent busy (not idle or iowait), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is already inside user)
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
+
+
+def _ancestors() -> set[int]:
+    """This process and its ancestors (a test run that started the bench must not block it)."""
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
+def tests_running() -> list[int]:
+    """PIDs of other processes whose command line matches TEST_PATTERN (``pgrep -f``)."""
+    try:
+        out = subprocess.run(["pgrep", "-f", TEST_PATTERN], capture_output=True, text=True, timeout=10,
+                             check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    mine = _ancestors()
+    return [int(p) for p in out.split() if p.isdigit() and int(p) not in mine]
+
+
+def wait_for_tests(poll: float = 10.0, limit: float = 600.0) -> dict:
+    """Wait until no test run is going (poll every ``poll`` s, at most ``limit`` s).
+
+    Returns the seconds waited (0 if no test ran) and whether the wait ran out with tests still running.
+    """
+    t0 = time.monotonic()
+    while tests_running():
+        waited = time.monotonic() - t0
+        if waited >= limit:
+            print(f"  tests still running after {waited:.0f} s: measuring anyway", flush=True)
+            return {"waited_s": waited, "gave_up": True}
+        print(f"  tests running, waiting ({waited:.0f} s so far) ...", flush=True)
+        time.sleep(poll)
+    waited = time.monotonic() - t0
+    return {"waited_s": waited if waited >= poll else 0.0, "gave_up": False}
+
+
+def sleep_watching(end: float, watch: bool, every: float = 5.0) -> bool:
+    """Sleep until ``end`` (wall clock); with ``watch``, look for test runs every ``every`` s.
+
+    True if a test run was seen during the sleep.
+    """
+    seen = False
+    while watch and time.time() + every < end:
+        seen = seen or bool(tests_running())
+        sleep_until(time.time() + every)
+    seen = (watch and bool(tests_running())) or seen
+    sleep_until(end)
+    return seen
+
+
 def run_modelwatch(n: int, interval: float, sim: subprocess.Popen, sim_url: str, work: Path,
-                   args: argparse.Namespace) -> dict:
-    """One modelwatch phase: warm up, measure the window, then a burst of timed scrapes, then stop."""
-    port, db = free_port(), work / f"mw-{n}.db"
+                   args: argparse.Namespace, protocol: str | None = None, tag: str = "") -> dict:
+    """One modelwatch phase: warm up, measure the window, then a burst of timed scrapes, then stop.
+
+    ``protocol`` (a PROTOCOLS key) sets the provider and probe; None: ``args.kind``/``args.modality``
+    on the OpenAI provider. ``tag`` goes into the file names (mw-TAG-N.*).
+    """
+    stem = f"mw-{tag}-{n}" if tag else f"mw-{n}"
+    port, db = free_port(), work / f"{stem}.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
-    write_mw_config(work / f"mw-{n}.yaml", n, interval, sim_url, port, db, probe_spec(args.kind, args.modality))
+    provider = PROTOCOLS[protocol][:2] if protocol else ("openai", "/v1")
+    write_mw_config(work / f"{stem}.yaml", n, interval, sim_url, port, db,
+                    probe_spec(args.kind, args.modality, protocol), provider)
     clear_sim_requests(sim_url)
-    profile = work / f"mw-{n}.prof" if args.profile else None
-    proc = start_daemon(work / f"mw-{n}.yaml", work / f"mw-{n}.log", args, profile)
+    profile = work / f"{stem}.prof" if args.profile else None
+    proc = start_daemon(work / f"{stem}.yaml", work / f"{stem}.log", args, profile)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/-/healthy", proc)
@@ -234,10 +352,10 @@ def run_modelwatch(n: int, interval: float, sim: subprocess.Popen, sim_url: str,
         end = start + args.window
         scraper = Scraper(url, start, end, args.scrape_every)
         sleep_until(start)
-        spy = start_py_spy(args.py_spy, proc.pid, args.window, work / f"mw-{n}.py-spy.txt")
-        cpu0, sim0 = cpu_seconds(proc.pid), cpu_seconds(sim.pid)
-        sleep_until(end)
-        cpu1, sim1 = cpu_seconds(proc.pid), cpu_seconds(sim.pid)
+        spy = start_py_spy(args.py_spy, proc.pid, args.window, work / f"{stem}.py-spy.txt")
+        cpu0, sim0, all0 = cpu_seconds(proc.pid), cpu_seconds(sim.pid), machine_busy_seconds()
+        tests_seen = sleep_watching(end, args.wait_for_tests)
+        cpu1, sim1, all1 = cpu_seconds(proc.pid), cpu_seconds(sim.pid), machine_busy_seconds()
         scraper.join()
         if spy is not None:
             spy.wait(30)
@@ -249,15 +367,16 @@ def run_modelwatch(n: int, interval: float, sim: subprocess.Popen, sim_url: str,
     finally:
         stop_process(proc)
     log = sim_requests(sim_url)
-    (work / f"mw-{n}-sim.json").write_text(json.dumps(log))
+    (work / f"{stem}-sim.json").write_text(json.dumps(log))
     busy = (cpu1 - cpu0) / args.window
     first, last = burst[0], burst[-1]
     span = tb1 - tb0
     spans = [(b["t0"], b["t1"]) for b in burst]
     during = mw_errors(read_rows_first_token(db, spans, log), log)
     started = mw_errors(read_rows_started(db, spans), log)
-    return {"tool": "modelwatch", "probe": probe_label(args), "n": n, "interval": interval,
-            "cpu_s": cpu1 - cpu0, "sim_cpu_s": sim1 - sim0,
+    return {"tool": "modelwatch", "probe": probe_label(args, protocol), "protocol": protocol, "n": n,
+            "interval": interval, "cpu_s": cpu1 - cpu0, "sim_cpu_s": sim1 - sim0,
+            "other_cpu_s": (all1 - all0) - (cpu1 - cpu0) - (sim1 - sim0), "tests_in_window": tests_seen,
             "window": args.window, "lag_p99": lag_quantile_ms({"lag_buckets": {}}, first, 0.99),
             "lag_buckets": {f"{le:g}": v for le, v in sorted(first["lag_buckets"].items())},
             "scrape": {"count": len(burst), "cpu_s": max(0.0, (cpu_b1 - cpu_b0 - busy * span) / len(burst)),
@@ -301,20 +420,31 @@ def read_rows_first_token(db: Path, spans: list[tuple[float, float]], log: list[
             and any(a <= r["ts"] + actual[r["request_id"]] <= b for a, b in spans)]
 
 
+def summary(values_s: list[float]) -> dict[str, float]:
+    """summary_ms() plus the p95."""
+    return {**summary_ms(values_s), "p95": pct(values_s, 95) * 1000}
+
+
 def mw_errors(rows: list[dict], log: list[dict]) -> dict:
-    """Counts and TTFT/duration errors (measured - simulator) of modelwatch rows."""
+    """Counts and TTFT/duration errors (measured - simulator) of modelwatch rows.
+
+    A row is joined when it is ok and the simulator's log has its request id; the TTFT error needs a
+    TTFT on both sides (``kind: models`` has none: only its duration joins).
+    """
     by_id = {r["request_id"]: r for r in log}
     ttft_act, ttft_inj, dur = [], [], []
     for row in rows:
         sim = by_id.get(row["request_id"])
-        if row["outcome"] != "ok" or sim is None or sim["actual_ttft_s"] is None:
+        if row["outcome"] != "ok" or sim is None or sim["actual_duration_s"] is None:
             continue
-        ttft_act.append(row["ttft_s"] - sim["actual_ttft_s"])
-        ttft_inj.append(row["ttft_s"] - sim["injected_ttft_s"])
+        if row["ttft_s"] is not None and sim["actual_ttft_s"] is not None:
+            ttft_act.append(row["ttft_s"] - sim["actual_ttft_s"])
+            ttft_inj.append(row["ttft_s"] - sim["injected_ttft_s"])
         dur.append(row["duration_s"] - sim["actual_duration_s"])
-    return {"completed": len(rows), "ok": sum(r["outcome"] == "ok" for r in rows), "joined": len(ttft_act),
-            "ttft_err": summary_ms(ttft_act), "ttft_err_injected": summary_ms(ttft_inj),
-            "duration_err": summary_ms(dur)}
+    return {"completed": len(rows), "ok": sum(r["outcome"] == "ok" for r in rows), "joined": len(dur),
+            "outcomes": {o: sum(r["outcome"] == o for r in rows) for o in sorted({r["outcome"] for r in rows})},
+            "ttft_err": summary(ttft_act), "ttft_err_injected": summary(ttft_inj),
+            "duration_err": summary(dur)}
 
 
 def run_blackbox(n: int, interval: float, sim: subprocess.Popen, sim_url: str, work: Path,
@@ -380,8 +510,10 @@ def bb_errors(window: list[dict], everything: list[dict], log: list[dict], n: in
             "first_byte_vs_ttft": summary_ms(first_byte)}
 
 
-def probe_label(args: argparse.Namespace) -> str:
-    """'rest', 'realtime text' or 'realtime audio'."""
+def probe_label(args: argparse.Namespace, protocol: str | None = None) -> str:
+    """'rest', 'realtime text' or 'realtime audio'; with a protocol: its name (plus the modality)."""
+    if protocol is not None:
+        return f"{protocol} {args.modality}" if PROTOCOLS[protocol][3] == "realtime" else protocol
     return f"realtime {args.modality}" if args.kind == "realtime" else "rest"
 
 
@@ -454,6 +586,79 @@ def render(results: list[dict]) -> str:
     return tables
 
 
+def _spread(values: list[float], digits: int = 2) -> str:
+    """'lo–hi' of some figures ('x' when they agree at this precision; '-' for none)."""
+    values = [v for v in values if v == v]
+    if not values:
+        return "-"
+    lo, hi = fmt(min(values), digits), fmt(max(values), digits)
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def _per_probe_ms(r: dict, key: str = "cpu_s") -> float:
+    """CPU ms per probe completed in the window (NaN for none)."""
+    return r[key] * 1000 / r["completed"] if r["completed"] else float("nan")
+
+
+def _four(s: dict) -> str:
+    """'p50 / p95 / p99 / max' of a summary() dict."""
+    return f"{fmt(s['p50'])} / {fmt(s['p95'])} / {fmt(s['p99'])} / {fmt(s['max'])}"
+
+
+def render_by_protocol(results: list[dict], args: argparse.Namespace) -> str:
+    """The by-protocol tables: one line per protocol (every run's figure or their range), then every run."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in sorted(results, key=lambda r: r["run"]):
+        groups.setdefault((r["protocol"], r["n"]), []).append(r)
+    several_n = len(args.targets) > 1
+    head = (["targets"] if several_n else []) + [
+        "protocol", "wire", "CPU ms/probe, run by run", "simulator CPU ms/request, run by run",
+        "TTFT error vs sim actual p50, ms", "p95, ms", "p99, ms"]
+    rows, detail = [], []
+    for protocol in args.protocols:
+        for n in args.targets:
+            runs = groups.get((protocol, n), [])
+            if not runs:
+                continue
+            lead = [str(n)] if several_n else []
+            no_ttft = all(not r["ttft_err"]["n"] for r in runs)
+            ttft = ["no TTFT"] * 3 if no_ttft else [_spread([r["ttft_err"][q] for r in runs]) for q in
+                                                      ("p50", "p95", "p99")]
+            rows.append(lead + [runs[0]["probe"], PROTOCOLS[protocol][4],
+                                " / ".join(fmt(_per_probe_ms(r), 3) for r in runs),
+                                " / ".join(fmt(_per_probe_ms(r, "sim_cpu_s"), 2) for r in runs), *ttft])
+            for r in runs:
+                detail.append(lead + [
+                    r["probe"], str(r["run"]), f"{r['completed']} ({r['ok']} ok)", str(r["joined"]),
+                    fmt(_per_probe_ms(r), 3), fmt(r["cpu_s"] / r["window"] * 100, 1),
+                    fmt(_per_probe_ms(r, "sim_cpu_s"), 2), fmt(r["other_cpu_s"] / r["window"] * 100, 1),
+                    "no TTFT" if not r["ttft_err"]["n"] else _four(r["ttft_err"]),
+                    _trio(r["duration_err"]), r["lag_p99"]])
+    summary_table = markdown_table(head, rows)
+    detail_table = markdown_table(
+        (["targets"] if several_n else []) + [
+            "protocol", "run", "probes in window", "joined with sim log", "CPU ms/probe", "CPU % of a core",
+            "simulator CPU ms/request", "rest of the machine, CPU % of a core",
+            "TTFT error vs sim actual, ms p50 / p95 / p99 / max", "duration error vs sim actual, ms p50 / p99 / max",
+            "loop lag p99, ms"], detail)
+    notes = []
+    for r in results:
+        wait, what = r.get("tests_wait") or {}, f"run {r['run']}, {r['probe']}, N={r['n']}"
+        if wait.get("gave_up"):
+            notes.append(f"{what}: tests were still running after {wait['waited_s']:.0f} s; measured anyway.")
+        elif r.get("tests_in_window"):
+            notes.append(f"{what}: a test run was seen during the window.")
+        if r["joined"] < r["ok"]:
+            notes.append(f"{what}: only {r['joined']} of {r['ok']} ok probes found in the simulator's log.")
+    waits = [r["tests_wait"]["waited_s"] for r in results if r.get("tests_wait")]
+    if waits:
+        waited = [w for w in waits if w > 0]
+        notes.append(f"`--wait-for-tests`: before each phase the script waited until no `{TEST_PATTERN}` process "
+                     f"ran; {len(waited)} of {len(waits)} phases had to wait"
+                     + (f" ({max(waited):.0f} s at most)." if waited else "."))
+    return summary_table + "\n\n" + detail_table + ("\n\n" + "  \n".join(notes) if notes else "")
+
+
 def environment(loop: str | None, blackbox: bool = True) -> str:
     """Date, CPU, Python, aiohttp and (if it runs) blackbox_exporter versions."""
     if not blackbox:
@@ -482,10 +687,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loop", choices=("asyncio", "uvloop"), help="daemon event loop (sets MODELWATCH_LOOP; "
                    "default: the daemon's own choice)")
     p.add_argument("--only", choices=("modelwatch", "blackbox"), help="run one tool only")
-    p.add_argument("--kind", choices=("rest", "realtime"), default="rest", help="probe kind (default rest; "
-                   "realtime runs modelwatch only)")
-    p.add_argument("--modality", choices=("text", "audio"), help="realtime only: what the probe times "
-                   "(default text)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--kind", choices=("rest", "realtime"), help="probe kind (default rest; realtime runs "
+                      "modelwatch only); the same as --protocol chat or realtime")
+    what.add_argument("--protocol", metavar="P[,P...]", help="comma list of wire protocols, from: "
+                      f"{', '.join(PROTOCOLS)} (default chat). Anything but one chat or realtime is "
+                      "modelwatch only, and --write fills the 'by protocol' table")
+    p.add_argument("--modality", choices=("text", "audio"), help="realtime and gemini-live only: what the "
+                   "probe times (default text)")
+    p.add_argument("--runs", type=int, default=1, help="repeat the protocol list this many times, every other "
+                   "pass in reverse order (default 1)")
+    p.add_argument("--wait-for-tests", action="store_true", help=f"before each phase wait until no process "
+                   f"matching '{TEST_PATTERN}' (pgrep -f) runs: poll every 10 s, at most 10 min, then measure "
+                   "anyway and say so; also note test runs seen during the window")
     p.add_argument("--workdir", type=Path, help="keep configs, logs and databases here (default: a temp dir)")
     p.add_argument("--profile", action="store_true", help="run the daemon under cProfile (writes "
                    "WORKDIR/mw-N.prof; CPU figures are then inflated)")
@@ -511,17 +725,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--scrape-every must be 1..600 s")
     if args.interval is not None and not 0.5 <= args.interval <= 600:
         p.error("--interval must be 0.5..600 s")
-    if args.kind == "rest" and args.modality:
-        p.error("--modality is for --kind realtime")
-    if args.kind == "realtime":
+    if not 1 <= args.runs <= 10:
+        p.error("--runs must be 1..10")
+    if args.protocol is None:
+        args.protocols = ["realtime" if args.kind == "realtime" else "chat"]
+    else:
+        args.protocols = [x.strip() for x in args.protocol.split(",") if x.strip()]
+        unknown = [x for x in args.protocols if x not in PROTOCOLS]
+        if unknown or not args.protocols or len(set(args.protocols)) != len(args.protocols):
+            p.error(f"--protocol takes distinct names from: {', '.join(PROTOCOLS)}")
+    # One chat or realtime pass is the --kind run of old; everything else compares protocols.
+    args.by_protocol = args.runs > 1 or args.protocols not in (["chat"], ["realtime"])
+    args.kind = "realtime" if args.protocols == ["realtime"] else "rest"
+    websocket = any(PROTOCOLS[x][3] == "realtime" for x in args.protocols)
+    if args.modality and not websocket:
+        p.error("--modality is for --kind realtime (--protocol realtime or gemini-live)")
+    args.modality = args.modality or ("text" if websocket else None)
+    if args.by_protocol or args.kind == "realtime":
         if args.only == "blackbox":
-            p.error("blackbox_exporter cannot run a realtime session; --kind realtime is modelwatch only")
-        args.only, args.modality = "modelwatch", args.modality or "text"
+            p.error("blackbox_exporter speaks only Chat Completions, one run: this run is modelwatch only")
+        args.only = "modelwatch"
     return args
+
+
+def report_phase(result: dict) -> None:
+    """Print one phase's result and warn if the join with the simulator's log came up short."""
+    print("  " + json.dumps({k: v for k, v in result.items() if k not in ("tool", "n")}), flush=True)
+    if result["joined"] < 0.98 * result["ok"]:
+        print(f"  WARNING: only {result['joined']} of {result['ok']} ok probes found in the simulator's "
+              "log (it keeps the last 10,000 requests: shorten --window; or the probe's request id is "
+              "not the simulator's)", flush=True)
 
 
 def run_all(args: argparse.Namespace, work: Path) -> list[dict]:
     """Start the simulator and run every requested phase against it."""
+    if args.by_protocol:
+        return run_protocols(args, work)
     write_scenario(work / "scenario.yaml", args.kind)
     sim, sim_url = start_sim(work / "scenario.yaml", work / "sim.log")
     results = []
@@ -532,15 +771,39 @@ def run_all(args: argparse.Namespace, work: Path) -> list[dict]:
             for name, phase in phases:
                 if args.only and args.only != name:
                     continue
+                wait = wait_for_tests() if args.wait_for_tests else None
                 print(f"N={n} interval={interval:g}s: {name} ...", flush=True)
                 result = phase(n, interval, sim, sim_url, work, args)
-                print("  " + json.dumps({k: v for k, v in result.items() if k not in ("tool", "n")}), flush=True)
-                if result["joined"] < 0.98 * result["ok"]:
-                    print(f"  WARNING: only {result['joined']} of {result['ok']} ok probes found in the simulator's "
-                          "log (it keeps the last 10,000 requests: shorten --window)", flush=True)
+                if wait is not None:
+                    result["tests_wait"] = wait
+                report_phase(result)
                 results.append(result)
     finally:
         stop_process(sim)
+    return results
+
+
+def run_protocols(args: argparse.Namespace, work: Path) -> list[dict]:
+    """modelwatch phases for every protocol, ``--runs`` passes; a fresh simulator per protocol and pass."""
+    results = []
+    for run in range(1, args.runs + 1):
+        order = args.protocols if run % 2 else args.protocols[::-1]
+        for protocol in order:
+            tag = f"{protocol}-r{run}"
+            scenario = work / f"scenario-{tag}.yaml"
+            write_scenario(scenario, PROTOCOLS[protocol][3], max(args.targets) if protocol == "models" else 0)
+            sim, sim_url = start_sim(scenario, work / f"sim-{tag}.log")
+            try:
+                for n in args.targets:
+                    interval = interval_for(n, args.interval)
+                    wait = wait_for_tests() if args.wait_for_tests else None
+                    print(f"run {run} {protocol} N={n} interval={interval:g}s: modelwatch ...", flush=True)
+                    result = run_modelwatch(n, interval, sim, sim_url, work, args, protocol, tag)
+                    result.update(run=run, tests_wait=wait)
+                    report_phase(result)
+                    results.append(result)
+            finally:
+                stop_process(sim)
     return results
 
 
@@ -553,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
     code_before = src_fingerprint()
     results = run_all(args, work)
     (work / "results.json").write_text(json.dumps(results, indent=1))
-    tables = render(results)
+    tables = render_by_protocol(results, args) if args.by_protocol else render(results)
     if src_fingerprint() != code_before:
         env += f" (WARNING: src/ changed during the run, now {code_version(args.loop)})"
     command = "python bench/ttft_and_cpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -561,6 +824,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         section = ("ttft-and-cpu" if args.kind == "rest" else f"realtime-{args.modality}") + \
             ("-scraped" if args.scrape_every else "")
+        if args.by_protocol:
+            section = "by-protocol"
         replace_section(DOCS, section, f"Run: {env}.  \nCommand: `{command.strip()}`\n\n{tables}")
         print(f"wrote {DOCS}")
     return 0

@@ -111,3 +111,15 @@ def test_format_duration_round_trips():
 ])
 def test_parse_listen(text, pair):
     assert parse_listen(text) == pair
+
+
+def test_a_default_api_applies_where_it_can_and_an_explicit_one_is_checked(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "defaults: {api: responses}\n"
+        "providers:\n  openai: {type: openai, base_url: 'https://x.test/v1', api_key: k}\n"
+        "  claude: {type: anthropic, base_url: 'https://y.test/v1', api_key: k}\n"
+        "targets:\n  - {name: a, provider: openai, model: m, probes: [{kind: rest}, {kind: models}]}\n"
+        "  - {name: b, provider: claude, model: m, probes: [{kind: rest}]}\n")
+    jobs = {(j.target, j.probe.kind): j.probe.api for j in load_config(path).jobs}
+    assert jobs == {("a", "rest"): "responses", ("a", "models"): "chat", ("b", "rest"): "chat"}

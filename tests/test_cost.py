@@ -138,3 +138,29 @@ targets:
     jobs = {j.target: j for j in load_config(path).jobs}
     assert tokens_per_probe(jobs["o"])[2] == round(PROMPT_AUDIO_S * 10)
     assert tokens_per_probe(jobs["g"])[2] == round(PROMPT_AUDIO_S * 32)
+
+
+def test_budget_survives_reloads_and_a_reload_after_midnight_starts_the_day_at_zero(tmp_path):
+    import asyncio
+    import dataclasses
+
+    from modelwatch.config import BudgetConfig
+    from modelwatch.daemon import Daemon
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"storage: {{path: {tmp_path / 'mw.db'}}}\nbudget: {{daily_usd: 1.0}}\n")
+    cfg = load_config(path)
+    now = [utc_day_start(1_790_000_000) + 86400 - 10]  # ten seconds before a UTC midnight
+    daemon = Daemon(cfg)
+    daemon._clock = lambda: now[0]
+
+    async def go():
+        await daemon._set_budget(cfg)
+        daemon.budget.add(2.0, now[0])
+        assert daemon.budget.exhausted()
+        await daemon._set_budget(dataclasses.replace(cfg, budget=BudgetConfig(daily_usd=3.0)))
+        assert daemon.budget.spent_usd == 2.0 and not daemon.budget.exhausted()  # same day, new limit
+        now[0] += 20  # past midnight, no probe has run since
+        await daemon._set_budget(cfg)
+        assert daemon.budget.spent_usd == 0 and not daemon.budget.exhausted()
+    asyncio.run(go())

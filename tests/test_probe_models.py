@@ -12,7 +12,7 @@ from conftest import TEST_KEY
 from modelwatch.config import load_config
 from modelwatch.probes import prober_for
 from modelwatch.probes.base import new_http_session, run_probe
-from modelwatch.probes.models import listed_models
+from modelwatch.probes.models import is_listed, listed_models
 
 PROVIDERS = {
     # provider block (without the key), base path
@@ -82,7 +82,15 @@ def test_dialects_answer_in_their_own_shape(sim_url):
     assert gemini["models"][0]["name"].startswith("models/")
     assert anthropic["has_more"] is False and anthropic["data"][0]["type"] == "model"
     assert openai["object"] == "list"
-    assert listed_models(gemini)[0] == listed_models(anthropic)[0] == listed_models(openai)[0]
+    assert listed_models(gemini)[0] == listed_models(openai)[0]
+    assert {i.removesuffix("-20251001") for i in listed_models(anthropic)[0]} == listed_models(openai)[0]
+
+
+def test_an_alias_matches_its_dated_snapshot_and_nothing_else():
+    ids = {"claude-haiku-4-5-20251001", "gpt-4o-mini", "gpt-4o-mini-2024-07-18"}
+    assert is_listed("claude-haiku-4-5", ids) and is_listed("gpt-4o-mini", ids)
+    assert not is_listed("gpt-4o", ids)  # gpt-4o-mini is another model, not a snapshot of gpt-4o
+    assert not is_listed("claude-haiku-4", ids)
 
 
 def test_paged_lists_are_not_taken_as_complete():

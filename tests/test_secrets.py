@@ -65,3 +65,14 @@ def test_redact_leaves_ordinary_text_alone():
 def test_short_error_is_one_bounded_line():
     out = short_error("line one\nline two " + "x" * 500, limit=80)
     assert "\n" not in out and len(out) <= 80
+
+
+def test_error_codes_from_server_text_are_short_safe_tokens():
+    from modelwatch.probes.base import MAX_CODE_LEN, clean_code
+
+    assert clean_code("RESPONSE_REJECTED") == "response_rejected"
+    assert clean_code("close_4000") == "close_4000"
+    hostile = clean_code("incomplete_sk-live-Canary0123456789abcdef <script>" + "x" * 500)
+    assert "canary" not in hostile and "<" not in hostile and " " not in hostile
+    assert len(hostile) <= MAX_CODE_LEN
+    assert clean_code("") is None and clean_code(None) is None

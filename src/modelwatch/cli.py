@@ -21,7 +21,8 @@ from pathlib import Path
 import click
 
 from modelwatch import __version__, loop
-from modelwatch.config import ConfigError, ProbeJob, default_config_path, load_config, parse_duration
+from modelwatch.config import (PROBE_KINDS, ConfigError, ProbeJob, default_config_path, load_config,
+                               parse_duration)
 from modelwatch.logs import LEVELS, setup_logging, stop_logging
 from modelwatch.outcomes import Outcome, ProbeResult
 
@@ -112,7 +113,7 @@ async def _run_daemon(config, on_ready=None, stop_after: float | None = None) ->
 @cli.command()
 @config_option
 @click.argument("targets", nargs=-1, metavar="[TARGET]...")
-@click.option("--kind", type=click.Choice(["rest", "realtime", "models"]), help="Only probes of this kind.")
+@click.option("--kind", type=click.Choice(PROBE_KINDS), help="Only probes of this kind.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per probe (JSON Lines).")
 @click.option("--dry-run", is_flag=True, help="Probe nothing; print probes, tokens and cost per day.")
 @log_level_option

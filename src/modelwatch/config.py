@@ -15,7 +15,7 @@ import glob
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
@@ -124,10 +124,14 @@ class ProbeSettings(_Strict):
     thinking_budget: int | None = Field(None, ge=0, le=32768)
 
 
+ProbeKind = Literal["rest", "realtime", "models"]
+PROBE_KINDS: tuple[str, ...] = get_args(ProbeKind)
+
+
 class ProbeConfig(ProbeSettings):
     """One probe of a target: its kind plus any probe setting."""
 
-    kind: Literal["rest", "realtime", "models"]
+    kind: ProbeKind
 
 
 class ProviderConfig(_Strict):
@@ -381,6 +385,9 @@ def _provider(name: str, file: Path, raw: Any, problems: _Problems
     if provider.api_key and provider.api_key_file:
         problems.add(file, path, "set api_key or api_key_file, not both")
         return None
+    if provider.auth_style is not None and provider.type != "anthropic":
+        problems.add(file, f"{path}.auth_style", "applies to anthropic providers only")
+        return None
     key = provider.api_key
     if provider.api_key_file:
         key = _read_key_file(file, path, provider.api_key_file, problems)
@@ -451,7 +458,9 @@ def _resolve_targets(pieces: _Pieces, providers: dict, default_values: dict, loc
     seen: dict[str, Path] = {}
     for file, index, raw in pieces.targets:
         path = f"targets[{index}]"
+        explicit: list[set] = []
         if isinstance(raw, dict) and isinstance(raw.get("probes"), list):
+            explicit = [set(p) if isinstance(p, dict) else set() for p in raw["probes"]]
             raw = {**raw, "probes": [{**default_values, **p} if isinstance(p, dict) else p
                                      for p in raw["probes"]]}
         target = _validate(TargetConfig, raw, file, path, problems)
@@ -480,7 +489,9 @@ def _resolve_targets(pieces: _Pieces, providers: dict, default_values: dict, loc
                              f"provider type {provider.type} has no {probe.kind} probe (supported: {have})")
                 continue
             problem = _probe_problem(provider.type, probe)
-            if problem:
+            if problem and "api" not in explicit[i]:
+                probe = probe.model_copy(update={"api": "chat"})  # a default that does not apply here
+            elif problem:
                 problems.add(file, ppath + problem[0], problem[1])
                 continue
             if probe.enabled:

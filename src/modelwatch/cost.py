@@ -28,6 +28,8 @@ PROMPT_AUDIO_S = 70286 / 48000  # the bundled spoken prompt: 70,286 bytes of PCM
 AUDIO_TOKENS_PER_S = {"gemini": 32}
 DEFAULT_AUDIO_TOKENS_PER_S = 10
 FREE_KINDS = frozenset({"models"})
+# The Responses API rejects max_output_tokens below 16 [PROTOCOLS MEM]; its probe never asks for less.
+RESPONSES_MIN_OUTPUT_TOKENS = 16
 
 
 def probe_cost_usd(price: PriceConfig | None, input_tokens: int | None, output_tokens: int | None,
@@ -109,8 +111,7 @@ def tokens_per_probe(job: ProbeJob) -> tuple[int, int, int, int]:
             rate = AUDIO_TOKENS_PER_S.get(job.provider.type, DEFAULT_AUDIO_TOKENS_PER_S)
             return REALTIME_INSTRUCTION_TOKENS, 0, round(PROMPT_AUDIO_S * rate), p.max_tokens
     if p.api == "responses":
-        from modelwatch.probes.openai_responses import MIN_OUTPUT_TOKENS  # the API's floor
-        return text_in, max(p.max_tokens, MIN_OUTPUT_TOKENS), 0, 0
+        return text_in, max(p.max_tokens, RESPONSES_MIN_OUTPUT_TOKENS), 0, 0
     return text_in, p.max_tokens, 0, 0
 
 

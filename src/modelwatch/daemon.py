@@ -95,13 +95,15 @@ class Daemon:
             self.metrics.budget_limit.set(0)
             self.metrics.budget_paused.set(0)
             return
-        spent = self.budget.spent_usd if self.budget else None
-        self.budget = DailyBudget(cfg.budget.daily_usd, self._clock)
-        if spent is None:  # first start: the store knows what today cost so far
+        if self.budget is not None:  # a reload: same day's spend (the budget rolls its own day)
+            self.budget.daily_usd = cfg.budget.daily_usd
+        else:  # first start, or a budget added by a reload: the store knows what today cost so far
             loop = asyncio.get_running_loop()
             spent = await loop.run_in_executor(None, cost_since, cfg.storage.path,
                                                utc_day_start(self._clock()))
-        self.budget.restore(spent)
+            budget = DailyBudget(cfg.budget.daily_usd, self._clock)
+            budget.restore(spent)
+            self.budget = budget  # assigned only now: no probe sees a budget without today's spend
         self.metrics.budget_limit.set(cfg.budget.daily_usd)
         self._budget_changed()
 

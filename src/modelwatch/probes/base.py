@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 import time
 from contextvars import ContextVar
@@ -33,7 +34,7 @@ import aiohttp
 from modelwatch.config import ProbeJob
 from modelwatch.cost import probe_cost_usd
 from modelwatch.outcomes import Outcome, ProbeFailure, ProbeResult
-from modelwatch.secrets import short_error
+from modelwatch.secrets import redact, short_error
 from modelwatch.sse import SSEDecoder
 
 log = logging.getLogger("modelwatch.probe")
@@ -139,7 +140,7 @@ def _result(job: ProbeJob, ts: float, m: Measurement, outcome: Outcome, code: st
             message: str | None) -> ProbeResult:
     return ProbeResult(
         ts=ts, target=job.target, provider=job.provider_name, model=job.model, kind=job.probe.kind,
-        outcome=outcome.value, http_status=m.http_status, error_code=code,
+        outcome=outcome.value, http_status=m.http_status, error_code=clean_code(code),
         error=short_error(message) if message else None,
         connect_s=_r(m.connect_s), ttfb_s=_r(m.ttfb_s), ttft_s=_r(m.ttft_s),
         duration_s=_r(m.duration_s) if outcome is Outcome.OK else _r(m.elapsed()),
@@ -212,6 +213,21 @@ async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(parts)
 
 
+_CODE_JUNK = re.compile(r"[^a-z0-9_.:-]+")
+MAX_CODE_LEN = 64
+
+
+def clean_code(code: str | None) -> str | None:
+    """An ``error_code`` safe to store and log: a short token, whatever text a server put there.
+
+    Some codes come from provider text (a finish reason, a close reason); a
+    hostile server could put anything there, a key fragment included.
+    """
+    if not code:
+        return None
+    return _CODE_JUNK.sub("_", redact(code).lower()).strip("_")[:MAX_CODE_LEN] or None
+
+
 def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
@@ -261,7 +277,7 @@ def probe_trace() -> aiohttp.TraceConfig:
         m.request_id = params.response.headers.get("x-request-id")
         if params.response.status != 101:
             # ws_connect drops the body of a refused upgrade; read it while we can.
-            m.handshake_body = await params.response.content.read(65536)
+            m.handshake_body = await read_body(params.response, 65536)
 
     async def redirected(session, ctx, params) -> None:  # noqa: ANN001
         raise ProbeFailure(Outcome.PROTOCOL_ERROR, "redirect",

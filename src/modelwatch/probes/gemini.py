@@ -29,7 +29,7 @@ import aiohttp
 from modelwatch.config import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure, outcome_for_status
 from modelwatch.probes.auth import auth_headers
-from modelwatch.probes.base import Measurement
+from modelwatch.probes.base import Measurement, read_body
 from modelwatch.probes.openai_chat import parse_body
 from modelwatch.sse import SSEDecoder
 
@@ -326,7 +326,7 @@ async def probe_gemini(job: ProbeJob, http: aiohttp.ClientSession, m: Measuremen
         m.request_id = resp.headers.get("x-request-id")
         m.enter("ttft")
         if resp.status != 200:
-            raw = await resp.content.read(ERROR_BODY_LIMIT)
+            raw = await read_body(resp, ERROR_BODY_LIMIT)
             if 300 <= resp.status < 400:
                 raise ProbeFailure(Outcome.PROTOCOL_ERROR, "redirect",
                                    f"HTTP {resp.status} redirect (not followed)")

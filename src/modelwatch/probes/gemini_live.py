@@ -35,6 +35,7 @@ import aiohttp
 
 from modelwatch.config import ProbeJob, ProbeSettings
 from modelwatch.outcomes import Outcome, ProbeFailure
+from modelwatch.probes.auth import auth_headers
 from modelwatch.probes.base import Measurement
 from modelwatch.probes.gemini import classify_google_error
 from modelwatch.probes.openai_realtime import prompt_audio
@@ -77,10 +78,7 @@ def live_endpoint(job: ProbeJob) -> tuple[str, dict[str, str]]:
     prefix = "".join(f"/{s}" for s in segments)  # a proxy's path prefix stays
     url = (f"{'wss' if scheme == 'https' else 'ws'}://{host}{prefix}/ws/"
            f"google.ai.generativelanguage.{version}.GenerativeService.BidiGenerateContent")
-    headers = {"User-Agent": "modelwatch", **job.provider.headers}
-    if job.api_key is not None:
-        headers["x-goog-api-key"] = job.api_key.reveal()
-    return url, headers
+    return url, {"User-Agent": "modelwatch", **job.provider.headers, **auth_headers(job)}
 
 
 def setup_message(job: ProbeJob) -> dict:
@@ -252,6 +250,9 @@ class LiveSession:
         output = _int(field_of(u, "responseTokenCount"))
         if output is None:
             output = _int(field_of(u, "candidatesTokenCount"))
+        thoughts = _int(field_of(u, "thoughtsTokenCount"))
+        if output is not None and thoughts:  # billed as output, as on the REST API
+            output += thoughts
         out_details = field_of(u, "responseTokensDetails") or field_of(u, "candidatesTokensDetails")
         return (_int(field_of(u, "promptTokenCount")), output,
                 _audio(field_of(u, "promptTokensDetails")), _audio(out_details))

@@ -10,7 +10,9 @@ target's model is still offered (a retired model fails as
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -24,6 +26,7 @@ from modelwatch.probes.base import Measurement, read_body
 from modelwatch.probes.gemini import classify_google_error
 from modelwatch.probes.openai_chat import classify_openai_error, parse_body
 
+OFF_LOOP_BYTES = 256 * 1024
 # Errors read the way the provider's other probes read them.
 CLASSIFIERS = {"anthropic": classify_anthropic_error, "gemini": classify_google_error}
 
@@ -58,6 +61,19 @@ def listed_models(body: Any) -> tuple[set[str], bool] | None:
     return ids, complete
 
 
+_DATED = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2})$")
+
+
+def is_listed(model: str, ids: set[str]) -> bool:
+    """Whether ``model`` is in the list, itself or as an alias of a dated snapshot.
+
+    Anthropic lists only dated ids (``claude-haiku-4-5-20251001``) while
+    ``claude-haiku-4-5`` is what people configure; a date suffix is the only
+    difference allowed, so ``gpt-4o`` is not taken as listed by ``gpt-4o-mini``.
+    """
+    return model in ids or any(i.startswith(model) and _DATED.fullmatch(i[len(model):]) for i in ids)
+
+
 async def probe_models(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
     """One model-list request: reachable, authorised, and the model still listed."""
     url, headers = models_request(job)
@@ -75,13 +91,15 @@ async def probe_models(job: ProbeJob, http: aiohttp.ClientSession, m: Measuremen
         classify = CLASSIFIERS.get(job.provider.type, classify_openai_error)
         raise ProbeFailure(*classify(resp.status, parse_body(raw)))
     try:
-        listing = listed_models(json.loads(raw))
+        # OpenRouter's full list is megabytes: parsing it on the loop would delay other probes' reads.
+        parsed = await asyncio.to_thread(json.loads, raw) if len(raw) > OFF_LOOP_BYTES else json.loads(raw)
+        listing = listed_models(parsed)
     except ValueError:
         listing = None
     if listing is None:
         raise ProbeFailure(Outcome.PROTOCOL_ERROR, "not_a_model_list", "the answer is not a model list")
     ids, complete = listing
     # Azure lists base models, not deployments, so its list says nothing about the target.
-    if complete and job.provider.type != "azure-openai" and job.model not in ids:
+    if complete and job.provider.type != "azure-openai" and not is_listed(job.model, ids):
         raise ProbeFailure(Outcome.MODEL_UNAVAILABLE, "not_listed",
                            f"model {job.model} is not in the provider's model list ({len(ids)} listed)")

@@ -27,6 +27,7 @@ from urllib.parse import quote
 import aiohttp
 
 from modelwatch.config import ProbeJob
+from modelwatch.cost import RESPONSES_MIN_OUTPUT_TOKENS as MIN_OUTPUT_TOKENS
 from modelwatch.outcomes import Outcome, ProbeFailure
 from modelwatch.probes.auth import auth_headers
 from modelwatch.probes.base import Measurement, read_event_stream
@@ -34,9 +35,6 @@ from modelwatch.probes.openai_chat import classify_openai_error, probe_openai_ch
 
 log = logging.getLogger("modelwatch.probe")
 
-# OpenAI rejects max_output_tokens below 16 with a 400 [PROTOCOLS MEM]; probing with a smaller
-# configured cap would fail every time, so the request never asks for less.
-MIN_OUTPUT_TOKENS = 16
 TERMINAL = ("response.completed", "response.failed", "response.incomplete")
 
 # response.failed codes (SDK ``response_error.py``) that mean the request was at fault.

@@ -1,8 +1,10 @@
 """The simulator's aiohttp application, request log and server lifecycle.
 
 Each wire protocol lives in its own module (``openai_chat``,
-``openai_realtime``; Anthropic and Gemini later) and registers its routes on the
-app with ``register(app, state)``. This module owns what they share:
+``openai_responses``, ``openai_realtime``, ``anthropic``, ``gemini``,
+``gemini_live``, and ``models`` for every provider's model list) and registers
+its routes on the app with ``register(app, state)``. This module owns what
+they share:
 
 * ``SimState``: the scenario, the seeded RNG, the uptime clock and the log;
 * the request log, served as JSON on ``GET /_sim/requests`` (newest last,
@@ -10,7 +12,8 @@ app with ``register(app, state)``. This module owns what they share:
   ``request_id, path, model, status, outcome, injected_ttft_s, actual_ttft_s,
   actual_duration_s, client_disconnected``. ``outcome`` is ``ok``, an error kind
   (see ``scenario.ERROR_KINDS``) or a stream fault: ``midstream_error``,
-  ``disconnect``, ``stall``, ``malformed``; a Realtime session (one entry,
+  ``disconnect``, ``stall``, ``malformed``, ``raw_error`` (Gemini); a Realtime
+  or Live session (one entry,
   status 101) may also end ``beta_retired``, ``response_failed``,
   ``error_event``, ``close``, ``ignore_client`` or ``session_expired``.
   Durations are taken just before the last byte is handed to the socket, so a

@@ -98,11 +98,11 @@ class ModelLists:
             body = {"models": [{"name": f"models/{n}", "version": "001", "displayName": n,
                                 "supportedGenerationMethods": ["generateContent", "countTokens"]}
                                for n in names]}
-        elif dialect == "anthropic":
-            data = [{"type": "model", "id": n, "display_name": n, "created_at": "2025-10-01T00:00:00Z"}
-                    for n in names]
-            body = {"data": data, "has_more": False, "first_id": names[0] if names else None,
-                    "last_id": names[-1] if names else None}
+        elif dialect == "anthropic":  # Anthropic lists dated snapshots, not the aliases people use
+            data = [{"type": "model", "id": f"{n}-20251001", "display_name": n,
+                     "created_at": "2025-10-01T00:00:00Z"} for n in names]
+            body = {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                    "last_id": data[-1]["id"] if data else None}
         else:
             body = {"object": "list", "data": [{"id": n, "object": "model", "created": CREATED,
                                                 "owned_by": "modelwatch-sim"} for n in names]}
