@@ -24,8 +24,9 @@ _PATTERNS = [
     re.compile(r"(?i)\b(bearer\s+|basic\s+)[A-Za-z0-9._~+/=\-]{4,}"),
     re.compile(r"(?i)([?&](?:key|api[-_]?key|access_token|token)=)[^&\s\"']+"),
     re.compile(r"[A-Za-z0-9_\-]{0,40}\*{3,}[A-Za-z0-9_\-*]{0,40}"),
-    re.compile(r"\b(?:sk|rk|pk|gsk|xai|sess)[-_][A-Za-z0-9_\-]{6,}"),
-    re.compile(r"\bAIza[A-Za-z0-9_\-]{10,}"),
+    # not \b: a key glued to a word by "_" (``incomplete_sk-...``) must not slip through
+    re.compile(r"(?<![A-Za-z0-9])(?:sk|rk|pk|gsk|xai|sess)[-_][A-Za-z0-9_\-]{6,}"),
+    re.compile(r"(?<![A-Za-z0-9])AIza[A-Za-z0-9_\-]{10,}"),
     re.compile(r"(?i)(incorrect api key provided:\s*)\S+"),
 ]
 REDACTED = "<redacted>"

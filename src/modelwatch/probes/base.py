@@ -225,7 +225,8 @@ def clean_code(code: str | None) -> str | None:
     """
     if not code:
         return None
-    return _CODE_JUNK.sub("_", redact(code).lower()).strip("_")[:MAX_CODE_LEN] or None
+    token = re.sub(r"__+", "_", _CODE_JUNK.sub("_", redact(code).lower())).strip("_")
+    return token[:MAX_CODE_LEN] or None
 
 
 def _r(value: float | None) -> float | None:
