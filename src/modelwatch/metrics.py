@@ -78,10 +78,11 @@ class _Series:
     """Everything exported about one job."""
 
     __slots__ = ("labels", "success", "last_run", "outcomes", "duration", "ttft", "tokens", "skipped",
-                 "cost_usd")
+                 "cost_usd", "interval")
 
-    def __init__(self, labels: str) -> None:
+    def __init__(self, labels: str, interval: float) -> None:
         self.labels = labels
+        self.interval = interval
         self.success: float | None = None  # absent until the first probe completes
         self.last_run: float | None = None
         self.outcomes = [0] * len(OUTCOMES)
@@ -124,6 +125,9 @@ PROBE_FAMILIES = (
     _family("modelwatch_probe_ttft_seconds", "histogram",
             "Time to first token (or first audio) of probes that got one",
             lambda s: s.ttft.lines("modelwatch_probe_ttft_seconds", s.labels)),
+    _family("modelwatch_probe_interval_seconds", "gauge",
+            "The probe's configured interval: a last run older than a few of these is overdue",
+            _gauge_line("modelwatch_probe_interval_seconds", "interval")),
     _family("modelwatch_probe_last_run_timestamp_seconds", "gauge",
             "Unix time the last completed probe started",
             _gauge_line("modelwatch_probe_last_run_timestamp_seconds", "last_run")),
@@ -193,7 +197,8 @@ class ProbeMetrics:
     def add_job(self, job: ProbeJob) -> None:
         """Create a job's series so they exist (at 0) before its first probe."""
         key = self._job_key(job)
-        self._series.setdefault(key, _Series(self._labels(key)))
+        series = self._series.setdefault(key, _Series(self._labels(key), job.probe.interval))
+        series.interval = job.probe.interval
 
     def remove_job(self, job: ProbeJob) -> None:
         """Drop a job's series (after a reload removed it)."""
