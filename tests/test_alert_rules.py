@@ -1,0 +1,214 @@
+"""The shipped Prometheus rules and config are valid, every alert is unit-tested, inhibition works.
+
+promtool (Debian's ``prometheus`` package) checks the rules and the example
+scrape config and runs the unit tests in ``prometheus/tests/``; the YAML of
+both is read to prove every alert has a case where it must fire and one where
+it must not. Inhibition happens in Alertmanager, which promtool cannot run:
+a real Alertmanager (``prometheus-alertmanager``) loads the example and says
+which alerts it suppresses.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import free_port
+from daemon_helpers import http_get, wait_for
+
+ROOT = Path(__file__).parent.parent
+PROM = ROOT / "prometheus"
+RULES = PROM / "rules" / "modelwatch.rules.yml"
+UNIT_TESTS = sorted((PROM / "tests").glob("*.yml"))
+INHIBIT = PROM / "alertmanager-inhibit.example.yml"
+ALERTS_DOC = (ROOT / "docs" / "alerts.md").read_text()
+
+
+def rule_groups() -> list[dict]:
+    return yaml.safe_load(RULES.read_text())["groups"]
+
+
+def alert_rules() -> list[dict]:
+    return [rule for group in rule_groups() for rule in group["rules"] if "alert" in rule]
+
+
+def recording_rules() -> list[str]:
+    return sorted({rule["record"] for group in rule_groups() for rule in group["rules"] if "record" in rule})
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=cwd, check=False)
+
+
+def test_promtool_checks_the_rules(promtool):
+    result = run(promtool, "check", "rules", str(RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {sum(len(g['rules']) for g in rule_groups())} rules found" in result.stdout
+
+
+def test_promtool_checks_the_example_config_and_finds_the_rules_next_to_it(promtool, tmp_path):
+    # From another directory: rule_files must resolve against the config file, not the cwd.
+    result = run(promtool, "check", "config", str(PROM / "prometheus.yml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 1 rule files found" in result.stdout
+    assert "modelwatch.rules.yml" in result.stdout
+
+
+@pytest.mark.parametrize("path", UNIT_TESTS, ids=lambda p: p.name)
+def test_promtool_unit_tests_pass(promtool, path):
+    result = run(promtool, "test", "rules", path.name, cwd=path.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def unit_test_cases() -> list[tuple[str, str, bool]]:
+    """(file, alertname, whether the case expects it to fire) for every promtool alert case."""
+    cases = []
+    for path in UNIT_TESTS:
+        for group in yaml.safe_load(path.read_text())["tests"]:
+            for case in group.get("alert_rule_test", []):
+                cases.append((path.name, case["alertname"], bool(case.get("exp_alerts"))))
+    return cases
+
+
+@pytest.mark.parametrize("name", sorted({r["alert"] for r in alert_rules()}))
+def test_every_alert_has_a_firing_and_a_silent_unit_test(name):
+    cases = [fires for _, alertname, fires in unit_test_cases() if alertname == name]
+    assert True in cases, f"no promtool case expects {name} to fire"
+    assert False in cases, f"no promtool case expects {name} to stay silent"
+
+
+def test_unit_tests_only_name_real_alerts():
+    names = {r["alert"] for r in alert_rules()}
+    unknown = {(path, alertname) for path, alertname, _ in unit_test_cases() if alertname not in names}
+    assert not unknown
+
+
+@pytest.mark.parametrize("path", UNIT_TESTS, ids=lambda p: p.name)
+def test_unit_tests_load_the_shipped_rules_in_a_fixed_order(path):
+    """Groups evaluate in file order, as recording rules feed alerts; promtool's default order is random."""
+    test = yaml.safe_load(path.read_text())
+    assert "../rules/modelwatch.rules.yml" in test["rule_files"]
+    order = test.get("group_eval_order", [])
+    shipped = [g["name"] for g in rule_groups()]
+    assert [name for name in order if name in shipped] == shipped
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: f"{r['alert']}-{r['labels'].get('long_window', '')}")
+def test_every_alert_is_labelled_and_annotated_for_3am(rule):
+    assert rule["labels"]["severity"] in {"page", "ticket", "info"}
+    assert rule["labels"]["attribution"] in {"provider", "capacity", "configuration", "local", "modelwatch"}
+    annotations = rule["annotations"]
+    assert annotations["summary"] and annotations["description"]
+    anchor = annotations["runbook"].removeprefix("docs/alerts.md#")
+    assert anchor == rule["alert"].lower()
+    assert re.search(rf"^#+ {rule['alert']}$", ALERTS_DOC, re.MULTILINE), f"docs/alerts.md has no section {anchor}"
+
+
+def test_no_alert_pages_on_a_single_probe_by_construction():
+    """Every paging provider alert guards on a minimum count (promtool checks each guard works)."""
+    for rule in alert_rules():
+        if rule["labels"]["severity"] == "page" and rule["labels"]["attribution"] in {"provider", "local"}:
+            assert re.search(r">= [2-9]\b", rule["expr"]), rule["alert"]
+
+
+@pytest.mark.parametrize("name", recording_rules())
+def test_every_recording_rule_is_documented(name):
+    assert f"`{name}`" in ALERTS_DOC
+
+
+def inhibit_rules() -> list[dict]:
+    return yaml.safe_load(INHIBIT.read_text())["inhibit_rules"]
+
+
+def matched_alerts(matchers: list[str]) -> set[str]:
+    """Alert names whose static labels satisfy every ``name="value"`` matcher."""
+    wanted = dict(re.fullmatch(r'(\w+)="([^"]*)"', m).groups() for m in matchers)
+    return {r["alert"] for r in alert_rules()
+            if all({"alertname": r["alert"], **r["labels"]}.get(k) == v for k, v in wanted.items())}
+
+
+@pytest.mark.parametrize("rule", inhibit_rules(), ids=lambda r: r["source_matchers"][0])
+def test_inhibitions_name_real_alerts(rule):
+    sources, targets = matched_alerts(rule["source_matchers"]), matched_alerts(rule["target_matchers"])
+    assert sources and targets
+    assert not sources & targets, "an alert would inhibit itself"
+
+
+def test_amtool_accepts_the_inhibition_example():
+    amtool = shutil.which("amtool")
+    assert amtool, "amtool is missing: apt-get install -y prometheus-alertmanager"
+    result = run(amtool, "check-config", str(INHIBIT))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 inhibit rules" in result.stdout
+
+
+@pytest.fixture
+def alertmanager(tmp_path):
+    """A real Alertmanager loaded with the example; yields its base URL."""
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    assert binary, "Alertmanager is missing: apt-get install -y prometheus-alertmanager"
+    port = free_port()
+    proc = subprocess.Popen([binary, f"--config.file={INHIBIT}", f"--storage.path={tmp_path}",
+                             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http_get(base + "/-/ready") is not None or proc.poll() is not None, 20)
+        assert proc.poll() is None, proc.stderr.read()
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def post_alerts(base: str, alerts: list[dict]) -> None:
+    now = datetime.now(UTC).isoformat()
+    body = json.dumps([{"labels": labels, "startsAt": now} for labels in alerts]).encode()
+    request = urllib.request.Request(base + "/api/v2/alerts", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 200
+
+
+def alert_states(base: str) -> dict[tuple[str, str, str], str]:
+    """(alertname, instance, target) -> active / suppressed, as Alertmanager sees them now."""
+    alerts = json.loads(http_get(base + "/api/v2/alerts") or "[]")
+    return {(a["labels"]["alertname"], a["labels"].get("instance", ""), a["labels"].get("target", "")):
+            a["status"]["state"] for a in alerts}
+
+
+def test_local_network_down_inhibits_only_its_own_daemons_provider_alerts(alertmanager):
+    probe = {"job": "modelwatch", "provider": "openai", "model": "gpt-4o-mini", "kind": "rest",
+             "location": "lab"}
+    post_alerts(alertmanager, [
+        {"alertname": "ModelwatchLocalNetworkDown", "severity": "page", "attribution": "local",
+         "job": "modelwatch", "instance": "mw:9477", "location": "lab"},
+        {"alertname": "ModelwatchProviderFailing", "severity": "page", "attribution": "provider",
+         "instance": "mw:9477", "target": "gpt", **probe},
+        {"alertname": "ModelwatchErrorBudgetBurnFast", "severity": "page", "attribution": "provider",
+         "long_window": "1h", "short_window": "5m", "instance": "mw:9477", "target": "gpt", **probe},
+        {"alertname": "ModelwatchProviderFailing", "severity": "page", "attribution": "provider",
+         "instance": "other:9477", "target": "gpt", **probe},
+        {"alertname": "ModelwatchConfigurationProblem", "severity": "ticket",
+         "attribution": "configuration", "instance": "mw:9477", "target": "claude", **probe},
+    ])
+    key = ("ModelwatchProviderFailing", "mw:9477", "gpt")
+    wait_for(lambda: alert_states(alertmanager).get(key) == "suppressed", 15)
+    states = alert_states(alertmanager)
+    assert states == {
+        ("ModelwatchLocalNetworkDown", "mw:9477", ""): "active",
+        ("ModelwatchProviderFailing", "mw:9477", "gpt"): "suppressed",
+        ("ModelwatchErrorBudgetBurnFast", "mw:9477", "gpt"): "suppressed",
+        ("ModelwatchProviderFailing", "other:9477", "gpt"): "active",   # another daemon's view
+        ("ModelwatchConfigurationProblem", "mw:9477", "claude"): "active",   # not the network
+    }
