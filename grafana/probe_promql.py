@@ -1,0 +1,93 @@
+"""PromQL over modelwatch's probe series, filtered by a dashboard's template variables.
+
+Both dashboards ask the same questions (availability, provider-attributable availability,
+quantiles, per-probe averages); this is the one place those expressions are written, so the
+two dashboards cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dashboard_parts import PROVIDER_OUTCOME_REGEX, matchers
+
+PROBES = "modelwatch_probes_total"
+OK = 'outcome="ok"'
+FAILED = 'outcome!="ok"'
+
+
+@dataclass(frozen=True)
+class ProbeQueries:
+    """Expressions over probe series matching ``variables``, aggregated ``by`` some labels."""
+
+    variables: Sequence[str]
+    by: str = "target, kind"
+
+    def sel(self, *extra: str) -> str:
+        """The variables' matchers plus ``extra`` (e.g. ``outcome="ok"``)."""
+        return matchers(self.variables, *extra)
+
+    def increase(self, metric: str, window: str, *extra: str, by: str | None = None) -> str:
+        """``sum by (...) (increase(metric{...}[window]))``."""
+        return f"sum by ({by or self.by}) (increase({metric}{self.sel(*extra)}[{window}]))"
+
+    def rate(self, metric: str, window: str, by: str | None = None) -> str:
+        """``sum by (...) (rate(metric{...}[window]))``, per second."""
+        return f"sum by ({by or self.by}) (rate({metric}{self.sel()}[{window}]))"
+
+    def probes(self, window: str, *extra: str) -> str:
+        """Probes completed over ``window``, ``extra`` narrowing the outcomes."""
+        return self.increase(PROBES, window, *extra)
+
+    def ok_ratio(self, window: str) -> str:
+        """Share of probes that were ``ok`` (no series where there were no probes)."""
+        return f"{self.probes(window, OK)} / ({self.probes(window)} > 0)"
+
+    def provider_ratio(self, window: str) -> str:
+        """1 minus the share the provider failed: `modelwatch report`'s provider availability.
+
+        Our own problems (auth, quota, bad request, model not found), rate limits and content
+        filters count neither for nor against the provider.
+        """
+        failed = self.probes(window, f'outcome=~"{PROVIDER_OUTCOME_REGEX}"')
+        return f"1 - {failed} / ({self.probes(window)} > 0)"
+
+    def quantile(self, q: float, histogram: str, window: str, by: str | None = None) -> str:
+        """The ``q`` quantile of ``modelwatch_probe_<histogram>_seconds`` over ``window``."""
+        return (f"histogram_quantile({q}, sum by ({by or self.by}, le) "
+                f"(rate(modelwatch_probe_{histogram}_seconds_bucket{self.sel()}[{window}])))")
+
+    def buckets(self, histogram: str, window: str) -> str:
+        """Per-bucket counts of a probe histogram, for a heatmap."""
+        return self.increase(f"modelwatch_probe_{histogram}_seconds_bucket", window, by="le")
+
+    def per_probe(self, metric: str, window: str, by_extra: str = "") -> str:
+        """Average of counter ``metric`` per completed probe over ``window``.
+
+        ``by_extra`` adds a label the counter has and the probe count does not (``direction``).
+        """
+        by = f"{self.by}, {by_extra}" if by_extra else self.by
+        numerator = self.increase(metric, window, by=by)
+        # group_left needs its (empty) label list spelled out: a "(" right after it would be
+        # parsed as that list, not as the start of the right-hand side.
+        join = f" on ({self.by}) group_left ()" if by_extra else ""
+        return f"{numerator} /{join} ({self.probes(window)} > 0)"
+
+    def last_run_age(self) -> str:
+        """Age of each probe's last result in multiples of its interval.
+
+        max_over_time keeps series that vanished (daemon down, scrape failing) in view for an
+        hour, so a dead daemon shows as overdue instead of as nothing.
+        """
+        last = f"max_over_time(modelwatch_probe_last_run_timestamp_seconds{self.sel()}[1h])"
+        interval = f"max_over_time(modelwatch_probe_interval_seconds{self.sel()}[1h])"
+        return f"max by ({self.by}) ((time() - {last}) / {interval})"
+
+    def overdue_count(self) -> str:
+        """How many probes have had no result for more than three intervals (0, never empty)."""
+        return f"count({self.last_run_age()} > 3) or vector(0)"
+
+    def last_success(self) -> str:
+        """1/0: the last probe's outcome, the worst over locations."""
+        return f"min by ({self.by}) (modelwatch_probe_success{self.sel()})"
