@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
+import pytest
+from test_rollups import backfilled, rollup_table
+
+from modelwatch import rollups
 from modelwatch.outcomes import COLUMNS, ProbeResult
 from modelwatch.store import MIGRATIONS, Store, migrate, open_db
 
@@ -92,3 +99,101 @@ def test_writer_runs_off_the_calling_thread(db_path):
     assert store._thread is not threading.current_thread() and store._thread.is_alive()
     store.close()
     assert not store._thread.is_alive()
+
+
+def rollup_probes(db_path) -> int:
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute(f"SELECT total(probes) FROM {rollups.TABLE}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_rows_and_rollups_commit_together_or_not_at_all(db_path):
+    errors = []
+    open_db(db_path).conn.close()
+    saboteur = sqlite3.connect(db_path, isolation_level=None)
+    # The raw insert succeeds, then the rollup upsert fails inside the same transaction.
+    saboteur.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON {rollups.TABLE} "
+                     "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    store = Store(db_path, retention_s=86400, on_error=lambda: errors.append(1))
+    try:
+        for i in range(50):
+            store.submit(result(f"t{i % 3}", request_id=f"r{i}"))
+        deadline = time.monotonic() + 10
+        while not errors and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert errors, "the failed batch is counted"
+        assert count(db_path) == 0 and rollup_probes(db_path) == 0  # neither half was committed
+        saboteur.execute("DROP TRIGGER refuse")
+    finally:
+        saboteur.close()
+        store.close()
+    assert count(db_path) == 50 and rollup_probes(db_path) == 50  # retried once, counted once
+
+
+CRASHING_WRITER = """
+import sys, time
+from modelwatch.outcomes import ProbeResult
+from modelwatch.store import Store
+store = Store(sys.argv[1], retention_s=10 ** 9)
+start = 1_790_000_000.0
+for i in range(10 ** 9):
+    store.submit(ProbeResult(ts=start + i * 5, target=f"t{i % 4}", provider="p", model="m", kind="rest",
+                             outcome="ok" if i % 7 else "timeout", ttft_s=0.1 + (i % 13) / 100,
+                             duration_s=0.5, input_tokens=3))
+    if i == 2000:
+        print("writing", flush=True)
+    time.sleep(0.0002)
+"""
+
+
+def test_a_killed_writer_leaves_rollups_that_match_the_raw_rows(db_path):
+    proc = subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, str(db_path)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline() == "writing\n"
+        deadline = time.monotonic() + 10
+        while count(db_path) < 1000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # no close(), no clean shutdown: a crash mid-stream
+        proc.wait(10)
+    db = open_db(db_path)
+    stored = [dict(r) for r in db["probe_results"].rows]
+    rebuilt = backfilled(stored)
+    assert len(stored) >= 1000 and rollup_table(db.conn) == rebuilt
+    db.conn.close()
+
+
+def test_prune_keeps_rollups_of_pruned_raw_rows_until_their_own_retention(db_path):
+    now = time.time()
+    store = Store(db_path, retention_s=3600, rollup_retention_s=10 * 86400)
+    for ts in (now - 20 * 86400, now - 2 * 86400, now - 7200, now):
+        store.submit(result("t", ts=ts))
+    store.close()
+    Store(db_path, retention_s=3600, rollup_retention_s=10 * 86400).close()  # prunes when it starts
+    conn = sqlite3.connect(db_path)
+    raw = [r[0] for r in conn.execute("SELECT ts FROM probe_results")]
+    hours = [r[0] for r in conn.execute(f"SELECT hour FROM {rollups.TABLE} ORDER BY hour")]
+    conn.close()
+    assert raw == [now]
+    assert hours == [rollups.hour_of(ts) for ts in (now - 2 * 86400, now - 7200, now)]
+
+
+def test_rollup_retention_defaults_to_400_days_and_must_cover_the_raw_retention(tmp_path):
+    from modelwatch.config import ConfigError, load_config
+
+    def config(storage: str):
+        path = tmp_path / "c.yaml"
+        path.write_text(f"storage: {{path: {tmp_path / 'x.db'}, {storage}}}\n"
+                        "providers:\n  sim: {type: openai, base_url: 'http://127.0.0.1:1/v1', api_key: k}\n"
+                        "targets:\n  - {name: a, provider: sim, model: m, probes: [{kind: rest}]}\n")
+        return load_config(path)
+
+    assert config("retention: 30d").storage.rollup_retention == 400 * 86400
+    assert config("retention: 7d, rollup_retention: 7d").storage.rollup_retention == 7 * 86400
+    with pytest.raises(ConfigError) as err:
+        config("retention: 30d, rollup_retention: 7d")
+    assert err.value.problems == [f"{tmp_path / 'c.yaml'}: storage.rollup_retention: "
+                                  "must be at least storage.retention (30d)"]

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator)
 
 from modelwatch.secrets import Secret
 
@@ -80,10 +81,20 @@ class _Strict(BaseModel):
 
 
 class StorageConfig(_Strict):
-    """Where results are written and how long raw rows are kept."""
+    """Where results are written, how long raw rows and hourly rollups are kept."""
 
     path: Path = Path("/var/lib/modelwatch/modelwatch.db")
     retention: Duration = 30 * 86400.0
+    rollup_retention: Duration = 400 * 86400.0
+
+    @field_validator("rollup_retention")
+    @classmethod
+    def _rollups_outlive_raw_rows(cls, v: float, info: ValidationInfo) -> float:
+        # Reports over ranges older than the raw rows read rollups: they must still be there.
+        retention = info.data.get("retention")
+        if retention is not None and v < retention:
+            raise ValueError(f"must be at least storage.retention ({format_duration(retention)})")
+        return v
 
 
 class ServerConfig(_Strict):

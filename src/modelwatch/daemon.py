@@ -77,9 +77,10 @@ class Daemon:
             log.info("stopped cancelled_probes=%d", dropped)
 
     def _open_store(self) -> Store:
-        return Store(self.config.storage.path, self.config.storage.retention,
-                     on_error=self.metrics.store_errors.inc,
-                     on_pending=self.metrics.store_pending.set)
+        storage = self.config.storage
+        return Store(storage.path, storage.retention, on_error=self.metrics.store_errors.inc,
+                     on_pending=self.metrics.store_pending.set,
+                     rollup_retention_s=storage.rollup_retention)
 
     def _apply_jobs(self, jobs: tuple[ProbeJob, ...]) -> None:
         added, removed = self._scheduler.set_jobs(jobs)
