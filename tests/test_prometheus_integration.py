@@ -1,0 +1,145 @@
+"""The whole monitoring path for real: simulator -> modelwatch run -> Prometheus -> rules and panels.
+
+A real Prometheus server (Debian's ``prometheus`` package) scrapes a real
+daemon probing the simulator every second, with the shipped alert rules
+loaded. Then every query of every shipped dashboard panel, its template
+variables substituted, runs through Prometheus's HTTP API and must return
+data, and every rule must evaluate without error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import signal
+import subprocess
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from conftest import TEST_KEY, free_port
+from daemon_helpers import http_get, running_daemon, wait_for
+
+ROOT = Path(__file__).parent.parent
+RULES = ROOT / "prometheus" / "rules" / "modelwatch.rules.yml"
+DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+# Template variable values: every target, kind and provider; the location the daemon sets.
+# Short windows: the run lasts about half a minute, scraped every second.
+VALUES = {"datasource": "prometheus", "location": "lab", "provider": ".*", "target": ".*", "kind": ".*",
+          "model": ".*", "__rate_interval": "30s", "__interval": "5s", "__range": "2m", "__range_s": "120"}
+
+
+def load_dashboards_module():
+    spec = importlib.util.spec_from_file_location("mw_dashboards", ROOT / "grafana" / "dashboards.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_daemon_config(tmp_path: Path, sim_url: str, port: int) -> Path:
+    path = tmp_path / "modelwatch.yaml"
+    path.write_text(f"""
+storage: {{path: {tmp_path / 'mw.db'}}}
+server: {{listen: '127.0.0.1:{port}'}}
+location: lab
+defaults: {{interval: 1s, timeout: 3s}}
+budget: {{daily_usd: 100}}
+providers:
+  sim: {{type: openai, base_url: '{sim_url}/v1', api_key: '{TEST_KEY}'}}
+targets:
+  - {{name: healthy, provider: sim, model: healthy, price: {{input: 0.15, output: 0.60}},
+      probes: [{{kind: rest}}, {{kind: models}}]}}
+  - {{name: limited, provider: sim, model: err-rate, probes: [{{kind: rest}}]}}
+  - {{name: broken, provider: sim, model: err-server, probes: [{{kind: rest}}]}}
+  - {{name: realtime, provider: sim, model: rt-healthy, price: {{input: 0.6, output: 2.4}},
+      probes: [{{kind: realtime}}]}}
+  # every run stalls into its 2 s timeout: results come 4 intervals apart, so it is overdue
+  - {{name: stuck, provider: sim, model: stall, probes: [{{kind: rest, interval: 500ms, timeout: 2s}}]}}
+""")
+    return path
+
+
+def write_prometheus_config(tmp_path: Path, daemon_port: int) -> Path:
+    path = tmp_path / "prometheus.yml"
+    path.write_text(f"""
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+rule_files: ['{RULES}']
+scrape_configs:
+  - job_name: modelwatch
+    static_configs: [{{targets: ['127.0.0.1:{daemon_port}']}}]
+""")
+    return path
+
+
+def query(base: str, expr: str) -> dict:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    return json.loads(http_get(url) or "{}")
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory, sim_url):
+    """A daemon probing the simulator and a Prometheus scraping it, both for real; yields the API base."""
+    binary = shutil.which("prometheus")
+    assert binary, "the Prometheus server is missing: apt-get install -y prometheus"
+    tmp = tmp_path_factory.mktemp("prom")
+    daemon_port, prom_port = free_port(), free_port()
+    config = write_daemon_config(tmp, sim_url, daemon_port)
+    with running_daemon(config, daemon_port):
+        proc = subprocess.Popen(
+            [binary, f"--config.file={write_prometheus_config(tmp, daemon_port)}",
+             f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        base = f"http://127.0.0.1:{prom_port}"
+        try:
+            wait_for(lambda: http_get(base + "/-/ready") is not None or proc.poll() is not None, 30)
+            assert proc.poll() is None, proc.stderr.read()
+            # Enough scrapes for 30 s rate windows and histogram quantiles over every series.
+            wait_for(lambda: len(query(base, 'count_over_time(up{job="modelwatch"}[1m])')
+                                 .get("data", {}).get("result", [])) == 1
+                     and float(query(base, 'count_over_time(up{job="modelwatch"}[1m])')
+                               ["data"]["result"][0]["value"][1]) >= 25, 60, every=1)
+            yield base
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def test_the_daemon_is_scraped_and_every_rule_evaluates(prometheus):
+    assert query(prometheus, 'up{job="modelwatch"}')["data"]["result"][0]["value"][1] == "1"
+    groups = json.loads(http_get(prometheus + "/api/v1/rules"))["data"]["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert rules, "no rules loaded"
+    broken = [(r["name"], r.get("lastError")) for r in rules if r.get("health") != "ok"]
+    assert not broken, broken
+
+
+def test_failing_targets_fire_their_alerts_and_healthy_ones_do_not(prometheus):
+    alerts = json.loads(http_get(prometheus + "/api/v1/alerts"))["data"]["alerts"]
+    by_target = {}
+    for alert in alerts:
+        by_target.setdefault(alert["labels"].get("target"), set()).add(alert["labels"]["alertname"])
+    assert "healthy" not in by_target, by_target.get("healthy")
+    assert by_target.get("stuck"), "a probe whose results come four intervals apart is overdue"
+
+
+def panel_cases() -> list[tuple[str, str, str]]:
+    module = load_dashboards_module()
+    cases = []
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        for title, expr in module.panel_queries(dashboard):
+            cases.append((path.stem, title, module.substitute(expr, VALUES)))
+    return cases
+
+
+@pytest.mark.parametrize("dashboard, panel, expr", panel_cases(),
+                         ids=lambda v: v if len(v) < 40 else v[:40])
+def test_every_dashboard_panel_query_returns_data(prometheus, dashboard, panel, expr):
+    answer = query(prometheus, expr)
+    assert answer.get("status") == "success", (panel, expr, answer)
+    assert answer["data"]["result"], f"{dashboard} / {panel}: no data for {expr}"
