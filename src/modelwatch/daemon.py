@@ -21,6 +21,7 @@ from modelwatch.probes.base import new_http_session, run_probe
 from modelwatch.scheduler import Scheduler, watch_loop_lag
 from modelwatch.server import create_app, start_server
 from modelwatch.store import Store, cost_since
+from modelwatch.systemd import notify, reloading_message, watchdog, watchdog_interval
 
 log = logging.getLogger("modelwatch.daemon")
 
@@ -60,13 +61,18 @@ class Daemon:
         # collections, whose pauses (20-35 ms at 1,000 targets) land in the readings.
         gc.freeze()
         tasks = [loop.create_task(self._scheduler.run()), loop.create_task(watch_loop_lag(self.metrics))]
+        ping_every = watchdog_interval()
+        if ping_every:
+            tasks.append(loop.create_task(watchdog(ping_every)))
         log.info("started url=%s targets=%d probes=%d db=%s", self.url,
                  len({j.target for j in cfg.jobs}), len(cfg.jobs), cfg.storage.path)
+        notify(f"READY=1\nSTATUS=probing {len(cfg.jobs)} probes, serving {self.url}")
         if on_ready:
             on_ready(self.url)
         try:
             await stop.wait()
         finally:
+            notify("STOPPING=1")
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -138,6 +144,17 @@ class Daemon:
 
     async def reload(self) -> tuple[bool, str]:
         """Load the config file again; swap jobs only if it is valid."""
+        notify(reloading_message())
+        ok, message = False, "reload failed"
+        try:
+            ok, message = await self._reload()
+        finally:  # whatever happened, systemd must not be left thinking we are still reloading
+            status = f"probing {len(self.config.jobs)} probes, serving {self.url}" if ok else \
+                "reload failed, running the previous config"
+            notify(f"READY=1\nSTATUS={status}")
+        return ok, message
+
+    async def _reload(self) -> tuple[bool, str]:
         loop = asyncio.get_running_loop()
         try:
             new = await loop.run_in_executor(None, load_config, self.config.path)
