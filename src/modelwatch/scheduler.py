@@ -10,6 +10,14 @@ next slot is the planned one plus the period, not "now" plus the period); a
 loop that wakes late starts the slots it missed, and one that fell more than
 a whole interval behind skips ahead instead of bursting.
 
+Timing runs on the monotonic clock. ``schedule`` itself reads the wall clock
+(``datetime.now()``) in ``run_pending``, ``idle_seconds`` and ``Job.run``, so an
+NTP step back would stall every cadence and a step forward would burst them.
+The scheduler therefore keeps ``schedule`` as the registry of jobs and their
+``next_run`` but does the due-check itself against :meth:`Scheduler.now`: a
+wall-clock anchor taken once plus the monotonic time elapsed since. Results
+keep wall-clock ``ts`` (stamped by the probe runner, not here).
+
 A probe whose previous run is still going is skipped and counted, and
 concurrency is bounded globally and per provider. Firing only creates a task,
 so a slow probe never delays another.
@@ -20,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import schedule
@@ -65,8 +74,13 @@ class Scheduler:
     """Runs each job every ``job.probe.interval`` seconds until stopped."""
 
     def __init__(self, run_job: Callable[[ProbeJob], Awaitable[None]], metrics: ProbeMetrics,
-                 max_concurrent: int) -> None:
+                 max_concurrent: int, *, wall: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._run_job = run_job
+        # The one wall-clock reading: later steps of the wall clock never reach the schedule.
+        self._wall_anchor = dt.datetime.fromtimestamp(wall())
+        self._monotonic = monotonic
+        self._mono_anchor = monotonic()
         self._metrics = metrics
         self._sched = schedule.Scheduler()
         self._global = asyncio.Semaphore(max_concurrent)
@@ -75,6 +89,10 @@ class Scheduler:
         self._cadences: dict[float, _Cadence] = {}
         self._running: dict[Key, asyncio.Task] = {}
         self._wake = asyncio.Event()
+
+    def now(self) -> dt.datetime:
+        """The scheduler's clock: the wall anchor plus monotonic time elapsed (never jumps)."""
+        return self._wall_anchor + dt.timedelta(seconds=self._monotonic() - self._mono_anchor)
 
     @property
     def jobs(self) -> list[ProbeJob]:
@@ -95,7 +113,7 @@ class Scheduler:
             self._jobs[job.key] = job
             self._cadences.setdefault(job.probe.interval, _Cadence(job.probe.interval)).members.append(job.key)
             touched.add(job.probe.interval)
-        now = dt.datetime.now()
+        now = self.now()
         for n, interval in enumerate(sorted(touched)):
             self._retime(self._cadences[interval], now, offset=n / max(len(touched), 1))
         self._wake.set()
@@ -118,7 +136,7 @@ class Scheduler:
     async def run(self) -> None:
         """Fire due slots until cancelled."""
         while True:
-            idle = self._sched.idle_seconds
+            idle = self._idle_seconds()
             delay = MAX_SLEEP_S if idle is None else min(max(idle, 0.0), MAX_SLEEP_S)
             self._wake.clear()
             if delay > 0:
@@ -127,16 +145,32 @@ class Scheduler:
                         await self._wake.wait()
                 except TimeoutError:
                     pass
+            self._run_pending()
+
+    def _idle_seconds(self) -> float | None:
+        """Seconds until the next job is due on the scheduler's clock (schedule's own reads wall time)."""
+        runs = [job.next_run for job in self._sched.jobs if job.next_run is not None]
+        return None if not runs else (min(runs) - self.now()).total_seconds()
+
+    def _run_pending(self) -> None:
+        """Fire the jobs due on the scheduler's clock.
+
+        Calls each due job's function directly: ``Job.run`` would stamp and
+        reschedule from the wall clock. The cadence keeps the next slot.
+        """
+        now = self.now()
+        due = [job for job in self._sched.jobs if job.next_run is not None and job.next_run <= now]
+        for job in sorted(due, key=lambda j: j.next_run):
             try:
-                self._sched.run_pending()
+                job.job_func()
             except Exception:  # noqa: BLE001 - the schedule must outlive any one bad run
                 log.exception("scheduler run failed")
-            for cadence in self._cadences.values():  # schedule reschedules from "now": undo that
-                if cadence.sjob is not None:
-                    cadence.sjob.next_run = cadence.next_slot
+        for cadence in self._cadences.values():
+            if cadence.sjob is not None:
+                cadence.sjob.next_run = cadence.next_slot
 
     def _fire(self, cadence: _Cadence) -> None:
-        for key in cadence.due(dt.datetime.now()):
+        for key in cadence.due(self.now()):
             self._start(self._jobs[key])
 
     def _start(self, job: ProbeJob) -> None:

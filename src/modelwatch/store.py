@@ -192,12 +192,28 @@ class Store:
                 log.error("store write failed, keeping rows to retry error=%r rows=%d", str(exc),
                           len(pending))
             self._failing = True
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_READONLY:
+                self._reopen()
         else:
             if self._failing:
                 log.warning("store writes resumed rows=%d", len(pending))
             self._failing = False
             pending.clear()
         self._on_pending(len(pending))
+
+    def _reopen(self) -> None:
+        """Open the database afresh, so that writes resume once it is writable again.
+
+        SQLite silently opens a file it cannot write read-only, and such a
+        connection stays read-only for good: without a new one, a database that
+        was read-only when the daemon started would refuse every write forever.
+        """
+        try:
+            db = open_db(self.path)
+        except sqlite3.Error:
+            return  # still unopenable: keep the old connection and try again next window
+        self._db.conn.close()
+        self._db = db
 
     def _prune(self) -> None:
         now = time.time()
