@@ -77,12 +77,15 @@ class ProbeQueries:
     def last_run_age(self) -> str:
         """Age of each probe's last result in multiples of its interval.
 
-        max_over_time keeps series that vanished (daemon down, scrape failing) in view for an
-        hour, so a dead daemon shows as overdue instead of as nothing.
+        Live series give the current age. Series that vanished are kept in view for an hour
+        (max_over_time) only while their daemon cannot be scraped, so a dead daemon shows as
+        overdue instead of as nothing, but a target removed by a reload does not.
         """
-        last = f"max_over_time(modelwatch_probe_last_run_timestamp_seconds{self.sel()}[1h])"
-        interval = f"max_over_time(modelwatch_probe_interval_seconds{self.sel()}[1h])"
-        return f"max by ({self.by}) ((time() - {last}) / {interval})"
+        last, interval = "modelwatch_probe_last_run_timestamp_seconds", "modelwatch_probe_interval_seconds"
+        live = f"(time() - {last}{self.sel()}) / {interval}{self.sel()}"
+        gone = (f"((time() - max_over_time({last}{self.sel()}[1h])) / max_over_time({interval}{self.sel()}[1h])"
+                f" unless on (job, instance) up == 1)")
+        return f"max by ({self.by}) ({live} or {gone})"
 
     def overdue_count(self) -> str:
         """How many probes have had no result for more than three intervals (0, never empty)."""

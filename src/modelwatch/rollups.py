@@ -30,9 +30,11 @@ import math
 import sqlite3
 
 from modelwatch.outcomes import Outcome
+from modelwatch.systemd import notify
 
 TABLE = "probe_rollups_hourly"
 HOUR_S = 3600
+BACKFILL_CHUNK_GRACE_US = 120_000_000  # a day of one busy install's rows takes seconds, not minutes
 SERIES = ("target", "kind", "provider", "model", "location")
 KEY = ("hour", *SERIES)
 OUTCOMES: tuple[str, ...] = tuple(o.value for o in Outcome)
@@ -97,6 +99,9 @@ def backfill(conn: sqlite3.Connection, chunk_s: int = 86400) -> int:
         return 0
     sql = _backfill_sql()
     for start in range(hour_of(first), hour_of(last) + 1, chunk_s):
+        # Under systemd this runs before READY=1: each day asks for more start-up time, so a
+        # large database is migrated instead of being killed (and retried) at TimeoutStartSec.
+        notify(f"EXTEND_TIMEOUT_USEC={BACKFILL_CHUNK_GRACE_US}\nSTATUS=rolling up stored results")
         conn.execute(sql, [start, start + chunk_s])
     return conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
 
