@@ -147,14 +147,6 @@ def test_concurrency_is_bounded_per_provider_and_globally(tmp_path, sim_url):
     with running_daemon(cfg, port) as (_, url):
         wait_for(lambda: metric(http_get(url + "/metrics") or "", "modelwatch_probes_total") >= 20, 20)
 
-    def max_overlap(spans):
-        events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-        level = peak = 0
-        for _, step in events:
-            level += step
-            peak = max(peak, level)
-        return peak
-
     stored = rows(db)
     spans = lambda pred: [(r["ts"], r["ts"] + r["duration_s"] - 0.002) for r in stored if pred(r)]
     assert max_overlap(spans(lambda r: r["provider"] == "narrow")) == 1
@@ -183,3 +175,106 @@ def test_realtime_probes_in_the_daemon(tmp_path, sim_url):
     assert all(r["http_status"] == 101 and r["ttft_s"] and r["request_id"] for r in stored
                if r["outcome"] == "ok")
     assert any(r["output_audio_tokens"] for r in stored if r["target"] == "rt-audio")
+
+
+def test_a_stalled_daemon_says_so_in_the_rows_it_measured(tmp_path, sim_url):
+    """SIGSTOP freezes the daemon (as CPU starvation or a VM pause would) while probes wait for their
+    first token: those TTFTs come out late by the stall, and each such row names the stall in
+    ``loop_lag_s`` instead of leaving it to be read as the provider's slowness."""
+    port = free_port()
+    db = tmp_path / "mw.db"
+    targets = {f"f{i}": "fixed-ttft" for i in range(4)}
+    cfg = write_config(tmp_path / "c.yaml", sim_url, targets, interval="300ms",
+                       listen=f"127.0.0.1:{port}", db=db)
+    with running_daemon(cfg, port) as (proc, url):
+        wait_for(lambda: metric(http_get(url + "/metrics") or "", "modelwatch_probes_total") >= 8, 15)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.6)
+        proc.send_signal(signal.SIGCONT)
+        before = metric(http_get(url + "/metrics"), "modelwatch_probes_total")
+        text = wait_for(lambda: (t := http_get(url + "/metrics")) and metric(
+            t, "modelwatch_probes_total") >= before + 8 and t, 15)
+        assert metric(text, "modelwatch_probes_lagged_total") >= 1
+    stored = rows(db)
+    assert all(r["loop_lag_s"] is not None for r in stored)
+    late = [r for r in stored if r["ttft_s"] is not None and r["ttft_s"] > 0.3]
+    assert late, "the stall delayed some first-token reading"
+    for r in late:  # the simulator sent the first token at 250 ms: the rest was our own delay,
+        # which a 100 ms timer sees less the part of its period that had passed when the stall began
+        assert r["loop_lag_s"] >= r["ttft_s"] - 0.3 - 0.1, (r["ttft_s"], r["loop_lag_s"])
+    assert max(r["loop_lag_s"] for r in stored) >= 0.5
+    on_time = [r["loop_lag_s"] for r in stored if r["ttft_s"] is not None and r["ttft_s"] < 0.265]
+    assert sorted(on_time)[len(on_time) // 2] < 0.05  # an unstalled probe does not claim lag
+
+
+def test_reload_keeps_unchanged_targets_counters_and_in_flight_probes(tmp_path, sim_url):
+    port = free_port()
+    db = tmp_path / "mw.db"
+    cfg = write_config(tmp_path / "c.yaml", sim_url, {"keep": "healthy", "slow": "slow-ttft"},
+                       interval="400ms", timeout="5s", listen=f"127.0.0.1:{port}", db=db)
+    with running_daemon(cfg, port) as (proc, url):
+        text = wait_for(lambda: (t := http_get(url + "/metrics")) and metric(
+            t, "modelwatch_probes_total", target="keep") >= 2 and metric(
+            t, "modelwatch_probes_in_flight") >= 1 and t, 15)
+        kept = metric(text, "modelwatch_probes_total", target="keep")
+        ttft_kept = metric(text, "modelwatch_probe_ttft_seconds_count", target="keep")
+        reloaded_at = time.time()
+        # "slow" (3 s to its first token) is in flight; the reload adds "new" and keeps the rest.
+        write_config(cfg, sim_url, {"keep": "healthy", "slow": "slow-ttft", "new": "healthy"},
+                     interval="400ms", timeout="5s", listen=f"127.0.0.1:{port}", db=db)
+        status, body = http_post(url + "/-/reload")
+        assert status == 200, body
+        after = http_get(url + "/metrics")
+        assert metric(after, "modelwatch_probes_total", target="keep") >= kept  # not reset to 0
+        assert metric(after, "modelwatch_probe_ttft_seconds_count", target="keep") >= ttft_kept
+        wait_for(lambda: rows(db, "SELECT * FROM probe_results WHERE target='slow' AND ts < ?",
+                              (reloaded_at,)), 10)
+        wait_for(lambda: metric(http_get(url + "/metrics"), "modelwatch_probes_total", target="new") >= 1, 10)
+        # a bad config by SIGHUP keeps all of it running and says so
+        cfg.write_text(cfg.read_text() + "nonsense: true\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: metric(http_get(url + "/metrics"), "modelwatch_config_last_reload_successful") == 0, 10)
+        now = metric(http_get(url + "/metrics"), "modelwatch_probes_total", target="new")
+        wait_for(lambda: metric(http_get(url + "/metrics"), "modelwatch_probes_total", target="new") > now, 10)
+    slow = rows(db, "SELECT * FROM probe_results WHERE target='slow' AND ts < ?", (reloaded_at,))
+    assert slow[0]["outcome"] == "ok" and slow[0]["ttft_s"] >= 3.0  # the in-flight probe finished and counted
+
+
+def test_reload_applies_a_new_concurrency_limit(tmp_path, sim_url):
+    port = free_port()
+    db = tmp_path / "mw.db"
+    cfg = tmp_path / "c.yaml"
+
+    def write(limit: int) -> None:
+        targets = "".join(f"  - {{name: t{i}, provider: sim, model: fixed-ttft, probes: [{{kind: rest}}]}}\n"
+                          for i in range(4))
+        cfg.write_text(
+            f"storage: {{path: {db}}}\nserver: {{listen: '127.0.0.1:{port}'}}\n"
+            f"max_concurrent_probes: {limit}\ndefaults: {{interval: 200ms, timeout: 3s}}\nproviders:\n"
+            f"  sim: {{type: openai, base_url: '{sim_url}/v1', api_key: sk-t-0000000000}}\n"
+            f"targets:\n{targets}")
+
+    write(4)
+    with running_daemon(cfg, port) as (_, url):
+        wait_for(lambda: metric(http_get(url + "/metrics") or "", "modelwatch_probes_total") >= 8, 15)
+        write(1)
+        assert http_post(url + "/-/reload")[0] == 200
+        reloaded_at = time.time()
+        wait_for(lambda: metric(http_get(url + "/metrics"), "modelwatch_probes_total") >= 30, 20)
+    stored = rows(db)
+    # Probes started a second after the reload (those holding the old limit have long ended).
+    later = [(r["ts"], r["ts"] + r["duration_s"] - 0.002) for r in stored if r["ts"] > reloaded_at + 1]
+    earlier = [(r["ts"], r["ts"] + r["duration_s"] - 0.002) for r in stored if r["ts"] < reloaded_at]
+    assert len(later) >= 5
+    assert max_overlap(earlier) > 1  # four targets, ~280 ms each, every 200 ms: they overlapped
+    assert max_overlap(later) == 1
+
+
+def max_overlap(spans: list[tuple[float, float]]) -> int:
+    """The most spans open at one moment."""
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak

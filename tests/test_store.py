@@ -81,6 +81,32 @@ def test_submit_never_blocks_even_while_the_database_is_locked(db_path):
     assert count(db_path) == 100  # nothing lost once the lock went away
 
 
+def test_rows_beyond_the_pending_limit_are_dropped_oldest_first_counted_and_logged_once(db_path, caplog):
+    dropped = []
+    store = Store(db_path, retention_s=86400, on_dropped=lambda: dropped.append(1), max_pending_rows=10)
+    locker = sqlite3.connect(db_path, isolation_level=None, timeout=0)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        for i in range(15):
+            store.submit(result(request_id=f"r{i}"))
+        time.sleep(0.6)  # at least two commit windows: the second batch is a later collection
+        for i in range(15, 25):
+            store.submit(result(request_id=f"r{i}"))
+        deadline = time.monotonic() + 15
+        while len(dropped) < 15 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    store.close()
+    assert len(dropped) == 15
+    conn = sqlite3.connect(db_path)
+    kept = [r[0] for r in conn.execute("SELECT request_id FROM probe_results ORDER BY id")]
+    conn.close()
+    assert kept == [f"r{i}" for i in range(15, 25)]  # the newest rows survive
+    assert sum("dropping the oldest unwritten rows" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_prune_removes_rows_older_than_retention(db_path):
     store = Store(db_path, retention_s=3600)
     store.submit(result("old", ts=time.time() - 7200))

@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -21,8 +22,13 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 from conftest import TEST_KEY, free_port
 from daemon_helpers import http_get, rows, wait_for
+from test_rollups import synthetic_rows
+
+from modelwatch.outcomes import COLUMNS
+from modelwatch.store import MIGRATIONS
 
 from modelwatch.systemd import notify, watchdog, watchdog_interval
 
@@ -155,6 +161,60 @@ def test_daemon_notifies_ready_watchdog_and_stopping(sim_url, tmp_path, short_di
     ok = rows(db, "SELECT outcome FROM probe_results WHERE outcome = 'ok'")
     assert ok, "no successful probe: the key from $CREDENTIALS_DIRECTORY was not used"
     assert listener.messages[-1][1] == "STOPPING=1"  # nothing announced after it
+
+
+def test_a_reload_asked_for_while_starting_waits_for_ready(sim_url, tmp_path, short_dir):
+    """SIGHUP during a long start-up migration: READY=1 still comes only once the daemon is ready,
+    and the reload runs after it, instead of answering READY=1 early and arming the watchdog."""
+    db = tmp_path / "modelwatch.db"
+    old = sqlite3.connect(db, isolation_level=None)  # a database from before the rollups
+    old_db = sqlite_utils.Database(old)
+    old_db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+    for name, fn in MIGRATIONS:
+        if name.startswith("m004"):
+            break
+        fn(old_db)
+        old_db.execute("INSERT INTO _migrations VALUES (?, 0)", [name])
+    columns = [c for c in COLUMNS if c in old_db["probe_results"].columns_dict]
+    synthetic = synthetic_rows(150_000)
+    with old:
+        old.execute("BEGIN")
+        old.executemany(f"INSERT INTO probe_results ({', '.join(columns)}) VALUES "
+                        f"({', '.join('?' for _ in columns)})", [[r[c] for c in columns] for r in synthetic])
+    old.close()
+    port = free_port()
+    config = tmp_path / "modelwatch.yaml"
+    config.write_text(
+        f"storage: {{path: {db}}}\nserver: {{listen: '127.0.0.1:{port}'}}\n"
+        "defaults: {interval: 500ms, timeout: 3s}\n"
+        f"providers:\n  sim: {{type: openai, base_url: '{sim_url}/v1', api_key: '{TEST_KEY}'}}\n"
+        "targets:\n  - {name: healthy, provider: sim, model: healthy, probes: [{kind: rest}]}\n")
+    listener = NotifyListener(str(short_dir / "notify"))
+    env = {**os.environ, "NOTIFY_SOCKET": str(short_dir / "notify")}
+    proc = subprocess.Popen([sys.executable, "-m", "modelwatch", "run", "-c", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        listener.wait_for("STATUS=rolling up stored results", 30)  # the migration is under way
+        proc.send_signal(signal.SIGHUP)
+        listener.wait_for("READY=1", 60)
+        wait_for(lambda: listener.count("READY=1") == 2, 15)
+        states = [line for _, m in listener.messages for line in m.splitlines()
+                  if line in ("READY=1", "RELOADING=1") or line.startswith("EXTEND_TIMEOUT_USEC=")]
+        first_ready = states.index("READY=1")
+        assert all(s.startswith("EXTEND_TIMEOUT_USEC=") for s in states[:first_ready]), states
+        assert states[first_ready:] == ["READY=1", "RELOADING=1", "READY=1"], states
+        assert http_get(f"http://127.0.0.1:{port}/metrics").count(
+            "modelwatch_config_last_reload_successful 1.0") == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        listener.close()
+    assert "Traceback" not in err and "exception" not in err.lower(), err
+    assert "reload asked for while starting" in err
 
 
 def test_abstract_socket_names_work():

@@ -18,7 +18,7 @@ from modelwatch.metrics import ProbeMetrics
 from modelwatch.outcomes import Outcome, ProbeResult
 from modelwatch.probes import prober_for
 from modelwatch.probes.base import new_http_session, run_probe
-from modelwatch.scheduler import Scheduler, watch_loop_lag
+from modelwatch.scheduler import LoopLag, Scheduler
 from modelwatch.server import create_app, start_server
 from modelwatch.store import Store, cost_since
 from modelwatch.systemd import notify, reloading_message, watchdog, watchdog_interval
@@ -26,6 +26,7 @@ from modelwatch.systemd import notify, reloading_message, watchdog, watchdog_int
 log = logging.getLogger("modelwatch.daemon")
 
 STOP_GRACE_S = 5.0  # in-flight probes get this long to finish on shutdown
+LAGGED_S = 0.1  # a probe that saw the loop this late is counted in modelwatch_probes_lagged_total
 
 
 class Daemon:
@@ -42,10 +43,15 @@ class Daemon:
         self.budget: DailyBudget | None = None
         self._paused = False
         self._clock = time.time
+        self._lag = LoopLag(self.metrics)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._reload_wanted = False  # a reload asked for while starting: run it once started
+        self._reloads: set[asyncio.Task] = set()
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[str], None] | None = None) -> None:
         """Run until ``stop`` is set, then shut down cleanly."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         cfg = self.config
         self.store = await loop.run_in_executor(None, self._open_store)
         await self._set_budget(cfg)
@@ -60,7 +66,7 @@ class Daemon:
         # Everything allocated so far lives as long as the daemon: keep it out of full garbage
         # collections, whose pauses (20-35 ms at 1,000 targets) land in the readings.
         gc.freeze()
-        tasks = [loop.create_task(self._scheduler.run()), loop.create_task(watch_loop_lag(self.metrics))]
+        tasks = [loop.create_task(self._scheduler.run()), loop.create_task(self._lag.watch())]
         ping_every = watchdog_interval()
         if ping_every:
             tasks.append(loop.create_task(watchdog(ping_every)))
@@ -69,13 +75,16 @@ class Daemon:
         notify(f"READY=1\nSTATUS=probing {len(cfg.jobs)} probes, serving {self.url}")
         if on_ready:
             on_ready(self.url)
+        self._started = True
+        if self._reload_wanted:
+            self.request_reload()
         try:
             await stop.wait()
         finally:
             notify("STOPPING=1")
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._reloads, return_exceptions=True)
             dropped = await self._scheduler.drain(STOP_GRACE_S)
             await runner.cleanup()
             await self._http.close()
@@ -86,6 +95,7 @@ class Daemon:
         storage = self.config.storage
         return Store(storage.path, storage.retention, on_error=self.metrics.store_errors.inc,
                      on_pending=self.metrics.store_pending.set,
+                     on_dropped=self.metrics.store_dropped.inc,
                      rollup_retention_s=storage.rollup_retention)
 
     def _apply_jobs(self, jobs: tuple[ProbeJob, ...]) -> None:
@@ -134,7 +144,12 @@ class Daemon:
             if self.budget.exhausted():
                 self.metrics.budget_skipped.inc()
                 return
+        since = self._loop.time()
         result = await run_probe(job, self._http, prober_for(job.provider.type, job.probe.kind))
+        lag = self._lag.worst_since(since)
+        result = dataclasses.replace(result, loop_lag_s=round(lag, 4))
+        if lag >= LAGGED_S:
+            self.metrics.probes_lagged.inc()
         self.metrics.observe(result)
         self.store.submit(result)
         if self.budget is not None:
@@ -142,8 +157,27 @@ class Daemon:
             self._budget_changed()
         _log_result(result)
 
+    def request_reload(self) -> None:
+        """Reload in the background (SIGHUP); while still starting, once started.
+
+        A reload during start-up would tell systemd READY=1 before the daemon is
+        (arming the watchdog while a long migration still runs) and would find
+        no scheduler to give the jobs to.
+        """
+        if not self._started:
+            if not self._reload_wanted:
+                log.info("reload asked for while starting: it runs once started")
+            self._reload_wanted = True
+            return
+        self._reload_wanted = False
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)  # a reference, so the task is not collected while it runs
+        task.add_done_callback(self._reloads.discard)
+
     async def reload(self) -> tuple[bool, str]:
         """Load the config file again; swap jobs only if it is valid."""
+        if not self._started:
+            return False, "modelwatch is still starting: reload again once it is ready"
         notify(reloading_message())
         ok, message = False, "reload failed"
         try:
@@ -169,6 +203,7 @@ class Daemon:
             new = _keep_static(new, self.config)
         self.config = new
         await self._set_budget(new)
+        self._scheduler.set_max_concurrent(new.max_concurrent_probes)
         self._apply_jobs(new.jobs)
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())
@@ -186,8 +221,8 @@ def _log_result(r: ProbeResult) -> None:
         log.debug("probe ok target=%s kind=%s ttft_s=%s duration_s=%s", r.target, r.kind,
                   r.ttft_s, r.duration_s)
     else:
-        log.info("probe failed target=%s kind=%s outcome=%s error_code=%s http_status=%s error=%r",
-                 r.target, r.kind, r.outcome, r.error_code, r.http_status, r.error)
+        log.info("probe failed target=%s kind=%s outcome=%s error_code=%s http_status=%s loop_lag_s=%s "
+                 "error=%r", r.target, r.kind, r.outcome, r.error_code, r.http_status, r.loop_lag_s, r.error)
 
 
 def install_signal_handlers(stop: asyncio.Event, daemon: Daemon | None = None) -> None:
@@ -196,4 +231,4 @@ def install_signal_handlers(stop: asyncio.Event, daemon: Daemon | None = None) -
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if daemon is not None:
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(daemon.reload()))
+        loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)

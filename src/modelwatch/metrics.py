@@ -78,7 +78,7 @@ class _Series:
     """Everything exported about one job."""
 
     __slots__ = ("labels", "success", "last_run", "outcomes", "duration", "ttft", "tokens", "skipped",
-                 "cost_usd", "interval")
+                 "cost_usd", "interval", "phases")
 
     def __init__(self, labels: str, interval: float) -> None:
         self.labels = labels
@@ -91,6 +91,7 @@ class _Series:
         self.tokens = [0, 0]
         self.skipped = 0
         self.cost_usd = 0.0
+        self.phases: tuple[float | None, ...] = (None,) * len(PHASES)  # of the last completed probe
 
 
 def _family(name: str, kind: str, help_text: str,
@@ -111,6 +112,15 @@ def _outcome_lines(s: _Series) -> Iterator[str]:
         yield f'modelwatch_probes_total{{{s.labels},outcome="{outcome}"}} {count}.0\n'
 
 
+PHASES = ("connect", "ttfb", "ttft", "duration")
+
+
+def _phase_lines(s: _Series) -> Iterator[str]:
+    for phase, value in zip(PHASES, s.phases, strict=True):
+        if value is not None:  # a phase the last probe never reached has no sample
+            yield f'modelwatch_probe_phase_seconds{{{s.labels},phase="{phase}"}} {_num(value)}\n'
+
+
 def _token_lines(s: _Series) -> Iterator[str]:
     yield f'modelwatch_probe_tokens_total{{{s.labels},direction="input"}} {s.tokens[0]}.0\n'
     yield f'modelwatch_probe_tokens_total{{{s.labels},direction="output"}} {s.tokens[1]}.0\n'
@@ -125,6 +135,9 @@ PROBE_FAMILIES = (
     _family("modelwatch_probe_ttft_seconds", "histogram",
             "Time to first token (or first audio) of probes that got one",
             lambda s: s.ttft.lines("modelwatch_probe_ttft_seconds", s.labels)),
+    _family("modelwatch_probe_phase_seconds", "gauge",
+            "Seconds from the start of the last completed probe to each phase it reached "
+            "(connect, ttfb, ttft, duration)", _phase_lines),
     _family("modelwatch_probe_interval_seconds", "gauge",
             "The probe's configured interval: a last run older than a few of these is overdue",
             _gauge_line("modelwatch_probe_interval_seconds", "interval")),
@@ -156,6 +169,12 @@ class ProbeMetrics:
                                   registry=r)
         self.store_errors = Counter("modelwatch_store_errors",
                                     "Failed SQLite write attempts", registry=r)
+        self.store_dropped = Counter("modelwatch_store_dropped_rows",
+                                     "Results dropped unwritten because SQLite refused writes for so "
+                                     "long that the rows held in memory reached their limit", registry=r)
+        self.probes_lagged = Counter("modelwatch_probes_lagged",
+                                     "Probes during which the daemon's event loop lagged 100 ms or more: "
+                                     "their timings include the daemon's own delay", registry=r)
         self.store_pending = Gauge("modelwatch_store_pending_rows",
                                    "Results waiting to be written to SQLite", registry=r)
         self.reload_ok = Gauge("modelwatch_config_last_reload_successful",
@@ -220,6 +239,7 @@ class ProbeMetrics:
         s.outcomes[_OUTCOME_INDEX[r.outcome]] += 1
         s.success = 1.0 if ok else 0.0
         s.last_run = r.ts
+        s.phases = (r.connect_s, r.ttfb_s, r.ttft_s, r.duration_s)
         if ok and r.duration_s is not None:
             s.duration.observe(r.duration_s)
         if r.ttft_s is not None:

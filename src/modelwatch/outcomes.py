@@ -103,6 +103,9 @@ class ProbeResult:
     input_audio_tokens: int | None = None
     output_audio_tokens: int | None = None
     cost_usd: float | None = None
+    # The worst event-loop lag seen while the probe ran: the daemon's own delay inside the
+    # timings above (None where nothing watched the loop, as in `modelwatch probe`).
+    loop_lag_s: float | None = None
 
     def as_row(self) -> dict:
         """The result as a dict keyed by column name."""

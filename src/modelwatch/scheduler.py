@@ -29,6 +29,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import schedule
@@ -83,8 +84,10 @@ class Scheduler:
         self._mono_anchor = monotonic()
         self._metrics = metrics
         self._sched = schedule.Scheduler()
+        self._max_concurrent = max_concurrent
         self._global = asyncio.Semaphore(max_concurrent)
-        self._per_provider: dict[str, asyncio.Semaphore] = {}
+        # provider -> (its limit, its semaphore): a reload that changes a limit gets a new one
+        self._per_provider: dict[str, tuple[int, asyncio.Semaphore]] = {}
         self._jobs: dict[Key, ProbeJob] = {}
         self._cadences: dict[float, _Cadence] = {}
         self._running: dict[Key, asyncio.Task] = {}
@@ -118,6 +121,23 @@ class Scheduler:
             self._retime(self._cadences[interval], now, offset=n / max(len(touched), 1))
         self._wake.set()
         return added, removed
+
+    def set_max_concurrent(self, max_concurrent: int) -> None:
+        """Apply a new global limit (a reload) to the probes started from now on.
+
+        Probes already running keep the semaphore they hold, so for as long as
+        they run the two limits add up; nothing is cancelled to make room.
+        """
+        if max_concurrent != self._max_concurrent:
+            self._max_concurrent = max_concurrent
+            self._global = asyncio.Semaphore(max_concurrent)
+
+    def _provider_limit(self, job: ProbeJob) -> asyncio.Semaphore:
+        limit = job.provider.max_concurrent_probes
+        held = self._per_provider.get(job.provider_name)
+        if held is None or held[0] != limit:  # first use, or a reload changed the limit
+            held = self._per_provider[job.provider_name] = (limit, asyncio.Semaphore(limit))
+        return held[1]
 
     def _retime(self, cadence: _Cadence, now: dt.datetime, offset: float) -> None:
         if cadence.sjob is not None:
@@ -183,9 +203,7 @@ class Scheduler:
         task.add_done_callback(lambda _t, k=job.key: self._running.pop(k, None))
 
     async def _guarded(self, job: ProbeJob) -> None:
-        sem = self._per_provider.setdefault(
-            job.provider_name, asyncio.Semaphore(job.provider.max_concurrent_probes))
-        async with self._global, sem:
+        async with self._global, self._provider_limit(job):
             self._metrics.in_flight.inc()
             try:
                 await self._run_job(job)
@@ -207,10 +225,38 @@ class Scheduler:
         return len(pending)
 
 
-async def watch_loop_lag(metrics: ProbeMetrics, every_s: float = 0.1) -> None:
-    """Observe how late the loop wakes a timer; the daemon's own honesty signal."""
-    loop = asyncio.get_running_loop()
-    while True:
-        start = loop.time()
-        await asyncio.sleep(every_s)
-        metrics.loop_lag.observe(max(0.0, loop.time() - start - every_s))
+class LoopLag:
+    """How late the event loop wakes a timer: the daemon's own honesty signal.
+
+    Every tick is observed in the lag histogram and kept for a while, so that
+    each probe can record the worst lag seen while it ran (``loop_lag_s``): a
+    timing taken while the loop was late by that much includes the daemon's
+    own delay, and says so, instead of blaming the provider for it.
+    """
+
+    def __init__(self, metrics: ProbeMetrics, every_s: float = 0.1, keep_s: float = 900.0) -> None:
+        self._metrics = metrics
+        self._every_s = every_s
+        self._ticks: deque[tuple[float, float]] = deque(maxlen=int(keep_s / every_s))  # (end, lag)
+        self._tick_start: float | None = None
+
+    async def watch(self) -> None:
+        """Tick until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._tick_start = start = loop.time()
+            await asyncio.sleep(self._every_s)
+            end = loop.time()
+            lag = max(0.0, end - start - self._every_s)
+            self._ticks.append((end, lag))
+            self._metrics.loop_lag.observe(lag)
+
+    def worst_since(self, since: float) -> float:
+        """The worst lag of the ticks that ended at or after loop time ``since``, the tick under way included."""
+        now = asyncio.get_running_loop().time()
+        worst = 0.0 if self._tick_start is None else max(0.0, now - self._tick_start - self._every_s)
+        for end, lag in reversed(self._ticks):
+            if end < since:
+                break
+            worst = max(worst, lag)
+        return worst

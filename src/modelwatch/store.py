@@ -80,6 +80,12 @@ def m004_hourly_rollups(db: sqlite_utils.Database) -> None:
         log.info("rolled up stored probe results rollup_rows=%d", rows)
 
 
+@migration
+def m005_loop_lag(db: sqlite_utils.Database) -> None:
+    """The daemon's own event-loop lag while each probe ran (docs/metrics.md)."""
+    db["probe_results"].add_column("loop_lag_s", float)
+
+
 def open_db(path: str | Path) -> sqlite_utils.Database:
     """Open (creating) a database in WAL mode with all migrations applied."""
     path = Path(path)
@@ -130,17 +136,22 @@ class Store:
     def __init__(self, path: str | Path, retention_s: float,
                  on_error: Callable[[], None] | None = None,
                  on_pending: Callable[[int], None] | None = None,
-                 rollup_retention_s: float = DEFAULT_ROLLUP_RETENTION_S) -> None:
+                 on_dropped: Callable[[], None] | None = None,
+                 rollup_retention_s: float = DEFAULT_ROLLUP_RETENTION_S,
+                 max_pending_rows: int = MAX_PENDING_ROWS) -> None:
         self.path = Path(path)
+        self.max_pending_rows = max_pending_rows
         self.retention_s = retention_s
         self.rollup_retention_s = rollup_retention_s
         self._on_error = on_error or (lambda: None)
         self._on_pending = on_pending or (lambda n: None)
+        self._on_dropped = on_dropped or (lambda: None)
         self._queue: queue.SimpleQueue[ProbeResult] = queue.SimpleQueue()
         self._closing = threading.Event()
         self._db = open_db(self.path)
         self._thread = threading.Thread(target=self._run, name="modelwatch-store", daemon=True)
         self._failing = False
+        self._dropping = False
         self._thread.start()
 
     def submit(self, result: ProbeResult) -> None:
@@ -179,9 +190,18 @@ class Store:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return closing
-            if len(pending) >= MAX_PENDING_ROWS:
-                pending.pop(0)  # bounded memory: the oldest unwritable row goes first
+            if len(pending) >= self.max_pending_rows:
+                self._drop_oldest(pending)
             pending.append(item.as_row())
+
+    def _drop_oldest(self, pending: list[dict]) -> None:
+        """Bounded memory: the oldest unwritable row goes first, counted, logged once per outage."""
+        pending.pop(0)
+        self._on_dropped()
+        if not self._dropping:
+            log.error("store cannot keep up, dropping the oldest unwritten rows limit=%d path=%s",
+                      self.max_pending_rows, self.path)
+            self._dropping = True
 
     def _write(self, pending: list[dict]) -> None:
         try:
@@ -197,7 +217,7 @@ class Store:
         else:
             if self._failing:
                 log.warning("store writes resumed rows=%d", len(pending))
-            self._failing = False
+            self._failing = self._dropping = False
             pending.clear()
         self._on_pending(len(pending))
 
