@@ -21,7 +21,10 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from conftest import free_port, write_config
-from daemon_helpers import rows, wait_for
+from daemon_helpers import http_get, metric, rows, wait_for
+from test_cost import budget_config
+
+from modelwatch.cost import utc_day_start
 
 from modelwatch.config import ProbeConfig, ProbeJob, ProviderConfig
 from modelwatch.metrics import ProbeMetrics
@@ -143,3 +146,37 @@ def _ts(db: Path) -> list[float]:
         return [r["ts"] for r in rows(db, "SELECT ts FROM probe_results ORDER BY rowid")]
     except sqlite3.OperationalError:  # the daemon has not created the table yet
         return []
+
+
+def test_a_paused_budget_resumes_when_the_wall_clock_passes_utc_midnight(tmp_path, sim_url):
+    """The budget's day is wall time (UTC): the real daemon, paused at 23:59:45, resumes after midnight."""
+    assert LIBFAKETIME, "libfaketime is missing: apt-get install -y faketime (.ci/run does)"
+    db = tmp_path / "mw.db"
+    cfg, port = budget_config(tmp_path, sim_url, 0.03, db)
+    to_midnight = int(utc_day_start(time.time()) + 86400 - time.time())
+    offset = tmp_path / "faketime"
+    offset.write_text(f"+{to_midnight - 15}\n")  # 15 s before the next UTC midnight
+    env = dict(os.environ, LD_PRELOAD=LIBFAKETIME, FAKETIME_TIMESTAMP_FILE=str(offset),
+               FAKETIME_NO_CACHE="1", FAKETIME_DONT_FAKE_MONOTONIC="1")
+    proc = subprocess.Popen([sys.executable, "-m", "modelwatch", "run", "-c", str(cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        paused = wait_for(lambda: (t := http_get(url + "/metrics")) and metric(
+            t, "modelwatch_budget_paused") == 1 and metric(
+            t, "modelwatch_budget_skipped_runs_total") >= 2 and t, 12)
+        spent_yesterday = metric(paused, "modelwatch_budget_spent_usd")
+        paid_before = metric(paused, "modelwatch_probes_total", target="paid")
+        assert spent_yesterday >= 0.03
+        offset.write_text(f"+{to_midnight + 30}\n")  # the clock passes midnight
+        resumed = wait_for(lambda: (t := http_get(url + "/metrics")) and metric(
+            t, "modelwatch_probes_total", target="paid") > paid_before and t, 10)
+        assert metric(resumed, "modelwatch_budget_spent_usd") < spent_yesterday  # a new day's spend
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    err = proc.stderr.read()
+    assert "paid probes paused until UTC midnight" in err and "paid probes resumed" in err, err
+    midnight = utc_day_start(max(r["ts"] for r in rows(db)))
+    paid = [r["ts"] for r in rows(db, "SELECT ts FROM probe_results WHERE target='paid' ORDER BY ts")]
+    assert any(t < midnight for t in paid) and any(t >= midnight for t in paid)
