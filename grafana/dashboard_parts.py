@@ -19,6 +19,7 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models import prometheus as prometheus_model
 
+from modelwatch import outcomes
 from modelwatch.outcomes import ATTRIBUTION, Outcome
 
 # Every panel and query names the datasource through the variable, so one JSON file works
@@ -28,10 +29,12 @@ DEFAULT_DATASOURCE_UID = "modelwatch-prometheus"
 DRILLDOWN_UID = "modelwatch-target"
 OVERVIEW_UID = "modelwatch-overview"
 
-# Outcomes a provider is answerable for (DESIGN.md, modelwatch.outcomes.ATTRIBUTION): the same
-# set `modelwatch report` uses for its provider-attributable availability.
-PROVIDER_OUTCOMES = tuple(o.value for o, who in ATTRIBUTION.items() if who == "provider")
+# Outcomes a provider is answerable for, and those that leave it untested (our configuration,
+# our rate limits): the sets `modelwatch report` and the alert rules use for provider
+# availability (modelwatch.outcomes), in a fixed order so the generated JSON is stable.
+PROVIDER_OUTCOMES = tuple(o.value for o in Outcome if o.value in outcomes.PROVIDER_OUTCOMES)
 PROVIDER_OUTCOME_REGEX = "|".join(PROVIDER_OUTCOMES)
+NOT_PROVIDER_JUDGED_REGEX = "|".join(o.value for o in Outcome if o.value in outcomes.NOT_PROVIDER_JUDGED)
 
 # Colour says who is to blame: reds for the provider, purples for our configuration, orange
 # for capacity (rate limits), blue for content filters, green for success.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dashboard_parts import PROVIDER_OUTCOME_REGEX, matchers
+from dashboard_parts import NOT_PROVIDER_JUDGED_REGEX, PROVIDER_OUTCOME_REGEX, matchers
 
 PROBES = "modelwatch_probes_total"
 OK = 'outcome="ok"'
@@ -45,13 +45,16 @@ class ProbeQueries:
         return f"{self.probes(window, OK)} / ({self.probes(window)} > 0)"
 
     def provider_ratio(self, window: str) -> str:
-        """1 minus the share the provider failed: `modelwatch report`'s provider availability.
+        """1 minus the provider's failures among the probes it had a chance to serve.
 
-        Our own problems (auth, quota, bad request, model not found), rate limits and content
-        filters count neither for nor against the provider.
+        `modelwatch report`'s provider availability and the alert rules' failure ratio: our
+        own problems (auth, quota, bad request, model not found) and rate limits leave the
+        denominator, so they count neither for nor against the provider; no series where
+        every probe was one of those.
         """
         failed = self.probes(window, f'outcome=~"{PROVIDER_OUTCOME_REGEX}"')
-        return f"1 - {failed} / ({self.probes(window)} > 0)"
+        judged = self.probes(window, f'outcome!~"{NOT_PROVIDER_JUDGED_REGEX}"')
+        return f"1 - {failed} / ({judged} > 0)"
 
     def quantile(self, q: float, histogram: str, window: str, by: str | None = None) -> str:
         """The ``q`` quantile of ``modelwatch_probe_<histogram>_seconds`` over ``window``."""
@@ -90,6 +93,10 @@ class ProbeQueries:
     def overdue_count(self) -> str:
         """How many probes have had no result for more than three intervals (0, never empty)."""
         return f"count({self.last_run_age()} > 3) or vector(0)"
+
+    def phases(self) -> str:
+        """The last probe's phases (connect, ttfb, ttft, duration), the slowest over locations."""
+        return f"max by ({self.by}, phase) (modelwatch_probe_phase_seconds{self.sel()})"
 
     def last_success(self) -> str:
         """1/0: the last probe's outcome, the worst over locations."""

@@ -21,9 +21,6 @@ VARIABLES = ("location", "provider", "model", "target", "kind")
 Q = ProbeQueries(VARIABLES)
 LEGEND = "{{target}} ({{kind}})"
 QUANTILES = (("A", 0.5, "p50"), ("B", 0.95, "p95"), ("C", 0.99, "p99"))
-SQLITE_PHASES = (" The histograms hold TTFT and duration only: connect_s and ttfb_s (TCP/TLS "
-                 "connect, first byte or session start) are per-probe columns in SQLite "
-                 "(`probe_results`), read them with `modelwatch report` or sqlite3.")
 
 
 def now_stat(title: str, description: str, unit: str, expr: str) -> stat.Panel:
@@ -84,16 +81,16 @@ def distribution(title: str, histogram: str, description: str) -> heatmap.Panel:
 
 
 def phases_row(board: dash.Dashboard) -> dash.Dashboard:
-    """Row 2: TTFT and duration over time, as quantiles and as distributions."""
+    """Row 2: every phase of each probe, then TTFT and duration as quantiles and as distributions."""
     ttft = quantile_graph(
         "Time to first token", "ttft",
         "p50 (dashed), p95 and p99 of the time from probe start to the first content token "
-        "(REST) or first text/audio delta (realtime), from modelwatch_probe_ttft_seconds."
-        + SQLITE_PHASES, TTFT_THRESHOLDS)
+        "(REST) or first text/audio delta (realtime), from modelwatch_probe_ttft_seconds.",
+        TTFT_THRESHOLDS)
     duration = quantile_graph(
         "Duration", "duration",
         "p50 (dashed), p95 and p99 of the time from probe start to the stream's terminator "
-        "([DONE], message_stop, response.done, turnComplete), successful probes only." + SQLITE_PHASES,
+        "([DONE], message_stop, response.done, turnComplete), successful probes only.",
         DURATION_THRESHOLDS)
     ttft_heat = distribution(
         "TTFT distribution", "ttft",
@@ -102,8 +99,18 @@ def phases_row(board: dash.Dashboard) -> dash.Dashboard:
     duration_heat = distribution(
         "Duration distribution", "duration",
         "How many successful probes fell in each duration bucket per interval.")
+    each = graph(
+        "Phases of each probe",
+        "Seconds from probe start to each phase the last probe reached, as each scrape saw it "
+        "(modelwatch_probe_phase_seconds): connect (TCP+TLS, plus the WebSocket upgrade), ttfb "
+        "(response headers, or the realtime session created), ttft (first token or audio), "
+        "duration (the terminator). A slow connect with a normal ttft - connect is our network "
+        "or the provider's edge; a normal ttfb with a slow ttft is the model itself. A phase "
+        "the probe never reached has no point, so a failed connect shows as a gap.",
+        "s", [query(Q.phases(), f"{LEGEND} {{{{phase}}}}")], span=24, height=9, calcs=("mean", "max"))
     board = board.with_row(dash.Row("Phases"))
-    return board.with_panel(ttft).with_panel(duration).with_panel(ttft_heat).with_panel(duration_heat)
+    return (board.with_panel(each).with_panel(ttft).with_panel(duration).with_panel(ttft_heat)
+            .with_panel(duration_heat))
 
 
 def outcomes_row(board: dash.Dashboard) -> dash.Dashboard:

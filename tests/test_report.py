@@ -224,7 +224,11 @@ def test_a_long_range_reads_the_rollups_and_says_percentiles_are_approximate(rec
     b = data[("b", "rest")]
     assert b["source"] == "raw+rollups" and b["probes"] == expected
     failures = sum(1 for r in rows if r["target"] == "b" and r["outcome"] == "server_error")
-    assert b["provider_availability"] == round(1 - failures / expected, 6)  # rate_limited is not the provider's
+    limited = sum(1 for r in rows if r["target"] == "b" and r["outcome"] == "rate_limited")
+    assert limited and failures
+    # rate limits are neither the provider's failures nor probes it had a chance to serve:
+    # the same ratio as the alert rules' (prometheus/rules/modelwatch.rules.yml)
+    assert b["provider_availability"] == round(1 - failures / (expected - limited), 6)
     assert b["availability"] < b["provider_availability"]
 
 
@@ -265,3 +269,29 @@ def test_a_database_without_rollups_is_reported_from_raw_rows(tmp_path):
     conn = sqlite3.connect(db)  # the report only reads: it migrates nothing
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = ?", [rollups.TABLE]).fetchone()[0] == 0
     conn.close()
+
+
+def test_a_range_older_than_anything_stored_says_so(recent_db):
+    db, rows, _ = recent_db
+    oldest = min(r["ts"] for r in rows)
+    table = mw("--db", str(db), "--since", "30d")
+    assert table.returncode == 0, table.stderr
+    assert "nothing is stored before" in table.stdout
+    stated = table.stdout.split("nothing is stored before ")[1].split(":")[0:3]
+    assert datetime.fromisoformat(":".join(stated).replace("Z", "+00:00")).timestamp() <= oldest
+    assert "nothing is stored before" not in mw("--db", str(db), "--since", "2d").stdout
+
+
+def test_provider_availability_leaves_out_probes_the_provider_never_got_to_serve(tmp_path):
+    db = tmp_path / "mw.db"
+    now = time.time()
+    outcomes = {"keyless": ["auth_error"] * 4,
+                "mixed": ["ok", "ok", "server_error", "rate_limited", "quota_exhausted", "content_blocked"]}
+    fill(db, [ProbeResult(ts=now - 60 * i, target=t, provider="p", model="m", kind="rest", outcome=o).as_row()
+              for t, outs in outcomes.items() for i, o in enumerate(outs)])
+    got = {r["target"]: r for r in report_json(db, "--since", "1h")}
+    assert got["keyless"]["availability"] == 0 and got["keyless"]["provider_availability"] is None
+    # ok, ok, server_error, content_blocked were the provider's to serve; one of the four failed
+    assert got["mixed"]["provider_availability"] == 0.75
+    table = mw("--db", str(db), "--since", "1h").stdout
+    assert next(line for line in table.splitlines() if line.startswith("keyless")).split()[4] == "-"

@@ -46,6 +46,14 @@ ATTRIBUTION: dict[Outcome, str] = {
 }
 
 
+# Provider availability counts the provider's failures among the probes it had a fair chance
+# to serve: a dead key, a wrong model name or our own rate limit says nothing about its health,
+# so those probes leave the denominator. The alert rules, dashboards and report all use this.
+PROVIDER_OUTCOMES = frozenset(o.value for o, who in ATTRIBUTION.items() if who == "provider")
+NOT_PROVIDER_JUDGED = frozenset(o.value for o, who in ATTRIBUTION.items()
+                                if who in ("configuration", "capacity"))
+
+
 class ProbeFailure(Exception):
     """A classified failure raised by a prober; the runner records it as the outcome."""
 

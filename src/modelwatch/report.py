@@ -33,7 +33,7 @@ from pathlib import Path
 
 from modelwatch import rollups
 from modelwatch.config import format_duration, parse_duration
-from modelwatch.outcomes import ATTRIBUTION, Outcome
+from modelwatch.outcomes import NOT_PROVIDER_JUDGED, PROVIDER_OUTCOMES, Outcome
 from modelwatch.rollups import HOUR_S, hour_of
 
 PERCENTILES = (50, 95, 99)
@@ -41,7 +41,6 @@ RAW_MAX_RANGE_S = 7 * 86400.0
 RAW_MAX_ROWS = 1_000_000
 SOURCES = ("auto", "raw", "rollups")
 FORMATS = ("table", "json", "csv")
-PROVIDER_OUTCOMES = frozenset(o.value for o, who in ATTRIBUTION.items() if who == "provider")
 LATENCIES = {"ttft": "ttft_s", "duration": "duration_s"}
 
 
@@ -219,6 +218,10 @@ def build_report(db_path: str | Path, since: float, until: float, *, targets: tu
         probes = _rolled_up_probes(conn, since, until, where) if has_rollups and source == "auto" else 0
         plan = plan_ranges(since, until, source, coverage, probes)
         notes = _notes(plan, since, until, coverage, has_rollups, source)
+        oldest = _oldest(conn, has_rollups)
+        if oldest is not None and since < oldest:
+            notes += (f"nothing is stored before {_iso(oldest)}: raw rows are kept for "
+                      "storage.retention and hourly rollups for storage.rollup_retention",)
         tallies: dict[tuple[str, str], _Tally] = {}
         if names != ():
             _tally(conn, tallies, plan, where)
@@ -235,6 +238,15 @@ def _tally(conn: sqlite3.Connection, tallies: dict, plan: Plan, where: _Filter) 
     if plan.hours:
         _rollup_counts(conn, tallies, plan.hours, where)
         _rollup_buckets(conn, tallies, plan.hours, where)
+
+
+def _oldest(conn: sqlite3.Connection, has_rollups: bool) -> float | None:
+    """When the oldest result this database still holds, raw or rolled up, started."""
+    starts = [conn.execute("SELECT min(ts) FROM probe_results").fetchone()[0]]
+    if has_rollups:
+        starts.append(conn.execute(f"SELECT min(hour) FROM {rollups.TABLE}").fetchone()[0])
+    starts = [s for s in starts if s is not None]
+    return min(starts) if starts else None
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
@@ -339,9 +351,10 @@ def _summary(target: str, kind: str, tally: _Tally, plan: Plan) -> dict:
     total = sum(outcomes.values())
     ok = outcomes.get(Outcome.OK.value, 0)
     provider_failures = sum(n for o, n in outcomes.items() if o in PROVIDER_OUTCOMES)
+    judged = total - sum(n for o, n in outcomes.items() if o in NOT_PROVIDER_JUDGED)
     row = {"target": target, "kind": kind, "probes": total,
            "availability": round(ok / total, 6) if total else None,
-           "provider_availability": round(1 - provider_failures / total, 6) if total else None}
+           "provider_availability": round(1 - provider_failures / judged, 6) if judged else None}
     for name in LATENCIES:
         row.update(_percentiles(name, tally, plan.exact))
     for outcome in Outcome:
@@ -424,7 +437,8 @@ def _table(report: Report) -> str:
     if not plan.exact:
         source += f"; ~ percentiles approximate (within {rollups.RELATIVE_ERROR:.1%})"
     footer = [f"{span}, from {source}.",
-              "PROVIDER: availability counting only provider-attributed failures (docs/probes.md)."]
+              "PROVIDER: 1 - provider failures among the probes the provider could serve "
+              "(rate limits and our configuration errors left out; docs/probes.md)."]
     return "\n".join(table + [""] + footer + list(report.notes))
 
 
