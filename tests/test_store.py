@@ -223,3 +223,29 @@ def test_rollup_retention_defaults_to_400_days_and_must_cover_the_raw_retention(
         config("retention: 30d, rollup_retention: 7d")
     assert err.value.problems == [f"{tmp_path / 'c.yaml'}: storage.rollup_retention: "
                                   "must be at least storage.retention (30d)"]
+
+
+def test_a_wall_clock_stepped_far_ahead_prunes_nothing(db_path, caplog):
+    """Retention is wall time: a clock stepped two days ahead must not delete a day of history."""
+    offset = [0.0]
+    store = Store(db_path, retention_s=86400, prune_every_s=0.05, wall=lambda: time.time() + offset[0])
+    try:
+        store.submit(result(ts=time.time() - 7200))  # two hours old: well inside the retention
+        deadline = time.monotonic() + 5
+        while count(db_path) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        offset[0] = 2 * 86400.0
+        time.sleep(0.5)  # several prune rounds under the stepped clock
+        assert count(db_path) == 1
+        steps = [r for r in caplog.records if "pruning paused" in r.getMessage()]
+        assert len(steps) == 1  # said once, not every round
+        offset[0] = 0.0  # the clock is put right: pruning goes on, with nothing to delete yet
+        store.submit(result(ts=time.time() - 2 * 86400))  # older than the retention
+        time.sleep(1.0)
+        conn = sqlite3.connect(db_path)
+        rolled_up = conn.execute(f"SELECT sum(probes) FROM {rollups.TABLE}").fetchone()[0]
+        conn.close()
+        assert rolled_up == 2  # the old row was written (its rollup stays) ...
+        assert count(db_path) == 1  # ... and pruned, while the two-hour-old one stayed
+    finally:
+        store.close()

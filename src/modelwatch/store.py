@@ -30,6 +30,7 @@ log = logging.getLogger("modelwatch.store")
 COMMIT_EVERY_S = 0.25
 PRUNE_EVERY_S = 3600.0
 MAX_PENDING_ROWS = 100_000  # held in memory while the database refuses writes
+MAX_CLOCK_STEP_S = 3600.0  # a wall clock this far ahead of elapsed time pauses pruning
 DEFAULT_ROLLUP_RETENTION_S = 400 * 86400.0
 
 Migration = Callable[[sqlite_utils.Database], None]
@@ -138,8 +139,14 @@ class Store:
                  on_pending: Callable[[int], None] | None = None,
                  on_dropped: Callable[[], None] | None = None,
                  rollup_retention_s: float = DEFAULT_ROLLUP_RETENTION_S,
-                 max_pending_rows: int = MAX_PENDING_ROWS) -> None:
+                 max_pending_rows: int = MAX_PENDING_ROWS,
+                 prune_every_s: float = PRUNE_EVERY_S,
+                 wall: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
+        self.prune_every_s = prune_every_s
+        self._wall = wall
+        self._wall_minus_mono = wall() - time.monotonic()  # what wall time should read, less elapsed
+        self._clock_stepped = False
         self.max_pending_rows = max_pending_rows
         self.retention_s = retention_s
         self.rollup_retention_s = rollup_retention_s
@@ -171,7 +178,7 @@ class Store:
             stopping = self._collect(pending)
             if pending:
                 self._write(pending)
-            if time.monotonic() - last_prune > PRUNE_EVERY_S and not self._failing:
+            if time.monotonic() - last_prune > self.prune_every_s and not self._failing:
                 self._prune()
                 last_prune = time.monotonic()
         if pending:
@@ -236,13 +243,31 @@ class Store:
         self._db = db
 
     def _prune(self) -> None:
-        now = time.time()
+        now = self._wall()
+        if self._clock_ahead(now):
+            return
         try:
             with self._db.conn:
                 self._db.execute("DELETE FROM probe_results WHERE ts < ?", [now - self.retention_s])
                 rollups.prune(self._db.conn, now - self.rollup_retention_s)
         except sqlite3.Error as exc:
             log.warning("store prune failed error=%r", str(exc))
+
+
+    def _clock_ahead(self, now: float) -> bool:
+        """Whether the wall clock stepped far ahead since start: then pruning waits.
+
+        Retention is wall time, so a clock set a year ahead by a bad NTP source
+        would delete a year of history for good. Rows are only ever deleted by a
+        clock that agrees with the time that has really elapsed since start.
+        """
+        step = now - (time.monotonic() + self._wall_minus_mono)
+        ahead = step > MAX_CLOCK_STEP_S
+        if ahead and not self._clock_stepped:
+            log.warning("wall clock stepped ahead since start, pruning paused so a wrong clock cannot "
+                        "delete history; restart once the clock is right step_s=%.0f", step)
+        self._clock_stepped = ahead
+        return ahead
 
 
 def write_batch(db: sqlite_utils.Database, rows: list[dict]) -> None:
