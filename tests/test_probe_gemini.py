@@ -71,6 +71,17 @@ def test_thinking_budget_zero_is_sent(tmp_path, sim_url):
     assert off.outcome == "ok" and off.output_tokens == 3
 
 
+def test_thinking_level_is_sent_as_the_sdk_sends_it(tmp_path, sim_url):
+    """Gemini 3 models take a level: minimal turns the thinking off, low leaves it on."""
+    minimal = probe_models(tmp_path, sim_url, {"t": "gem-thinking"}, extra_probe=", thinking_level: minimal")["t"]
+    low = probe_models(tmp_path, sim_url, {"t": "gem-thinking"}, extra_probe=", thinking_level: low")["t"]
+    assert minimal.outcome == low.outcome == "ok"
+    assert (minimal.output_tokens, low.output_tokens) == (3, 3 + 4)
+    options = {e["request_id"]: e["options"] for e in sim_requests(sim_url)}
+    assert options[minimal.request_id]["generationConfig"]["thinkingConfig"] == {"thinkingLevel": "MINIMAL"}
+    assert options[low.request_id]["generationConfig"]["thinkingConfig"] == {"thinkingLevel": "LOW"}
+
+
 def test_max_tokens_finish_with_text_is_ok(tmp_path, sim_url):
     r = probe_models(tmp_path, sim_url, {"c": "gem-capped"}, extra_probe=", max_tokens: 5")["c"]
     assert r.outcome == "ok" and r.output_tokens == 5

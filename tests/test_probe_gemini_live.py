@@ -171,3 +171,11 @@ def test_a_slow_answer_times_out_naming_the_stage(tmp_path, sim_url):
     r = probe(tmp_path, sim_url, {"s": "live-fixed-ttft"}, extra=", ttft_timeout: 150ms")["s"]
     assert (r.outcome, r.error_code) == ("timeout", "ttft")
     assert r.ttfb_s is not None and r.ttft_s is None
+
+
+def test_thinking_level_reaches_the_live_setup(tmp_path, sim_url):
+    r = probe(tmp_path, sim_url, {"t": "live-healthy"}, extra=", thinking_level: minimal")["t"]
+    assert r.outcome == "ok", r
+    setup = sim_log(sim_url)[r.request_id]["options"]
+    assert setup["generationConfig"]["thinkingConfig"] == {"thinkingLevel": "MINIMAL"}
+    assert "systemInstruction" not in setup

@@ -131,3 +131,106 @@ def test_measured_ttft_matches_what_the_simulator_did(tmp_path, sim_url):
         # The simulator times from its handler's entry; the probe also counts connect and send.
         assert 0 <= r.ttft_s - sim["actual_ttft_s"] < 0.005, (r.ttft_s, sim)
         assert abs(r.ttft_s - 0.250) < 0.010
+
+
+# ---------------------------------------------------------------- reasoning models
+
+
+def test_reasoning_effort_reaches_the_server(tmp_path, sim_url):
+    r = probe_models(tmp_path, sim_url, {"r": "healthy"}, extra_probe=", reasoning_effort: low")["r"]
+    assert r.outcome == "ok", r
+    options = sim_log(sim_url)[r.request_id]["options"]
+    assert options["reasoning_effort"] == "low"
+    assert options["max_completion_tokens"] == 16 and "messages" not in options
+
+
+def test_ttft_is_the_first_content_after_reasoning_and_usage_counts_it(tmp_path, sim_url):
+    r = probe_models(tmp_path, sim_url, {"r": "reasoner"}, extra_probe=", reasoning_effort: high")["r"]
+    assert r.outcome == "ok", r
+    sim = sim_log(sim_url)[r.request_id]
+    assert sim["injected_ttft_s"] == pytest.approx(0.320)  # ttft_ms 20 + reasoning_ms 300
+    assert 0 <= r.ttft_s - sim["actual_ttft_s"] < 0.005 and r.ttft_s >= 0.320
+    assert r.output_tokens == 3 + 6  # the reasoning tokens are billed as output
+
+
+@pytest.mark.parametrize("effort", ["minimal", "none"])
+def test_minimal_effort_removes_the_reasoning_delay(tmp_path, sim_url, effort):
+    r = probe_models(tmp_path, sim_url, {"r": "reasoner"}, extra_probe=f", reasoning_effort: {effort}")["r"]
+    assert r.outcome == "ok", r
+    sim = sim_log(sim_url)[r.request_id]
+    assert sim["injected_ttft_s"] == pytest.approx(0.020)
+    assert r.ttft_s < 0.2 and r.output_tokens == 3
+
+
+def test_reasoning_spends_a_small_cap_before_any_text(tmp_path, sim_url):
+    r = probe_models(tmp_path, sim_url, {"r": "reasoner"}, extra_probe=", max_tokens: 5")["r"]
+    assert (r.outcome, r.error_code) == ("protocol_error", "no_content")
+    assert r.output_tokens == 5
+
+
+# ---------------------------------------------------------------- OpenAI-compatible servers (section 7)
+
+
+COMPATIBLE = {
+    # model: (outcome, error_code or None to skip, http_status, what it stands for)
+    "keepalive": ("ok", None, 200, "DeepSeek/OpenRouter keep-alive comments before the first token"),
+    "or-keepalive-no-done": ("ok", None, 200, "OpenRouter comments, usage on the last chunk, no [DONE]"),
+    "deepseek-reasoner": ("ok", None, 200, "delta.reasoning_content before delta.content"),
+    "ollama-thinker": ("ok", None, 200, "Ollama's delta.reasoning before delta.content, any key"),
+    "no-done": ("ok", None, 200, "closes after finish_reason without [DONE]"),
+    "compat-final-usage": ("ok", None, 200, "usage on the final chunk without include_usage"),
+    "groq-usage": ("ok", None, 200, "usage inside x_groq"),
+    "err-vllm": ("model_unavailable", "notfounderror", 404, "vLLM flat error, numeric code"),
+    "vllm-bad-request": ("bad_request", "badrequesterror", 400, "vLLM flat error, numeric code"),
+    "vllm-midstream": ("server_error", "internalservererror", 200, "vLLM error chunk inside the stream"),
+    "err-gemini-array": ("overloaded", "unavailable", 503, "Gemini-compat error array"),
+    "err-mistral": ("auth_error", "http_401", 401, "Mistral's detail body"),
+    "err-capacity": ("rate_limited", "capacity_exceeded", 498, "Groq flex capacity"),
+    "or-rate": ("rate_limited", "tokens", 429, "OpenRouter's numeric error code"),
+    "or-quota": ("quota_exhausted", "insufficient_quota", 429, "OpenRouter's numeric error code"),
+    "or-midstream": ("server_error", "server_error", 200, "numeric code inside the stream"),
+    "ollama-busy": ("overloaded", "api_error", 503, "Ollama's api_error type"),
+    "ollama-missing": ("model_unavailable", "not_found_error", 404, "Ollama's model not pulled"),
+}
+
+
+def test_compatible_server_deviations_under_openai_compatible(tmp_path, sim_url):
+    results = probe_models(tmp_path, sim_url, {m: m for m in COMPATIBLE}, ptype="openai-compatible")
+    for model, (outcome, code, status, why) in COMPATIBLE.items():
+        r = results[model]
+        assert (r.outcome, r.http_status) == (outcome, status), (model, why, r)
+        if code is not None:
+            assert r.error_code == code, (model, why, r)
+        if outcome == "ok":
+            assert r.ttft_s is not None, (model, why, r)
+            assert (r.output_tokens is None) == (model == "no-done"), (model, why, r)  # no-done sends no usage
+    assert results["keepalive"].ttft_s >= 0.2  # comments are not tokens
+    assert results["ollama-thinker"].ttft_s >= 0.170  # reasoning deltas are not the first token
+    assert results["deepseek-reasoner"].ttft_s >= 0.150
+    assert results["ollama-thinker"].output_tokens == 3 + 4
+
+
+def test_ollama_reads_max_tokens_only(tmp_path, sim_url):
+    """Why openai-compatible probes send max_tokens: Ollama ignores max_completion_tokens."""
+    plain = probe_models(tmp_path, sim_url, {"o": "ollama-capped"}, ptype="openai-compatible")["o"]
+    assert plain.outcome == "ok" and plain.output_tokens == 16
+    ignored = probe_models(tmp_path, sim_url, {"o": "ollama-capped"}, ptype="openai-compatible",
+                           extra_probe=", max_tokens_field: max_completion_tokens")["o"]
+    assert ignored.outcome == "ok" and ignored.output_tokens == 20
+
+
+def test_missing_ollama_model_is_model_unavailable_with_ollamas_message(tmp_path, sim_url):
+    r = probe_models(tmp_path, sim_url, {"o": "ollama-missing"}, ptype="openai-compatible")["o"]
+    assert (r.outcome, r.error_code, r.http_status) == ("model_unavailable", "not_found_error", 404)
+    assert 'model "ollama-missing" not found, try pulling it first' in r.error
+
+
+def test_extra_body_reaches_the_server_and_turns_reasoning_off(tmp_path, sim_url):
+    on = probe_models(tmp_path, sim_url, {"r": "reasoner"}, ptype="openai-compatible")["r"]
+    off = probe_models(tmp_path, sim_url, {"r": "reasoner"}, ptype="openai-compatible",
+                       extra_probe=", extra_body: {reasoning: {enabled: false}}")["r"]
+    assert on.outcome == off.outcome == "ok"
+    options = sim_log(sim_url)[off.request_id]["options"]
+    assert options["reasoning"] == {"enabled": False} and options["max_tokens"] == 16
+    assert on.ttft_s >= 0.320 > off.ttft_s
+    assert (on.output_tokens, off.output_tokens) == (3 + 6, 3)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import TEST_KEY, run_jobs, sim_log, write_config
 from modelwatch.config import load_config
 
@@ -82,9 +84,30 @@ def test_the_output_cap_is_clamped_and_reaching_it_is_ok(tmp_path, sim_url):
     assert r.output_tokens == 16 and r.error_code is None
 
 
-def test_reasoning_effort_is_accepted(tmp_path, sim_url):
+def test_reasoning_effort_reaches_the_server(tmp_path, sim_url):
     r = probe_models(tmp_path, sim_url, {"r": "resp-healthy"}, extra_probe=", reasoning_effort: low")["r"]
     assert r.outcome == "ok", r
+    options = sim_log(sim_url)[r.request_id]["options"]
+    assert options["reasoning"] == {"effort": "low"} and options["max_output_tokens"] == 16
+
+
+def test_ttft_is_the_first_text_after_the_reasoning_item(tmp_path, sim_url):
+    results = probe_models(tmp_path, sim_url, {f"r{i}": "reasoner-fixed" for i in range(2)},
+                           extra_probe=", reasoning_effort: medium, max_tokens: 64")
+    seen = sim_log(sim_url)
+    for r in results.values():
+        assert r.outcome == "ok", r
+        sim = seen[r.request_id]
+        assert sim["injected_ttft_s"] == pytest.approx(0.250)  # ttft_ms 50 + reasoning_ms 200
+        assert 0 <= r.ttft_s - sim["actual_ttft_s"] < 0.005, (r.ttft_s, sim)
+        assert r.output_tokens == 3 + 6
+
+
+def test_minimal_effort_removes_the_reasoning_delay(tmp_path, sim_url):
+    r = probe_models(tmp_path, sim_url, {"r": "reasoner-fixed"}, extra_probe=", reasoning_effort: minimal")["r"]
+    assert r.outcome == "ok", r
+    assert sim_log(sim_url)[r.request_id]["injected_ttft_s"] == pytest.approx(0.050)
+    assert r.ttft_s < 0.2 and r.output_tokens == 3
 
 
 def test_keepalive_comments_are_not_tokens(tmp_path, sim_url):

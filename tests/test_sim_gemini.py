@@ -261,3 +261,23 @@ def test_sdk_refused_key(sim_url):
         client.models.generate_content(model="gem-healthy", contents="Say OK")
     assert (caught.value.code, caught.value.status) == (400, "INVALID_ARGUMENT")
     assert caught.value.details["error"]["details"][0]["reason"] == "API_KEY_INVALID"
+
+
+def test_sdk_thinking_level_is_accepted_and_logged(sim_url):
+    client = sdk(sim_url)
+    config = genai_types.GenerateContentConfig(
+        thinking_config=genai_types.ThinkingConfig(thinking_level=genai_types.ThinkingLevel.MINIMAL))
+    chunks = list(client.models.generate_content_stream(model="gem-thinking", contents="Say OK", config=config))
+    assert not any(p.thought for c in chunks for p in (c.candidates[0].content.parts or ()))
+    with urllib.request.urlopen(f"{sim_url}/_sim/requests") as resp:
+        entry = [r for r in json.load(resp) if r["request_id"] == chunks[0].response_id][0]
+    # google-genai 3.6 writes this nested key in snake_case; the API (and the simulator) take both spellings.
+    assert entry["options"]["generationConfig"]["thinkingConfig"] in ({"thinkingLevel": "MINIMAL"},
+                                                                     {"thinking_level": "MINIMAL"})
+
+
+@pytest.mark.parametrize("thinking", [{"thinkingLevel": "EXTREME"}, {"thinkingLevel": "low", "thinkingBudget": 0}])
+def test_bad_thinking_config_is_invalid_argument(thinking):
+    body = {**BODY, "generationConfig": {"maxOutputTokens": 16, "thinkingConfig": thinking}}
+    status, _, raw, _ = fetch(make_scenario(m=FAST), STREAM, body=body)
+    assert status == 400 and json.loads(raw)["error"]["status"] == "INVALID_ARGUMENT"

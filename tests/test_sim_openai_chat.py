@@ -694,3 +694,139 @@ def test_parse_listen(listen, expected):
             parse_listen(listen)
     else:
         assert parse_listen(listen) == expected
+
+
+# ---------------------------------------------------------------- Azure routes, dialects, reasoning
+
+
+async def post_path(session, url, path, body, headers):
+    async with session.post(f"{url}{path}", json=body, headers=headers) as response:
+        return response.status, response.headers, await response.text()
+
+
+def test_azure_routes_auth_versions_and_errors():
+    async def body(session, url):
+        chat = {"model": "m", "messages": PROMPT, "stream": True}
+        dated = "/openai/deployments/{}/chat/completions?api-version=2025-04-01-preview"
+        got = {
+            "v1 api-key": await post_path(session, url, "/openai/v1/chat/completions", chat, {"api-key": "sk-az"}),
+            "v1 bearer": await post_path(session, url, "/openai/v1/chat/completions", chat, KEY),
+            "v1 no key": await post_path(session, url, "/openai/v1/chat/completions", chat, {}),
+            "v1 bad key": await post_path(session, url, "/openai/v1/chat/completions", chat,
+                                          {"api-key": "sk-bad-0000111122223333"}),
+            # the path names the deployment; the body's model is ignored, as on Azure
+            "dated": await post_path(session, url, dated.format("m"), {**chat, "model": "other"},
+                                     {"api-key": "sk-az"}),
+            "dated no version": await post_path(session, url, "/openai/deployments/m/chat/completions", chat,
+                                                {"api-key": "sk-az"}),
+            "dated unknown": await post_path(session, url, dated.format("nope"), chat, {"api-key": "sk-az"}),
+            "dated rate": await post_path(session, url, dated.format("rate"), chat, {"api-key": "sk-az"}),
+        }
+        return got, await sim_log(session, url)
+
+    (got, log) = with_sim(make_scenario(m=FAST, rate={"error": "rate_limited"}), body)
+    for route in ("v1 api-key", "v1 bearer", "dated"):
+        status, _, text = got[route]
+        events = sse_events(text)
+        assert status == 200 and contents(events) == ["OK", " from", " the"], route
+        first = json.loads(events[0])
+        assert first["choices"] == [] and first["model"] == "" and first["prompt_filter_results"]
+        assert all("content_filter_results" in c["choices"][0] for c in chunks(events)[1:] if c.get("choices"))
+    assert [e["model"] for e in log if e["path"].startswith("/openai/deployments/m/")][0] == "m"
+    for route in ("v1 no key", "v1 bad key"):
+        status, _, text = got[route]
+        assert status == 401 and json.loads(text)["error"]["code"] == "401"
+        assert "sk-bad" not in text
+    assert got["dated no version"][0] == 404
+    assert json.loads(got["dated no version"][2]) == {"error": {"code": "404", "message": "Resource not found"}}
+    status, _, text = got["dated unknown"]
+    assert status == 404 and json.loads(text)["error"]["code"] == "DeploymentNotFound"
+    status, headers, text = got["dated rate"]
+    assert status == 429 and json.loads(text)["error"]["code"] == "429" and headers["retry-after"] == "1"
+    assert "2025-04-01-preview" in json.loads(text)["error"]["message"]
+
+
+def test_azure_content_filter_marks_the_choice_filtered():
+    async def body(session, url):
+        chat = {"model": "f", "messages": PROMPT, "stream": True}
+        return await post_path(session, url, "/openai/v1/chat/completions", chat, {"api-key": "sk-az"})
+
+    status, _, text = with_sim(make_scenario(f={**FAST, "error": "content_blocked"}), body)
+    final = [c for c in chunks(sse_events(text)) if c.get("choices") and c["choices"][0]["finish_reason"]][0]
+    assert status == 200 and final["choices"][0]["finish_reason"] == "content_filter"
+    assert any(r["filtered"] for r in final["choices"][0]["content_filter_results"].values())
+
+
+def test_openai_sdk_azure_clients_stream_chat_on_both_forms():
+    with sim_in_thread(make_scenario(m={**FAST, "tokens": 4})) as server:
+        azure = openai.AzureOpenAI(azure_endpoint=server.url, api_key="sk-az", api_version="2025-04-01-preview",
+                                   max_retries=0)
+        dated = azure.chat.completions.create(model="m", messages=PROMPT, stream=True)
+        v1 = openai.OpenAI(base_url=server.url + "/openai/v1", api_key="sk-az", max_retries=0)
+        plain = v1.chat.completions.create(model="m", messages=PROMPT, stream=True)
+        for stream in (dated, plain):
+            text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+            assert text == "OK from the modelwatch"
+        with pytest.raises(openai.NotFoundError):
+            azure.chat.completions.create(model="nope", messages=PROMPT)
+
+
+def test_reasoning_tokens_time_and_effort():
+    reasoner = {**FAST, "ttft_ms": 10, "thinking_tokens": 5, "reasoning_ms": 120}
+
+    async def body(session, url):
+        got = {}
+        for effort in ("high", "minimal", "none", None):
+            extra = {} if effort is None else {"reasoning_effort": effort}
+            started = time.perf_counter()
+            status, _, text = await post_chat(session, url, "r", include_usage=True, **extra)
+            got[effort] = (status, chunks(sse_events(text)), time.perf_counter() - started)
+        got["bad"] = await post_chat(session, url, "r", reasoning_effort="extreme")
+        got["router off"] = await post_chat(session, url, "r", include_usage=True, reasoning={"enabled": False})
+        return got
+
+    got = with_sim(make_scenario(r=reasoner), body)
+    for effort in ("high", None):
+        status, stream, elapsed = got[effort]
+        usage = stream[-1]["usage"]
+        assert status == 200 and elapsed >= 0.130
+        assert usage["completion_tokens_details"]["reasoning_tokens"] == 5 and usage["completion_tokens"] == 8
+        assert not any("reasoning" in c["choices"][0]["delta"] for c in stream if c["choices"])  # OpenAI hides it
+    for effort in ("minimal", "none"):
+        status, stream, elapsed = got[effort]
+        assert elapsed < 0.1 and stream[-1]["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0
+    assert got["bad"][0] == 400 and json.loads(got["bad"][2])["error"]["param"] == "reasoning_effort"
+    assert chunks(sse_events(got["router off"][2]))[-1]["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
+def test_reasoning_field_streams_reasoning_before_content(field):
+    async def body(session, url):
+        return await post_chat(session, url, "r", headers={})
+
+    scenario = make_scenario(r={**FAST, "thinking_tokens": 3, "reasoning_field": field, "dialect": "ollama"})
+    status, _, text = with_sim(scenario, body)
+    stream = [c for c in chunks(sse_events(text)) if c["choices"]]
+    kinds = [("r" if c["choices"][0]["delta"].get(field) else "c") for c in stream
+             if c["choices"][0]["delta"].get(field) or c["choices"][0]["delta"].get("content")]
+    assert status == 200 and kinds == ["r", "r", "r", "c", "c", "c"]  # no key needed on Ollama
+
+
+def test_ollama_dialect_errors_cap_and_shape():
+    async def body(session, url):
+        missing = await post_chat(session, url, "gone", headers={})
+        capped = await post_chat(session, url, "o", headers={}, max_completion_tokens=2, stream=False)
+        streamed = await post_chat(session, url, "o", headers={}, max_tokens=2)
+        return missing, capped, streamed
+
+    scenario = make_scenario(o={**FAST, "tokens": 4, "dialect": "ollama"},
+                             gone={"dialect": "ollama", "error": "model_unavailable"})
+    missing, capped, streamed = with_sim(scenario, body)
+    assert missing[0] == 404 and json.loads(missing[2]) == {"error": {
+        "message": 'model "gone" not found, try pulling it first', "type": "not_found_error", "param": None,
+        "code": None}}
+    assert json.loads(capped[2])["usage"]["completion_tokens"] == 4  # max_completion_tokens is ignored
+    stream = chunks(sse_events(streamed[2]))
+    assert contents(sse_events(streamed[2])) == ["OK", " from"]
+    assert {c["system_fingerprint"] for c in stream} == {"fp_ollama"} and "obfuscation" not in stream[0]
+    assert re.fullmatch(r"chatcmpl-\d{1,3}", stream[0]["id"])

@@ -337,3 +337,47 @@ def test_openai_sdk_streams_helpers_and_errors():
         azure = openai.AzureOpenAI(azure_endpoint=server.url, api_key="sk-test", api_version="2025-04-01-preview",
                                    max_retries=0)
         assert azure.responses.create(model="m", input="Say OK").output_text == "OK from the modelwatch"
+
+
+# ---------------------------------------------------------------- reasoning
+
+
+def test_reasoning_item_and_summary_come_before_the_message():
+    reasoner = {**FAST, "thinking_tokens": 3, "reasoning_ms": 60}
+
+    async def body(session, url):
+        summary = await post(session, url, reasoning={"effort": "low", "summary": "auto"})
+        plain = await post(session, url, reasoning={"effort": "medium"})
+        minimal = await post(session, url, reasoning={"effort": "minimal"})
+        return summary, plain, minimal, await sim_log(session, url)
+
+    summary, plain, minimal, log = with_sim(make_scenario(m=reasoner), body)
+    objs = objects(sse(summary[2]))
+    kinds = [o["type"] for o in objs]
+    first_text = kinds.index("response.output_text.delta")
+    assert kinds[2:5] == ["response.output_item.added", "response.reasoning_summary_part.added",
+                          "response.reasoning_summary_text.delta"]
+    assert kinds.index("response.output_item.done") < first_text
+    assert kinds.count("response.reasoning_summary_text.delta") == 3
+    assert objs[first_text]["output_index"] == 1
+    final = objs[-1]["response"]
+    assert [item["type"] for item in final["output"]] == ["reasoning", "message"]
+    assert final["usage"]["output_tokens_details"]["reasoning_tokens"] == 3 and final["usage"]["output_tokens"] == 6
+    plain_kinds = [o["type"] for o in objects(sse(plain[2]))]
+    assert "response.reasoning_summary_text.delta" not in plain_kinds and plain_kinds[2] == "response.output_item.added"
+    minimal_final = objects(sse(minimal[2]))[-1]["response"]
+    assert [item["type"] for item in minimal_final["output"]] == ["message"]
+    assert minimal_final["usage"]["output_tokens_details"]["reasoning_tokens"] == 0
+    assert [e["injected_ttft_s"] for e in log] == pytest.approx([0.065, 0.065, 0.005])
+    assert log[0]["options"]["reasoning"] == {"effort": "low", "summary": "auto"}
+
+
+def test_openai_sdk_reads_the_reasoning_stream():
+    with sim_in_thread(make_scenario(m={**FAST, "thinking_tokens": 2, "reasoning_ms": 20})) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-test", max_retries=0)
+        with client.responses.stream(model="m", input="Say OK", reasoning={"effort": "low", "summary": "auto"}) as s:
+            events = [event.type for event in s]
+            final = s.get_final_response()
+        assert "response.reasoning_summary_text.delta" in events
+        assert final.output_text == "OK from the"
+        assert final.usage.output_tokens_details.reasoning_tokens == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import os
 import re
 from pathlib import Path
@@ -24,6 +25,11 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
 from modelwatch.secrets import Secret
 
 DEFAULT_PATH = "/etc/modelwatch/modelwatch.yaml"
+# Request fields the probe sets itself: extra_body may add fields, never change what is measured or billed.
+EXTRA_BODY_RESERVED = frozenset({
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n",
+    "reasoning_effort", "input", "max_output_tokens"})
+EXTRA_BODY_MAX_BYTES = 2048
 PROVIDER_TYPES = ("openai", "azure-openai", "anthropic", "gemini", "openai-compatible")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
@@ -131,8 +137,22 @@ class ProbeSettings(_Strict):
     interface: Literal["ga", "beta"] = "ga"
     voice: str = Field("alloy", min_length=1, max_length=64)
     api: Literal["chat", "responses"] = "chat"
-    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     thinking_budget: int | None = Field(None, ge=0, le=32768)
+    thinking_level: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
+    extra_body: dict[str, Any] | None = None
+
+    @field_validator("extra_body")
+    @classmethod
+    def _extra_body(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return v
+        reserved = sorted(set(v) & EXTRA_BODY_RESERVED)
+        if reserved:
+            raise ValueError(f"must not set {', '.join(reserved)}: the probe owns those fields")
+        if len(json.dumps(v)) > EXTRA_BODY_MAX_BYTES:
+            raise ValueError(f"is too large (at most {EXTRA_BODY_MAX_BYTES} bytes of JSON)")
+        return v
 
 
 ProbeKind = Literal["rest", "realtime", "models"]
@@ -164,6 +184,9 @@ class ProviderConfig(_Strict):
             raise ValueError("must be an http:// or https:// URL")
         if "@" in v.split("/", 3)[2]:
             raise ValueError("must not contain credentials; use api_key or api_key_file")
+        if "?" in v or "#" in v:
+            # A key would end up in every URL the probe logs (e.g. Gemini's ?key=).
+            raise ValueError("must not contain a query (?) or fragment (#); keys go in api_key or api_key_file")
         return v.rstrip("/")
 
     @field_validator("headers")
@@ -505,6 +528,10 @@ def _resolve_targets(pieces: _Pieces, providers: dict, default_values: dict, loc
             elif problem:
                 problems.add(file, ppath + problem[0], problem[1])
                 continue
+            problem = _option_problem(provider.type, probe)
+            if problem:
+                problems.add(file, ppath + problem[0], problem[1])
+                continue
             if probe.enabled:
                 jobs.append(ProbeJob(target.name, target.provider, provider, key, target.model,
                                      probe, location, target.price))
@@ -518,6 +545,18 @@ def _probe_problem(provider_type: str, probe: ProbeConfig) -> tuple[str, str] | 
     """A setting that the probe's provider type or kind cannot honour, as (key suffix, reason)."""
     if probe.api == "responses" and (probe.kind != "rest" or provider_type not in _OPENAI_FAMILY):
         return ".api", "api: responses is for rest probes of openai, azure-openai and openai-compatible providers"
+    return None
+
+
+def _option_problem(provider_type: str, probe: ProbeConfig) -> tuple[str, str] | None:
+    """A thinking or extra_body setting that does not fit the probe, as (key suffix, reason)."""
+    if probe.thinking_level is not None and probe.thinking_budget is not None:
+        return ".thinking_level", "set thinking_level or thinking_budget, not both (Gemini refuses both)"
+    if probe.thinking_level is not None and provider_type != "gemini":
+        return ".thinking_level", "applies to gemini providers only"
+    if probe.extra_body is not None and (provider_type != "openai-compatible" or probe.kind != "rest"
+                                         or probe.api != "chat"):
+        return ".extra_body", "applies to rest probes of openai-compatible providers with api: chat"
     return None
 
 

@@ -1,6 +1,6 @@
 """Google Gemini REST streaming probe (``streamGenerateContent?alt=sse``).
 
-Sends a tiny fixed prompt with a small output cap (and ``thinkingBudget`` when
+Sends a tiny fixed prompt with a small output cap (and ``thinkingBudget`` or ``thinkingLevel`` when
 configured), the key only in ``x-goog-api-key``, then times: response headers
 (``ttfb_s``), the first chunk with a non-empty ``parts[].text`` that is not a
 thought (``ttft_s``) and the end of the body (``duration_s``): Gemini has no
@@ -55,12 +55,26 @@ _BAD_KEY_WORDS = ("api key not valid", "api key expired")
 _FRAMED = ("data:", ":", "event:", "id:", "retry:")
 
 
+def thinking_config(p: Any) -> dict[str, Any]:
+    """``thinkingConfig`` from the probe settings: a budget (2.5 models) or a level (3.x), or nothing.
+
+    The level goes out upper-case, as the google-genai SDK sends its
+    ``ThinkingLevel`` names; config validation keeps the two apart.
+    """
+    if p.thinking_budget is not None:
+        return {"thinkingBudget": p.thinking_budget}
+    if p.thinking_level is not None:
+        return {"thinkingLevel": p.thinking_level.upper()}
+    return {}
+
+
 def build_request(job: ProbeJob) -> tuple[str, dict[str, str], bytes]:
     """URL, headers and JSON body of the probe request; the key goes in a header only."""
     p = job.probe
     config: dict[str, Any] = {"maxOutputTokens": p.max_tokens}
-    if p.thinking_budget is not None:
-        config["thinkingConfig"] = {"thinkingBudget": p.thinking_budget}
+    thinking = thinking_config(p)
+    if thinking:
+        config["thinkingConfig"] = thinking
     body = {"contents": [{"role": "user", "parts": [{"text": p.prompt}]}], "generationConfig": config}
     # "gemini-2.5-flash" is models/gemini-2.5-flash; "tunedModels/x" names its own collection.
     name = job.model if "/" in job.model else f"models/{job.model}"

@@ -37,7 +37,7 @@ from modelwatch.config import ProbeJob, ProbeSettings
 from modelwatch.outcomes import Outcome, ProbeFailure
 from modelwatch.probes.auth import auth_headers
 from modelwatch.probes.base import Measurement
-from modelwatch.probes.gemini import classify_google_error
+from modelwatch.probes.gemini import classify_google_error, thinking_config
 from modelwatch.probes.openai_realtime import prompt_audio
 from modelwatch.probes.websocket import close_in_background, close_within_grace, open_websocket
 
@@ -87,8 +87,9 @@ def setup_message(job: ProbeJob) -> dict:
     audio = p.modality == "audio"
     generation: dict[str, Any] = {"responseModalities": ["AUDIO" if audio else "TEXT"],
                                   "maxOutputTokens": p.max_tokens}
-    if p.thinking_budget is not None:
-        generation["thinkingConfig"] = {"thinkingBudget": p.thinking_budget}
+    thinking = thinking_config(p)
+    if thinking:
+        generation["thinkingConfig"] = thinking
     if audio and p.voice != ProbeSettings.model_fields["voice"].default:
         # The default voice is OpenAI's ("alloy"), not a Gemini voice: only a chosen one is sent.
         generation["speechConfig"] = {"voiceConfig": {"prebuiltVoiceConfig": {"voiceName": p.voice}}}

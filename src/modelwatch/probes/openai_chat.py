@@ -29,7 +29,8 @@ _QUOTA = {"insufficient_quota", "credit_balance_exhausted", "billing_hard_limit_
 _AUTH = {"invalid_api_key", "invalid_authentication", "unauthorized", "authentication_error",
          "permission_denied", "permission_error", "invalid_organization", "invalid_project",
          "unsupported_country_region_territory", "api_key_invalid"}
-_MODEL = {"model_not_found", "not_found_error", "notfounderror", "not_found", "deployment_not_found"}
+_MODEL = {"model_not_found", "not_found_error", "notfounderror", "not_found", "deployment_not_found",
+          "deploymentnotfound"}
 _RATE = {"rate_limit_exceeded", "rate_limit_error", "capacity_exceeded"}
 _OVERLOAD = {"slow_down", "server_is_overloaded", "overloaded", "overloaded_error",
              "service_unavailable_error", "engine_overloaded", "unavailable"}
@@ -51,6 +52,9 @@ def build_request(job: ProbeJob) -> tuple[str, dict[str, str], bytes]:
     }
     if p.reasoning_effort is not None:
         body["reasoning_effort"] = p.reasoning_effort
+    if p.extra_body:
+        # Validated in config: it never overrides the fields the probe measures or caps by.
+        body = {**p.extra_body, **body}
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
                "Accept-Encoding": "identity", "User-Agent": "modelwatch", **job.provider.headers,
                **auth_headers(job)}
@@ -83,6 +87,8 @@ def error_fields(body: Any) -> tuple[str, str, str, int | None]:
             return "", "", inner, None
         if isinstance(inner, dict):
             code = inner.get("code")
+            if isinstance(code, str) and code.isdigit():
+                code = int(code)  # Azure writes statuses as strings: {"code": "429"}
             number = code if isinstance(code, int) and not isinstance(code, bool) else None
             status = inner.get("status")  # Google-style "UNAVAILABLE", "NOT_FOUND", ...
             message = inner.get("message") or inner.get("detail") or body.get("detail") or ""

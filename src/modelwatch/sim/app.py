@@ -10,7 +10,9 @@ they share:
 * the request log, served as JSON on ``GET /_sim/requests`` (newest last,
   at most 10,000 entries) and cleared by ``DELETE /_sim/requests``. Each entry:
   ``request_id, path, model, status, outcome, injected_ttft_s, actual_ttft_s,
-  actual_duration_s, client_disconnected``. ``outcome`` is ``ok``, an error kind
+  actual_duration_s, client_disconnected, options``. ``options`` is the request
+  body without its prompt (``messages``, ``input``, ``contents``, ...), so a
+  test can see the effort, thinking and cap settings the server received. ``outcome`` is ``ok``, an error kind
   (see ``scenario.ERROR_KINDS``) or a stream fault: ``midstream_error``,
   ``disconnect``, ``stall``, ``malformed``, ``raw_error`` (Gemini); a Realtime
   or Live session (one entry,
@@ -55,6 +57,10 @@ LOG_SIZE = 10_000
 # otherwise hold ``close()`` for aiohttp's default 60 s.
 SHUTDOWN_TIMEOUT_S = 0.25
 
+# Body fields that carry the prompt; everything else in a request body is a setting worth logging.
+PROMPT_KEYS = frozenset({"messages", "input", "contents", "system", "systemInstruction", "system_instruction",
+                         "instructions"})
+
 STATE_KEY: web.AppKey[SimState] = web.AppKey("modelwatch_sim_state")
 
 
@@ -84,6 +90,12 @@ class RequestRecord:
     actual_ttft_s: float | None = None
     actual_duration_s: float | None = None
     client_disconnected: bool = False
+    options: dict[str, Any] | None = None
+
+    def log_options(self, body: Any) -> None:
+        """Keep the request body's settings, without the prompt text."""
+        if isinstance(body, dict):
+            self.options = {key: value for key, value in body.items() if key not in PROMPT_KEYS}
 
 
 class SimState:

@@ -19,7 +19,9 @@ request-log id is the ``responseId`` of the chunks.
 
 A stream: headers at ``ttfb_ms``; ``thinking_tokens`` parts with ``thought:
 true`` spread before ``ttft_ms`` (none when the request sets ``thinkingBudget:
-0``); one chunk per text token from ``ttft_ms`` on, every ``inter_token_ms``,
+0`` or ``thinkingLevel: MINIMAL``; a ``thinkingLevel`` outside the SDK's
+``ThinkingLevel`` names, or one beside a ``thinkingBudget``, is a 400
+``INVALID_ARGUMENT``); one chunk per text token from ``ttft_ms`` on, every ``inter_token_ms``,
 each with ``usageMetadata`` holding only the prompt count; the last chunk with
 ``finishReason`` (``STOP``, ``MAX_TOKENS`` when thoughts plus tokens exceed
 ``maxOutputTokens`` or with ``finish_reason: length``, ``SAFETY`` with
@@ -148,6 +150,9 @@ ERRORS: dict[str, GoogleError] = {
 NO_KEY_ERROR = GoogleError(403, "PERMISSION_DENIED", NO_KEY)
 
 
+THINKING_LEVELS = ("MINIMAL", "LOW", "MEDIUM", "HIGH", "XHIGH")  # google-genai ThinkingLevel
+
+
 def google_error_body(kind: str, model: str) -> dict[str, Any]:
     """Google's JSON error body for an error kind (for other simulator modules)."""
     return ERRORS[kind].body(model)
@@ -261,6 +266,7 @@ class GeminiRest:
         if not isinstance(body, dict):
             return GoogleError(400, "INVALID_ARGUMENT", "Invalid JSON payload received. Unexpected token.")
         ex.body = body
+        ex.record.log_options(body)
         if not isinstance(body.get("contents"), list) or not body["contents"]:
             return GoogleError(400, "INVALID_ARGUMENT", "* GenerateContentRequest.contents: contents is not "
                                                         "specified\n")
@@ -268,7 +274,9 @@ class GeminiRest:
         if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
             return GoogleError(400, "INVALID_ARGUMENT", "* GenerateContentRequest.generation_config."
                                                         "max_output_tokens: must be a positive integer\n")
-        return None
+        problem = thinking_problem(ex.config("thinkingConfig", "thinking_config"))
+        return GoogleError(400, "INVALID_ARGUMENT", problem) if problem else None
+
 
     def _reject(self, ex: _Exchange, outcome: str, error: GoogleError) -> web.Response:
         """Google's error response for ``error``, logged."""
@@ -286,6 +294,34 @@ class GeminiRest:
                                     content_type="application/json", charset="UTF-8", headers=headers)
         ex.finish(response.status)
         return response
+
+
+def thinking_level(thinking: Any) -> str | None:
+    """The upper-case ``thinkingLevel`` of a ``thinkingConfig`` (either spelling), or None."""
+    if not isinstance(thinking, dict):
+        return None
+    level = thinking.get("thinkingLevel", thinking.get("thinking_level"))
+    return level.upper() if isinstance(level, str) else None
+
+
+def thinking_problem(thinking: Any) -> str | None:
+    """Why Google would refuse a ``thinkingConfig``, or None (shared with Gemini Live).
+
+    ``thinkingLevel`` takes the SDK's ``ThinkingLevel`` names in any case; it
+    and ``thinkingBudget`` exclude each other. The wording is ours, the status
+    Google's (400 ``INVALID_ARGUMENT``).
+    """
+    if not isinstance(thinking, dict):
+        return None
+    raw = thinking.get("thinkingLevel", thinking.get("thinking_level"))
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or raw.upper() not in THINKING_LEVELS:
+        return (f"Invalid value at 'generation_config.thinking_config.thinking_level' ({raw!r}): expected one of "
+                + ", ".join(THINKING_LEVELS))
+    if thinking.get("thinkingBudget", thinking.get("thinking_budget")) is not None:
+        return "thinking_budget and thinking_level cannot both be set."
+    return None
 
 
 @dataclass(frozen=True)
@@ -306,7 +342,8 @@ class _Plan:
             return cls(0, 0, "SAFETY", prompt)
         thinking = ex.config("thinkingConfig", "thinking_config")
         budget = thinking.get("thinkingBudget", thinking.get("thinking_budget")) if isinstance(thinking, dict) else None
-        thoughts = 0 if budget == 0 else b.thinking_tokens
+        # Budget 0 turns thinking off; level MINIMAL is "little to no thinking", which the simulator makes none.
+        thoughts = 0 if budget == 0 or thinking_level(thinking) == "MINIMAL" else b.thinking_tokens
         cap = ex.config("maxOutputTokens", "max_output_tokens")
         if cap is not None and thoughts + b.tokens > cap:
             thoughts = min(thoughts, cap)

@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from .common import LoggedExchange, reset_connection, sleep_until, to_json
-from .gemini import BAD_KEY, NO_KEY
+from .gemini import BAD_KEY, NO_KEY, thinking_problem
 from .openai_chat import content_piece
 from .openai_realtime import SAMPLE_RATE, pcm_tone, text_tokens
 from .scenario import ModelBehaviour
@@ -381,7 +381,11 @@ class _Session:
         if behaviour is None:
             self.refuse(*CLOSES["model_unavailable"], "model_unavailable")
         self.b = behaviour
+        self.conn.record.log_options(self.setup)
         generation = self.setup.get("generationConfig") or {}
+        problem = thinking_problem(generation.get("thinkingConfig"))
+        if problem:
+            self.refuse(1007, problem, "bad_request")
         modalities = [str(m).upper() for m in generation.get("responseModalities") or ["AUDIO"]]
         if len(modalities) != 1 or modalities[0] not in ("TEXT", "AUDIO"):
             self.refuse(1007, INVALID, "bad_request")

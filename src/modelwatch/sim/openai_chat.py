@@ -1,10 +1,28 @@
 """OpenAI Chat Completions on the simulator (PROTOCOLS.md §4.1-4.4, §7).
 
-Route: ``POST /v1/chat/completions`` (streaming SSE or a plain JSON
-``chat.completion``; the model list is in ``models``). It checks ``Authorization:
-Bearer`` like OpenAI and answers failures with OpenAI's own bodies and headers,
-or with an OpenAI-compatible server's layout when the model's ``error_shape``
-asks for one. All statuses, messages and retry hints live in ``ERRORS``.
+Routes: ``POST /v1/chat/completions`` (streaming SSE or a plain JSON
+``chat.completion``; the model list is in ``models``), and for Azure OpenAI
+``POST /openai/v1/chat/completions`` (v1 form: ``model`` is the deployment)
+and ``POST /openai/deployments/{deployment}/chat/completions?api-version=V``
+(dated form: the deployment in the path is the model). It checks
+``Authorization: Bearer`` like OpenAI (Azure: the ``api-key`` header, or a
+bearer token) and answers failures with OpenAI's own bodies and headers, or
+with an OpenAI-compatible server's layout when the model's ``error_shape`` or
+``dialect`` asks for one. All statuses, messages and retry hints live in
+``ERRORS``; Azure's own bodies (``AZURE_ERRORS``) replace them for a refused
+key (401 ``{"error": {"code": "401", ...}}``), an unknown deployment (404
+``DeploymentNotFound``), a rate limit (429 with code ``"429"``) and a dated URL
+without ``api-version`` (404 ``Resource not found``); the other kinds keep
+OpenAI's bodies. Azure streams open with a ``prompt_filter_results`` chunk
+(empty ``choices``, ``model`` and ``id``) and carry ``content_filter_results``
+on every choice, ``filtered: true`` when ``finish_reason`` is
+``content_filter``.
+
+Reasoning (``thinking_tokens``, ``reasoning_ms``, ``reasoning_field``; see
+``scenario``): unless the request's effort is ``none`` or ``minimal``, the
+first content waits ``reasoning_ms`` longer, the reasoning tokens count in the
+usage and against the cap, and with a ``reasoning_field`` they stream as
+reasoning deltas first. A ``reasoning_effort`` outside ``EFFORTS`` is a 400.
 
 A stream is: a role chunk sent with the headers at ``ttfb_ms``; optional
 ``: keep-alive`` comments; content chunks from ``ttft_ms`` on, one every
@@ -41,7 +59,7 @@ if TYPE_CHECKING:
     from .app import RequestDraws, RequestRecord, SimState
 
 __all__ = [
-    "ERRORS", "MISSING_AUTH", "ErrorSpec", "content_piece", "error_body", "error_response", "mask_api_key",
+    "AZURE_ERRORS", "EFFORTS", "ERRORS", "MISSING_AUTH", "ErrorSpec", "reasoning_active", "content_piece", "error_body", "error_response", "mask_api_key",
     "openai_headers", "plain_error", "register", "reset_connection", "validate_request",
 ]
 
@@ -49,6 +67,9 @@ WORDS = (" from", " the", " modelwatch", " simulator", ",", " streaming", " one"
 RATE_LIMIT_REQUESTS = 10_000
 RATE_LIMIT_TOKENS = 200_000
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+# Efforts that turn reasoning off (none) or as good as off (minimal) in the simulator.
+_NO_REASONING = ("none", "minimal")
 
 
 @dataclass(frozen=True)
@@ -108,6 +129,24 @@ ERRORS: dict[str, ErrorSpec] = {
     ),
 }
 
+# Azure OpenAI's own error bodies [OBS: bodies quoted in public issue threads]; other kinds use ERRORS.
+AZURE_ERRORS: dict[str, tuple[int, str, str]] = {
+    "auth_error": (401, "401", "Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
+                   "provide a valid key for an active subscription and use a correct regional API endpoint for "
+                   "your resource."),
+    "model_unavailable": (404, "DeploymentNotFound", "The API deployment for this resource does not exist. If you "
+                          "created the deployment within the last 5 minutes, please wait a moment and try again."),
+    "rate_limited": (429, "429", "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version "
+                     "{version} have exceeded token rate limit of your current OpenAI S0 pricing tier. Please retry "
+                     "after 1 second. Please go here: https://aka.ms/oai/quotaincrease if you would like to further "
+                     "increase the default rate limit."),
+    "no_api_version": (404, "404", "Resource not found"),
+}
+_AZURE_FILTER = {name: {"filtered": False, "severity": "safe"}
+                 for name in ("hate", "self_harm", "sexual", "violence")}
+# Ollama's /v1 error types by status [SRC ollama openai/openai.go].
+_OLLAMA_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+
 # Class-like ``type`` names used by vLLM's flat error objects.
 _VLLM_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
                429: "RateLimitError", 498: "ServiceUnavailableError", 503: "ServiceUnavailableError"}
@@ -160,6 +199,32 @@ def error_response(kind: str, shape: str, *, model: str, api_key: str) -> web.Re
                              dumps=_to_json)
 
 
+def azure_error_response(kind: str, version: str = "v1") -> web.Response:
+    """Azure OpenAI's own body for ``kind`` (a key in ``AZURE_ERRORS``)."""
+    status, code, message = AZURE_ERRORS[kind]
+    body = {"error": {"code": code, "message": message.format(version=version)}}
+    return web.json_response(body, status=status, dumps=_to_json)
+
+
+def ollama_error_response(kind: str, model: str) -> web.Response:
+    """Ollama's ``/v1`` error for ``kind``: OpenAI's layout, Ollama's types and messages."""
+    spec = ERRORS[kind]
+    message = (f'model "{model}" not found, try pulling it first' if kind == "model_unavailable"
+               else spec.message.format(model=model, key=""))
+    body = {"error": {"message": message, "type": _OLLAMA_TYPES.get(spec.status, "api_error"), "param": None,
+                      "code": None}}
+    return web.json_response(body, status=spec.status, reason=spec.reason, dumps=_to_json)
+
+
+def reasoning_active(effort: Any, reasoning: Any = None) -> bool:
+    """Whether a request leaves reasoning on: no effort ``none``/``minimal`` and no ``enabled: false``."""
+    if isinstance(reasoning, dict):
+        if reasoning.get("enabled") is False:
+            return False
+        effort = effort if effort is not None else reasoning.get("effort")
+    return effort not in _NO_REASONING
+
+
 def openai_headers(request_id: str, elapsed_s: float, uptime_s: float, kind: str | None = None) -> dict[str, str]:
     """``x-request-id``, ``x-ratelimit-*`` and retry hints, as OpenAI sends them (shared with Realtime)."""
     left_in_minute = 60 - uptime_s % 60
@@ -210,6 +275,11 @@ def validate_request(body: Any) -> tuple[int, str, str | None, str | None] | Non
         if value < 1:
             return (400, f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got "
                     f"{value} instead.", name, "integer_below_min_value")
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in EFFORTS:
+        supported = ", ".join(f"'{e}'" for e in EFFORTS)
+        return (400, f"Invalid value: '{effort}'. Supported values are: {supported}.", "reasoning_effort",
+                "invalid_value")
     return None
 
 
@@ -234,6 +304,8 @@ def register(app: web.Application, state: SimState) -> None:
     """Add the Chat Completions routes to the simulator app."""
     handler = ChatCompletions(state)
     app.router.add_post("/v1/chat/completions", handler.chat_completions)
+    app.router.add_post("/openai/v1/chat/completions", handler.azure_v1)
+    app.router.add_post("/openai/deployments/{deployment}/chat/completions", handler.azure_dated)
 
 
 @dataclass
@@ -252,14 +324,32 @@ class _Call(LoggedExchange):
     body: dict[str, Any] = field(default_factory=dict)
     response: web.StreamResponse | None = None
     chunks_written: int = 0
+    azure: str | None = None  # "v1" or "dated" on the Azure routes
+    reasoning_tokens: int = 0  # the plan's reasoning tokens, set with the token plan
 
     @property
     def request_id(self) -> str:
         return self.record.request_id
 
     @property
+    def ollama(self) -> bool:
+        return self.behaviour.dialect == "ollama"
+
+    @property
     def completion_id(self) -> str:
+        if self.ollama:
+            return f"chatcmpl-{self.draws.id_bits % 999}"
         return "chatcmpl-" + _base62(self.draws.id_bits)
+
+    @property
+    def reasoning(self) -> bool:
+        """Whether this request leaves the model's reasoning on."""
+        return reasoning_active(self.body.get("reasoning_effort"), self.body.get("reasoning"))
+
+    @property
+    def reasoning_field(self) -> str | None:
+        """The delta field reasoning text streams in, if any."""
+        return self.behaviour.reasoning_field or ("reasoning" if self.ollama else None)
 
     @property
     def include_usage(self) -> bool:
@@ -287,8 +377,23 @@ class ChatCompletions:
         return _Call(request, record, draws, t0_perf, t0_loop)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        """``POST /v1/chat/completions``; client disconnects end it quietly."""
+        """``POST /v1/chat/completions``."""
+        return await self._handle(self._begin(request))
+
+    async def azure_v1(self, request: web.Request) -> web.StreamResponse:
+        """``POST /openai/v1/chat/completions`` (Azure v1 form; ``model`` is the deployment)."""
         call = self._begin(request)
+        call.azure = "v1"
+        return await self._handle(call)
+
+    async def azure_dated(self, request: web.Request) -> web.StreamResponse:
+        """``POST /openai/deployments/{deployment}/chat/completions?api-version=V`` (Azure dated form)."""
+        call = self._begin(request)
+        call.azure = "dated"
+        return await self._handle(call)
+
+    async def _handle(self, call: _Call) -> web.StreamResponse:
+        """Answer one request; client disconnects end it quietly."""
         try:
             return await self._answer(call)
         except ConnectionError:
@@ -303,39 +408,61 @@ class ChatCompletions:
 
     async def _answer(self, call: _Call) -> web.StreamResponse:
         """Authenticate, validate, pick the behaviour, then stream, complete or fail."""
+        deployment = call.request.match_info.get("deployment")
+        body = await self._read_json(call, deployment)
+        behaviour = self.state.scenario.behaviour_for(call.model) if call.model else None
+        if behaviour is not None:
+            call.behaviour = behaviour  # before auth: the Ollama dialect takes any key
         denied = self._authenticate(call)
         if denied is not None:
             return denied
-        try:
-            body = json.loads(await call.request.read())
-        except ValueError:
-            body = None
+        if call.azure == "dated" and not call.request.query.get("api-version"):
+            return self._reject(call, "bad_request", azure_error_response("no_api_version"))
         problem = validate_request(body)
         if problem is not None:
             status, message, param, code = problem
             return self._reject(call, "bad_request", plain_error(status, message, code=code, param=param))
-        call.body, call.model = body, body["model"]
-        call.record.model = call.model
-        behaviour = self.state.scenario.behaviour_for(call.model)
         if behaviour is None:
             return self._reject(call, "model_unavailable", self._error_response(call, "model_unavailable", "openai"))
-        call.behaviour = behaviour
         kind = behaviour.injected_error(self.state.uptime_s(), call.draws.error_roll)
         if kind is not None and kind != "content_blocked":
             await _sleep_until(call.t0_loop + behaviour.ttfb_ms / 1000)
             return self._reject(call, kind, self._error_response(call, kind, behaviour.error_shape))
         call.record.outcome = kind or "ok"
-        call.record.injected_ttft_s = behaviour.first_token_delay_ms(call.draws.jitter_roll) / 1000
+        delay_ms = behaviour.first_token_delay_ms(call.draws.jitter_roll)
+        if call.reasoning and call.record.outcome == "ok":
+            delay_ms += behaviour.reasoning_ms
+        call.record.injected_ttft_s = delay_ms / 1000
         if body.get("stream") is True:
             return await _Stream(call, self._headers(call)).run()
         return await self._complete(call)
 
+    async def _read_json(self, call: _Call, deployment: str | None) -> Any:
+        """The JSON body (None if it is not JSON); sets the model and logs the settings."""
+        try:
+            body = json.loads(await call.request.read())
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            if deployment is not None:
+                body["model"] = deployment  # the dated Azure form names the deployment in the path
+            call.body = body
+            call.model = body["model"] if isinstance(body.get("model"), str) else ""
+        call.record.model = call.model or None
+        call.record.log_options(body)
+        return body
+
     def _authenticate(self, call: _Call) -> web.Response | None:
-        """Check the bearer key like OpenAI; None when it is accepted."""
-        scheme, _, key = call.request.headers.get("Authorization", "").strip().partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key:
-            return self._reject(call, "auth_error", plain_error(401, MISSING_AUTH))
+        """Check the key like OpenAI (Azure: ``api-key`` or bearer); None when it is accepted."""
+        if call.ollama:
+            return None  # Ollama takes any bearer token, or none
+        key = call.request.headers.get("api-key", "").strip() if call.azure else ""
+        if not key:
+            scheme, _, token = call.request.headers.get("Authorization", "").strip().partition(" ")
+            key = token.strip() if scheme.lower() == "bearer" else ""
+        if not key:
+            missing = azure_error_response("auth_error") if call.azure else plain_error(401, MISSING_AUTH)
+            return self._reject(call, "auth_error", missing)
         call.api_key = key
         if not self.state.scenario.accepts_key(key):
             return self._reject(call, "auth_error", self._error_response(call, "auth_error", "openai"))
@@ -349,7 +476,11 @@ class ChatCompletions:
         return response
 
     def _error_response(self, call: _Call, kind: str, shape: str) -> web.Response:
-        """The response for an error kind: JSON in ``shape``, or a CDN HTML page."""
+        """The response for an error kind: Azure's or Ollama's own, JSON in ``shape``, or a CDN HTML page."""
+        if call.azure and kind in AZURE_ERRORS:
+            return azure_error_response(kind, call.request.query.get("api-version", "v1"))
+        if call.ollama and not ERRORS[kind].html:
+            return ollama_error_response(kind, call.model)
         return error_response(kind, shape, model=call.model, api_key=call.api_key)
 
     def _headers(self, call: _Call, kind: str | None = None) -> dict[str, str]:
@@ -364,6 +495,8 @@ class ChatCompletions:
         await _sleep_until(first_at + max(count - 1, 0) * behaviour.inter_token_ms / 1000)
         text = "".join(content_piece(i) for i in range(count))
         message = {"role": "assistant", "content": text if count else None, "refusal": None, "annotations": []}
+        if call.reasoning_field and call.reasoning_tokens:
+            message[call.reasoning_field] = "".join(_reasoning_piece(i) for i in range(call.reasoning_tokens))
         body = {
             "id": call.completion_id, "object": "chat.completion", "created": call.created, "model": call.model,
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
@@ -397,7 +530,10 @@ class _Stream(FaultyStream):
         call.response = response
         call.record.status = 200
         await response.prepare(call.request)
+        if call.azure:
+            await self._send(_azure_prompt_filter_chunk())
         await self._send(self._chunk({"role": "assistant", "content": ""}))
+        await self._stream_reasoning(call.t0_loop + behaviour.ttfb_ms / 1000)
         await self.keepalive_until(self.first_at)
         if not await self.stream_deltas(self.count):
             return response
@@ -406,6 +542,17 @@ class _Stream(FaultyStream):
         await self._finish()
         await response.write_eof()
         return response
+
+    async def _stream_reasoning(self, start: float) -> None:
+        """Reasoning deltas spread evenly between the headers and the first content."""
+        field_name, count = self.call.reasoning_field, self.call.reasoning_tokens
+        if not field_name or not count:
+            return
+        gap = (self.first_at - start) / (count + 1)
+        for index in range(count):
+            await _sleep_until(start + (index + 1) * gap)
+            await self._send(self._chunk({"role": "assistant", "content": "",
+                                          field_name: _reasoning_piece(index)}))
 
     async def send_delta(self, index: int, count: int) -> None:
         await self._send(self._chunk({"content": content_piece(index)}))
@@ -445,15 +592,23 @@ class _Stream(FaultyStream):
         call = self.call
         choices = [] if delta is None else [
             {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+        if call.azure and choices:
+            filtered = finish_reason == "content_filter"
+            choices[0]["content_filter_results"] = {
+                name: {"filtered": filtered, "severity": "high" if filtered and name == "violence" else "safe"}
+                for name in _AZURE_FILTER}
         chunk: dict[str, Any] = {
             "id": call.completion_id, "object": "chat.completion.chunk", "created": call.created,
             "model": call.model, "service_tier": "default", "system_fingerprint": _fingerprint(call.model),
             "choices": choices,
         }
+        if call.ollama:
+            chunk["system_fingerprint"] = "fp_ollama"
+            del chunk["service_tier"]
         if self.usage_chunk:
             chunk["usage"] = None
         chunk.update(extra)
-        if call.obfuscate:
+        if call.obfuscate and not call.ollama:
             chunk["obfuscation"] = _obfuscation(call.request_id, call.chunks_written)
         call.chunks_written += 1
         return _to_json(chunk)
@@ -464,27 +619,48 @@ class _Stream(FaultyStream):
 
 
 def _token_plan(call: _Call) -> tuple[int, str]:
-    """How many content chunks to send and the finish_reason, honouring max tokens."""
+    """How many content chunks to send and the finish_reason, honouring max tokens.
+
+    Reasoning tokens are spent first and count against the cap, as on OpenAI;
+    the plan's reasoning count is kept on the call for the usage and deltas.
+    """
     behaviour = call.behaviour
+    call.reasoning_tokens = 0
     if call.record.outcome == "content_blocked":
         return 0, "content_filter"
-    cap = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
-    if cap is not None and cap < behaviour.tokens:
-        return cap, "length"
+    reasoning = behaviour.thinking_tokens if call.reasoning else 0
+    cap = call.body.get("max_tokens") if call.ollama else (
+        call.body.get("max_completion_tokens") or call.body.get("max_tokens"))
+    if cap is not None and reasoning + behaviour.tokens > cap:
+        call.reasoning_tokens = min(reasoning, cap)
+        return min(behaviour.tokens, cap - call.reasoning_tokens), "length"
+    call.reasoning_tokens = reasoning
     return behaviour.tokens, behaviour.finish_reason
 
 
-def _usage(call: _Call, completion_tokens: int) -> dict[str, Any]:
-    """A full Chat Completions usage object; total = prompt + completion."""
+def _usage(call: _Call, content_tokens: int) -> dict[str, Any]:
+    """A full Chat Completions usage object; completion counts reasoning, total = prompt + completion."""
     prompt = estimate_prompt_tokens(call.body.get("messages", []))
+    completion = content_tokens + call.reasoning_tokens
     return {
         "prompt_tokens": prompt,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt + completion_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0,
-                                      "rejected_prediction_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": call.reasoning_tokens, "audio_tokens": 0,
+                                      "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
     }
+
+
+def _reasoning_piece(index: int) -> str:
+    """The text of reasoning delta ``index``."""
+    return "Thinking" if index == 0 else " it over"
+
+
+def _azure_prompt_filter_chunk() -> str:
+    """The chunk an Azure stream opens with: no choices, no model, the prompt's filter verdict."""
+    return _to_json({"choices": [], "created": 0, "id": "", "model": "", "object": "",
+                     "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": _AZURE_FILTER}]})
 
 
 def _basic_usage(usage: dict[str, Any]) -> dict[str, int]:

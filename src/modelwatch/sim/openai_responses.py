@@ -33,6 +33,17 @@ error chunk); ``disconnect_after``, ``stall_after``/``stall_ms`` and
 ``response.failed`` with that error code at ``ttft_ms`` instead of any output;
 ``error_event`` CODE sends a standalone ``error`` event there and ends the
 stream; ``usage_mode: none`` leaves ``usage`` null. ``done`` does not apply.
+
+Reasoning (``thinking_tokens``, ``reasoning_ms``): unless ``reasoning.effort``
+is ``none`` or ``minimal``, a ``reasoning`` output item (``rs_...``, output
+index 0) opens after ``response.in_progress`` and closes at the first text
+delta, which comes ``reasoning_ms`` later than ``ttft_ms``; with
+``reasoning.summary`` set, ``response.reasoning_summary_part.added``, one
+``response.reasoning_summary_text.delta`` per reasoning token and their
+``.done`` events fill it. The message item then takes output index 1, and
+the usage counts the reasoning in ``output_tokens`` and
+``output_tokens_details.reasoning_tokens`` (against ``max_output_tokens``
+first, so a small cap can leave no text).
 Non-streaming requests get a JSON ``Response`` object when the last token would
 have been sent (``fail_response_with`` makes it ``failed``; the other stream
 faults do not apply). Every wait is an absolute deadline from handler entry.
@@ -50,8 +61,8 @@ from aiohttp import web
 
 from .common import FaultyStream, LoggedExchange, sleep_until, to_json
 from .openai_chat import (
-    ERRORS, MISSING_AUTH, SSE_CONTENT_TYPE, content_piece, error_response, estimate_prompt_tokens,
-    openai_headers, plain_error)
+    EFFORTS, ERRORS, MISSING_AUTH, SSE_CONTENT_TYPE, content_piece, error_response, estimate_prompt_tokens,
+    openai_headers, plain_error, reasoning_active)
 from .scenario import ModelBehaviour
 
 if TYPE_CHECKING:
@@ -60,7 +71,6 @@ if TYPE_CHECKING:
 __all__ = ["EFFORTS", "MIN_OUTPUT_TOKENS", "register", "validate_request"]
 
 MIN_OUTPUT_TOKENS = 16
-EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 _BAD_JSON = "We could not parse the JSON body of your request. The OpenAI API expects a JSON payload."
 # Messages of the response.failed codes the simulator knows; others get a generic one.
 FAILED_MESSAGES = {
@@ -124,6 +134,21 @@ class _Exchange(LoggedExchange):
     behaviour: ModelBehaviour = field(default_factory=ModelBehaviour)
     body: dict[str, Any] = field(default_factory=dict)
     response: web.StreamResponse | None = None
+    reasoning_tokens: int = 0  # the plan's reasoning tokens, set by _plan
+
+    @property
+    def reasoning(self) -> bool:
+        """Whether this request leaves the model's reasoning on."""
+        return reasoning_active(None, self.body.get("reasoning"))
+
+    @property
+    def reasons(self) -> bool:
+        """Whether this answer shows a reasoning item: reasoning on and the model reasons."""
+        return self.reasoning and bool(self.behaviour.thinking_tokens or self.behaviour.reasoning_ms)
+
+    @property
+    def reasoning_id(self) -> str:
+        return f"rs_{self.draws.id_bits:032x}"
 
     @property
     def response_id(self) -> str:
@@ -182,6 +207,7 @@ class ResponsesEndpoint:
             body = json.loads(await ex.request.read())
         except ValueError:
             body = None
+        ex.record.log_options(body)
         problem = validate_request(body)
         if problem is not None:
             status, message, param, code = problem
@@ -199,7 +225,10 @@ class ResponsesEndpoint:
             return self._reject(ex, kind, error_response(kind, behaviour.error_shape, model=ex.model,
                                                          api_key=ex.api_key))
         ex.record.outcome = kind or "ok"
-        ex.record.injected_ttft_s = behaviour.first_token_delay_ms(ex.draws.jitter_roll) / 1000
+        delay_ms = behaviour.first_token_delay_ms(ex.draws.jitter_roll)
+        if ex.reasons and ex.record.outcome == "ok":
+            delay_ms += behaviour.reasoning_ms
+        ex.record.injected_ttft_s = delay_ms / 1000
         if body.get("stream") is True:
             return await _Stream(ex, self._headers(ex)).run()
         return await self._complete(ex)
@@ -239,6 +268,8 @@ class ResponsesEndpoint:
         else:
             await sleep_until(first_at + max(count - 1, 0) * ex.behaviour.inter_token_ms / 1000)
             output = [_message(ex, _text(count), status)] if count else []
+            if ex.reasons:
+                output.insert(0, {"id": ex.reasoning_id, "type": "reasoning", "summary": [], "status": "completed"})
             body = _response(ex, status, output, _usage(ex, count), reason=reason)
         headers = self._headers(ex)
         ex.finish(200)
@@ -256,6 +287,8 @@ class _Stream(FaultyStream):
         self.headers = headers
         self.seq = 0
         self.sent = 0  # output_text deltas written
+        self.msg_index = 0  # 1 once a reasoning item took index 0
+        self.reasoning_item: dict[str, Any] | None = None
 
     async def run(self) -> web.StreamResponse:
         """Send the whole stream; returns early when a fault ends it."""
@@ -269,6 +302,8 @@ class _Stream(FaultyStream):
         await response.prepare(ex.request)
         await self._send("response.created", response=_response(ex, "in_progress", [], None))
         await self._send("response.in_progress", response=_response(ex, "in_progress", [], None))
+        if ex.reasons and ex.record.outcome == "ok":
+            await self._reason()
         await self.keepalive_until(self.first_at)
         if b.fail_response_with or b.error_event:
             await sleep_until(self.first_at)
@@ -295,6 +330,30 @@ class _Stream(FaultyStream):
             message = FAILED_MESSAGES.get(code, f"The request failed with error code '{code}'.")
             await self._send("error", code=code, message=message.format(model=ex.model), param=None)
 
+    async def _reason(self) -> None:
+        """The reasoning item: opened now, summary deltas spread over the reasoning time, closed at first_at."""
+        ex = self.ex
+        self.msg_index = 1
+        summary = isinstance(ex.body.get("reasoning"), dict) and bool(ex.body["reasoning"].get("summary"))
+        item = {"id": ex.reasoning_id, "type": "reasoning", "summary": [], "status": "in_progress"}
+        await self._send("response.output_item.added", output_index=0, item=item)
+        start, count = asyncio.get_running_loop().time(), ex.reasoning_tokens if summary else 0
+        ids = {"item_id": ex.reasoning_id, "output_index": 0, "summary_index": 0}
+        if count:
+            await self._send("response.reasoning_summary_part.added", **ids, part={"type": "summary_text", "text": ""})
+        gap = (self.first_at - start) / (count + 1)
+        for index in range(count):
+            await sleep_until(start + (index + 1) * gap)
+            await self._send("response.reasoning_summary_text.delta", **ids, delta=_summary_piece(index))
+        text = "".join(_summary_piece(i) for i in range(count))
+        if count:
+            await self._send("response.reasoning_summary_text.done", **ids, text=text)
+            await self._send("response.reasoning_summary_part.done", **ids, part={"type": "summary_text", "text": text})
+        await sleep_until(self.first_at)
+        done = {**item, "status": "completed", "summary": [{"type": "summary_text", "text": text}] if count else []}
+        self.reasoning_item = done
+        await self._send("response.output_item.done", output_index=0, item=done)
+
     async def send_malformed(self) -> None:
         await self.ex.response.write(b"event: response.output_text.delta\ndata: {not json\n\n")
 
@@ -313,25 +372,26 @@ class _Stream(FaultyStream):
         if index == 0:
             item = {"id": ex.message_id, "type": "message", "status": "in_progress", "content": [],
                     "role": "assistant"}
-            await self._send("response.output_item.added", output_index=0, item=item)
-            await self._send("response.content_part.added", item_id=ex.message_id, output_index=0,
+            await self._send("response.output_item.added", output_index=self.msg_index, item=item)
+            await self._send("response.content_part.added", item_id=ex.message_id, output_index=self.msg_index,
                              content_index=0, part=_part(""))
-        await self._send("response.output_text.delta", item_id=ex.message_id, output_index=0, content_index=0,
+        await self._send("response.output_text.delta", item_id=ex.message_id, output_index=self.msg_index,
+                         content_index=0,
                          delta=content_piece(index), logprobs=[])
         self.sent += 1
 
     async def _finish(self) -> None:
         """Close the message item, then the terminal event; the log is stamped before it."""
-        ex = self.ex
-        output = []
+        ex, index = self.ex, self.msg_index
+        output = [self.reasoning_item] if self.reasoning_item else []
         if self.count:
             text = _text(self.count)
-            await self._send("response.output_text.done", item_id=ex.message_id, output_index=0, content_index=0,
-                             text=text, logprobs=[])
-            await self._send("response.content_part.done", item_id=ex.message_id, output_index=0,
+            await self._send("response.output_text.done", item_id=ex.message_id, output_index=index,
+                             content_index=0, text=text, logprobs=[])
+            await self._send("response.content_part.done", item_id=ex.message_id, output_index=index,
                              content_index=0, part=_part(text))
-            output = [_message(ex, text, self.status)]
-            await self._send("response.output_item.done", output_index=0, item=output[0])
+            output.append(_message(ex, text, self.status))
+            await self._send("response.output_item.done", output_index=index, item=output[-1])
         ex.finish()
         await self._send(f"response.{self.status}", response=_response(
             ex, self.status, output, _usage(ex, self.count), reason=self.reason))
@@ -346,11 +406,16 @@ class _Stream(FaultyStream):
 def _plan(ex: _Exchange) -> tuple[int, str, str | None]:
     """How many deltas to send, the final status and the incomplete reason."""
     b = ex.behaviour
+    ex.reasoning_tokens = 0
     if ex.record.outcome == "content_blocked":
         return 0, "incomplete", "content_filter"
+    reasoning = b.thinking_tokens if ex.reasoning else 0
     cap = ex.body.get("max_output_tokens")
-    if cap is not None and cap < b.tokens:
-        return cap, "incomplete", "max_output_tokens"
+    if cap is not None and reasoning + b.tokens > cap:
+        # Reasoning is spent first, as on OpenAI.
+        ex.reasoning_tokens = min(reasoning, cap)
+        return min(b.tokens, cap - ex.reasoning_tokens), "incomplete", "max_output_tokens"
+    ex.reasoning_tokens = reasoning
     if b.finish_reason == "length":
         return b.tokens, "incomplete", "max_output_tokens"
     if b.finish_reason == "content_filter":
@@ -401,10 +466,16 @@ def _usage(ex: _Exchange, output_tokens: int) -> dict[str, Any]:
     given = ex.body.get("input")
     items = [{"content": given}] if isinstance(given, str) else [i for i in given if isinstance(i, dict)]
     input_tokens = estimate_prompt_tokens(items)
+    output_tokens += ex.reasoning_tokens
     return {
         "input_tokens": input_tokens,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": ex.reasoning_tokens},
         "total_tokens": input_tokens + output_tokens,
     }
+
+
+def _summary_piece(index: int) -> str:
+    """The text of reasoning summary delta ``index``."""
+    return "**Answering briefly**" if index == 0 else " ."

@@ -52,6 +52,34 @@ Behaviour block keys (all optional)
                     Gemini REST reads it too: N ``thought: true`` parts before
                     the text (none when the request sets ``thinkingBudget: 0``),
                     counted in ``thoughtsTokenCount``.
+                    OpenAI Chat Completions and Responses read it as the
+                    reasoning tokens of a reasoning model: counted in
+                    ``completion_tokens_details.reasoning_tokens`` /
+                    ``output_tokens_details.reasoning_tokens`` (and in the output
+                    total and against the output cap, so a small cap can leave
+                    no text), unless the request sets effort ``none`` or
+                    ``minimal`` (``reasoning_effort``, ``reasoning.effort``, or
+                    OpenRouter's ``reasoning: {enabled: false}``).
+    reasoning_ms    0. OpenAI Chat Completions and Responses: time the model
+                    reasons before its first content, added to ``ttft_ms``
+                    (and to ``injected_ttft_s``) unless the request sets effort
+                    ``none`` or ``minimal``. A Responses stream shows it as a
+                    ``reasoning`` output item (with summary text deltas when the
+                    request sets ``reasoning.summary``) before the message.
+    reasoning_field reasoning | reasoning_content. Chat Completions: stream the
+                    ``thinking_tokens`` reasoning as ``delta.reasoning``
+                    (Ollama, OpenRouter) or ``delta.reasoning_content``
+                    (DeepSeek, vLLM) chunks spread over the reasoning time,
+                    before any ``delta.content``. Default: not streamed (OpenAI),
+                    or ``reasoning`` under ``dialect: ollama``.
+    dialect         openai | ollama. Chat Completions: ``ollama`` answers like
+                    Ollama's ``/v1``: any (or no) bearer key, errors as
+                    ``{"error": {message, type, param: null, code: null}}`` with
+                    type ``invalid_request_error`` (400), ``not_found_error``
+                    (404, ``model "x" not found, try pulling it first``) or
+                    ``api_error``; only ``max_tokens`` caps the output
+                    (``max_completion_tokens`` is ignored); fingerprint
+                    ``fp_ollama``; ids ``chatcmpl-<0..998>``.
     raw_error_after N: Gemini REST only: after N content chunks write a
                     pretty-printed JSON error (500 INTERNAL) into the stream
                     without SSE framing, as Google sometimes does, then end.
@@ -154,6 +182,8 @@ RealtimeMode = Literal["ga", "beta", "beta_retired"]
 AuthFailureStyle = Literal["http_401", "error_then_close", "close_only"]
 UsageMode = Literal["include_usage", "none", "always_final", "x_groq"]
 ErrorShape = Literal["openai", "openai_numeric_code", "vllm_flat", "gemini_array", "mistral_detail"]
+ReasoningField = Literal["reasoning", "reasoning_content"]
+Dialect = Literal["openai", "ollama"]
 
 NonNegative = Annotated[float, Field(ge=0)]
 Count = Annotated[int, Field(ge=0)]
@@ -214,6 +244,9 @@ class ModelBehaviour(BaseModel):
     error_shape: ErrorShape = "openai"
     done: bool = True
     thinking_tokens: Count = 0
+    reasoning_ms: NonNegative = 0
+    reasoning_field: ReasoningField | None = None
+    dialect: Dialect = "openai"
     raw_error_after: Count | None = None
     realtime_mode: RealtimeMode = "ga"
     auth_failure_style: AuthFailureStyle = "http_401"
