@@ -6,12 +6,16 @@ processes and a real daemon at debug level against the real simulator, which
 accepts only another key and so answers every probe the way providers refuse a
 key (OpenAI's 401 echoes ``sk-proj-****...WXYZ``). Also: a redirect is never
 followed with the key, and third-party debug loggers forced to DEBUG print no
-header.
+header. A small echoing server (real aiohttp, in a thread) goes further than any
+provider: it puts the key in every masked shape (``sk-pr...QZXW``, ``sk-proj…QZXW``,
+``...QZXW``, upper case) into its error bodies and into the ``x-request-id`` and
+``request-id`` headers probes store as the request id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import sqlite3
@@ -22,12 +26,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from conftest import free_port, start_process
 from daemon_helpers import http_get, running_daemon, wait_for
 from modelwatch.config import load_config
 from modelwatch.probes import prober_for, supported_kinds
-from modelwatch.probes.base import new_http_session, run_probe
+from modelwatch.probes.base import MAX_REQUEST_ID_LEN, new_http_session, run_probe
+from modelwatch.secrets import REDACTED
 
 # Each canary ends in letters no hex request id or timestamp contains, so its masked tail is findable.
 CANARIES = {  # provider type -> (key, its public prefix)
@@ -44,19 +50,21 @@ ACCEPTED = "sk-test-OnlyThisOneIsAccepted0000"
 
 def fragments(key: str, prefix: str) -> set[str]:
     """The key, every 8-char window that reaches past its public prefix, and its masked tail."""
-    out = {key, "*" + key[-4:], "." + key[-4:], key[-4:] + "\""}
+    tail = key[-4:]
+    out = {key, tail + "\"", *(mask + tail for mask in "*.…")}
     out |= {key[i:i + 8] for i in range(len(key) - 7) if i + 8 > len(prefix)}
-    return out
+    return {f.lower() for f in out}
 
 
 ALL_FRAGMENTS = {f: ptype for ptype, (k, p) in CANARIES.items() for f in fragments(k, p)}
 
 
 def assert_clean(where: str, text: str) -> None:
-    leaks = sorted({f for f in ALL_FRAGMENTS if f in text})
+    """No canary, in any letter case, whole, as an 8-char piece or as a masked tail."""
     lowered = text.lower()
-    leaks += [k for k, _ in CANARIES.values() if k.lower() in lowered and k not in leaks]
-    assert not leaks, f"{where} leaks {leaks}: ...{text[max(0, text.find(leaks[0]) - 80):][:200]}"
+    leaks = sorted({f for f in ALL_FRAGMENTS if f in lowered})
+    at = lowered.find(leaks[0]) if leaks else 0
+    assert not leaks, f"{where} leaks {leaks}: ...{text[max(0, at - 80):][:200]}"
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +79,8 @@ def refusing_sim(tmp_path_factory):
     proc.wait(10)
 
 
-def canary_config(path: Path, sim_url: str, port: int, *, interval: str = "1s") -> Path:
+def canary_config(path: Path, sim_url: str, port: int, *, interval: str = "1s",
+                  good_url: str | None = None) -> Path:
     lines = [f"storage: {{path: {path.parent / 'canary.db'}}}", f"server: {{listen: '127.0.0.1:{port}'}}",
              f"defaults: {{interval: {interval}, timeout: 3s}}", "providers:"]
     for ptype, (key, _) in CANARIES.items():
@@ -79,7 +88,7 @@ def canary_config(path: Path, sim_url: str, port: int, *, interval: str = "1s") 
         lines.append(f"  {ptype}: {{type: {ptype}, base_url: '{sim_url}{BASE_PATH[ptype]}', "
                      f"api_key: '{key}'{extra}}}")
     # One accepted key, so the daemon's debug lines ("probe ok") show debug output was really on.
-    lines.append(f"  good: {{type: openai, base_url: '{sim_url}/v1', api_key: '{ACCEPTED}'}}")
+    lines.append(f"  good: {{type: openai, base_url: '{good_url or sim_url}/v1', api_key: '{ACCEPTED}'}}")
     lines.append("targets:")
     lines.append("  - {name: t-good, provider: good, model: m-good, probes: [{kind: rest}]}")
     for ptype in CANARIES:
@@ -147,6 +156,112 @@ def test_every_keyed_command_and_the_daemon_leak_no_key(tmp_path, refusing_sim):
     assert "auth_error" in table
     # The sim really echoed the masked key, and what was stored is the redacted echo.
     assert "Incorrect API key provided: <redacted>" in table, table[:2000]
+    assert_clean("SQLite", table)
+
+    for fmt in ("table", "json", "csv"):
+        rep = cli("report", "-c", str(cfg), "--since", "1h", "--format", fmt)
+        assert rep.returncode == 0, rep.stderr
+        assert "t-openai" in rep.stdout
+        assert_clean(f"report --format {fmt}", rep.stdout + rep.stderr)
+
+
+def sent_key(request: web.Request) -> str:
+    """The key a probe sent, in whichever header its provider type uses."""
+    bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return bearer or next((request.headers[h] for h in ("api-key", "x-goog-api-key", "x-api-key")
+                           if h in request.headers), "")
+
+
+def masked_forms(key: str) -> list[str]:
+    """The shapes providers (and careless proxies) echo a key in."""
+    tail = key[-4:]
+    return [key, key.upper(), f"{key[:8]}...{tail}", f"{key[:6]}…{tail}", f"{key[:5]}***...{tail}",
+            f"...{tail}", f"{key[:3]}…{tail}", f"{key[:7]}{'*' * 20}{tail}"]
+
+
+async def echo(request: web.Request) -> web.Response:
+    """Refuse every request with 401, echoing its key in the body and as the request id."""
+    n = next(ECHOES)
+    key = sent_key(request)
+    forms = masked_forms(key)
+    message = (f"Incorrect API key provided: {forms[-1]}. Also seen as " + ", ".join(forms[1:-1])
+               + f"; the whole key: {key}.")
+    body = {"type": "error", "request_id": f"req_{n} {forms[(n + 2) % len(forms)]}",
+            "error": {"message": message, "type": "invalid_request_error", "code": "invalid_api_key",
+                      "status": "UNAUTHENTICATED"}}
+    # Longer than any request id, so the cap shows too; every other answer leaves out
+    # request-id, so Anthropic's probe takes the body's.
+    headers = {"x-request-id": f"req_{n} {forms[n % len(forms)]} {'r' * 200}"}
+    if n % 2 == 0:
+        headers["request-id"] = f"req_{n} {forms[(n + 1) % len(forms)]}"
+    return web.json_response(body, status=401, headers=headers)
+
+
+ECHOES = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def echoing_server():
+    """The echo server on a loopback port, run by its own event loop in a thread."""
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    runner = web.AppRunner(app, access_log=None)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}"
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def test_keys_echoed_masked_in_bodies_and_request_ids_leak_nowhere(tmp_path, echoing_server,
+                                                                   refusing_sim):
+    port = free_port()
+    cfg = canary_config(tmp_path / "c.yaml", echoing_server, port, good_url=refusing_sim)
+    db = tmp_path / "canary.db"
+
+    for name, args in {"check-config": ["check-config", "-c", str(cfg)],
+                       "probe": ["probe", "-c", str(cfg)],
+                       "probe --json": ["probe", "-c", str(cfg), "--json"]}.items():
+        proc = cli(*args)
+        assert_clean(f"{name} stdout", proc.stdout)
+        assert_clean(f"{name} stderr", proc.stderr)
+        if name == "probe --json":
+            results = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    canaries = [r for r in results if r["target"] != "t-good"]
+    assert len(canaries) == sum(len(supported_kinds(p)) for p in CANARIES)
+    assert all(r["outcome"] == "auth_error" for r in canaries), canaries
+    # The echo really reached the results: the request ids and error texts, redacted.
+    assert all(r["request_id"] and r["request_id"].startswith("req_") for r in canaries), canaries
+    assert sum(REDACTED in r["request_id"] for r in canaries) >= len(CANARIES), canaries
+    assert all(len(r["request_id"]) <= MAX_REQUEST_ID_LEN for r in canaries), canaries
+    assert all("Also seen as" in r["error"] for r in canaries if r["error"]), canaries
+
+    with running_daemon(cfg, port, "--log-level", "debug") as (proc, url):
+        wait_for(lambda: db.exists() and dump_db(db).count("Also seen as") >= 2 * len(canaries), 20)
+        metrics_text = http_get(url + "/metrics")
+        index = http_get(url + "/")
+    out, err = proc.communicate(timeout=15)
+    assert_clean("/metrics", metrics_text)
+    assert_clean("status page", index or "")
+    assert_clean("daemon stdout", out)
+    assert_clean("daemon stderr (debug)", err)
+    assert "level=debug" in err and "probe ok" in err  # debug output really was on
+    assert "Also seen as" in err  # the failures, with the echoing text, were logged
+
+    table = dump_db(db)
+    con = sqlite3.connect(db)
+    try:
+        ids = [r[0] for r in con.execute("SELECT request_id FROM probe_results WHERE target != 't-good'")]
+    finally:
+        con.close()
+    assert ids and all(i and i.startswith("req_") and len(i) <= MAX_REQUEST_ID_LEN for i in ids), ids
     assert_clean("SQLite", table)
 
     for fmt in ("table", "json", "csv"):

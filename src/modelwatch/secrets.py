@@ -17,18 +17,27 @@ from pydantic_core import core_schema
 _known: set[str] = set()
 _known_lock = threading.Lock()
 _MIN_FRAGMENT = 8  # shorter fragments of a key are too likely to match ordinary text
+_MIN_TAIL = 3  # a masked echo shows the last 4 (OpenAI); after a mask even 3 are evidence
+_MIN_HEAD = 4
 
-# Shapes that carry a key whatever its value: masked echoes ("sk-abc1****wxyz"),
-# bearer/basic credentials, key-like query parameters and well-known key prefixes.
+# Shapes that carry a key whatever its value: bearer/basic credentials, key-like query
+# parameters and well-known key prefixes. Masked echoes are handled by _MASKED below.
+_KEY_PREFIX = r"(?:(?:sk|rk|pk|gsk|xai|sess)[-_]|AIza)"
 _PATTERNS = [
     re.compile(r"(?i)\b(bearer\s+|basic\s+)[A-Za-z0-9._~+/=\-]{4,}"),
     re.compile(r"(?i)([?&](?:key|api[-_]?key|access_token|token)=)[^&\s\"']+"),
-    re.compile(r"[A-Za-z0-9_\-]{0,40}\*{3,}[A-Za-z0-9_\-*]{0,40}"),
     # not \b: a key glued to a word by "_" (``incomplete_sk-...``) must not slip through
     re.compile(r"(?<![A-Za-z0-9])(?:sk|rk|pk|gsk|xai|sess)[-_][A-Za-z0-9_\-]{6,}"),
     re.compile(r"(?<![A-Za-z0-9])AIza[A-Za-z0-9_\-]{10,}"),
     re.compile(r"(?i)(incorrect api key provided:\s*)\S+"),
 ]
+# A masked echo: the key's first characters, a mask of "*", "." or "…", its last few
+# ("sk-abc1****wxyz", "sk-proj-...QZXW", "sk-pr…QZXW"). Head and tail are whole words
+# (the lookbehind), so the match is linear and "abc...xyz" is judged as one token.
+_MASKED = re.compile(r"(?<![A-Za-z0-9_\-])(?P<head>[A-Za-z0-9_\-]{0,64})"
+                     r"(?P<mask>[*.…]{2,}|…)(?P<tail>[A-Za-z0-9_\-]{0,64})")
+_HEAD_IS_KEY = re.compile(r"(?:^|[^A-Za-z0-9])" + _KEY_PREFIX)
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 REDACTED = "<redacted>"
 
 
@@ -82,38 +91,83 @@ class Secret:
         return cls(value)
 
 
-def _fragments(secret: str) -> list[str]:
-    """Prefixes and suffixes of a known key that providers echo (longest first)."""
-    n = len(secret)
-    if n < _MIN_FRAGMENT * 2:
-        return [secret]
-    out = [secret]
-    for k in range(n - 1, _MIN_FRAGMENT - 1, -1):
-        out.append(secret[:k])
-        out.append(secret[-k:])
-    return out
+def _lower(text: str) -> str:
+    """ASCII lower case: unlike ``str.lower`` it keeps every index where it was."""
+    return text.translate(_ASCII_LOWER)
+
+
+def _known_values(extra: tuple[str, ...]) -> list[str]:
+    with _known_lock:
+        secrets = list(_known)
+    return [_lower(v) for v in (*secrets, *extra) if len(v) >= 4]
+
+
+def _masked_echo(match: re.Match, keys: list[str]) -> str:
+    """REDACTED for a masked token that is a key's echo, else the token unchanged."""
+    if not match.group("head") and match.string.endswith(REDACTED, 0, match.start()):
+        return ""  # the head was a key shape already cut out ("sk-ant-api03-…AbCd")
+    return REDACTED if _is_masked_key(match, keys) else match.group(0)
+
+
+def _is_masked_key(match: re.Match, keys: list[str]) -> bool:
+    """Whether a masked token is a key's echo: a star mask, a key prefix, or a known key's ends."""
+    head, mask, tail = match.group("head"), match.group("mask"), match.group("tail")
+    if mask.count("*") >= 3 or _HEAD_IS_KEY.search(head):
+        return True
+    head, tail = _lower(head), _lower(tail)
+    return any((len(tail) >= _MIN_TAIL and key.endswith(tail))
+               or (len(head) >= _MIN_HEAD and key.startswith(head)) for key in keys)
+
+
+def _key_spans(text: str, key: str) -> list[tuple[int, int]]:
+    """Where in ``text`` (lower-cased) pieces of ``key`` (lower-cased) of 8+ characters appear.
+
+    A long key's every 8-character window is looked up, so a prefix, a suffix or
+    a middle piece in any letter case is found; a short key only whole.
+    """
+    n = len(key)
+    size = n if n < _MIN_FRAGMENT * 2 else _MIN_FRAGMENT
+    spans = []
+    for i in range(n - size + 1):
+        window = key[i:i + size]
+        at = text.find(window)
+        while at != -1:
+            spans.append((at, at + size))
+            at = text.find(window, at + 1)
+    return spans
+
+
+def _cut(text: str, spans: list[tuple[int, int]]) -> str:
+    """Replace each run of overlapping ``spans`` in ``text`` with one REDACTED."""
+    out, pos = [], 0
+    for start, end in sorted(spans):
+        if start > pos or not out:
+            out.append(text[pos:start])
+            out.append(REDACTED)
+        pos = max(pos, end)
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def redact(text: str, extra: tuple[str, ...] = ()) -> str:
-    """Remove every known secret, its echoed fragments and key-shaped strings from text."""
+    """Remove every known secret, its echoed fragments and key-shaped strings from text.
+
+    ``extra`` are more secret values to treat as known ones.
+    """
     if not text:
         return text
+    keys = _known_values(extra)
     # Shapes first, so a known key's fragment cannot split a key-shaped string in two.
     for pattern in _PATTERNS:
         if pattern.groups:
             text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
         else:
             text = pattern.sub(REDACTED, text)
-    with _known_lock:
-        secrets = list(_known)
-    for value in [*secrets, *extra]:
-        if len(value) < 4:
-            continue
-        if value[:_MIN_FRAGMENT] in text or value[-_MIN_FRAGMENT:] in text:
-            for frag in _fragments(value):
-                if frag in text:
-                    text = text.replace(frag, REDACTED)
-    return text
+    if "**" in text or ".." in text or "…" in text:
+        text = _MASKED.sub(lambda m: _masked_echo(m, keys), text)
+    lowered = _lower(text)
+    spans = [span for key in keys for span in _key_spans(lowered, key)]
+    return _cut(text, spans) if spans else text
 
 
 def short_error(text: str, limit: int = 240) -> str:

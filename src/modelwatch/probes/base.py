@@ -146,7 +146,7 @@ def _result(job: ProbeJob, ts: float, m: Measurement, outcome: Outcome, code: st
         duration_s=_r(m.duration_s) if outcome is Outcome.OK else _r(m.elapsed()),
         input_tokens=m.input_tokens, output_tokens=m.output_tokens,
         input_audio_tokens=m.input_audio_tokens, output_audio_tokens=m.output_audio_tokens,
-        request_id=m.request_id, location=job.location,
+        request_id=clean_request_id(m.request_id), location=job.location,
         cost_usd=probe_cost_usd(job.price, m.input_tokens, m.output_tokens, m.input_audio_tokens,
                                 m.output_audio_tokens),
     )
@@ -227,6 +227,25 @@ def clean_code(code: str | None) -> str | None:
         return None
     token = re.sub(r"__+", "_", _CODE_JUNK.sub("_", redact(code).lower())).strip("_")
     return token[:MAX_CODE_LEN] or None
+
+
+MAX_REQUEST_ID_LEN = 128
+# C0 and C1 controls and the Unicode line breaks: a request id must stay one printable token.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def clean_request_id(value: object) -> str | None:
+    """A ``request_id`` safe to store, print and log, whatever a server sent as one.
+
+    Probers copy it from response headers, bodies and events, which a hostile or
+    careless server controls: one that echoes the key as ``x-request-id`` must
+    not get it into SQLite. Controls go first (so they cannot split a key past
+    redaction), then secrets, then the length cap.
+    """
+    if value is None:
+        return None
+    text = redact(_CONTROL.sub("", str(value)[:4 * MAX_REQUEST_ID_LEN])).strip()
+    return text[:MAX_REQUEST_ID_LEN] or None
 
 
 def _r(value: float | None) -> float | None:
