@@ -85,3 +85,43 @@ def test_docs_state_each_catalogs_daily_cost(tmp_path, catalog, monkeypatch):
     row = re.search(rf"^\| `probes/{re.escape(catalog.name)}` \|.*\| \$([0-9.]+) \|$", docs, re.M)
     assert row, f"docs/probes.md has no cost row for {catalog.name}"
     assert float(row.group(1)) == pytest.approx(usd, abs=0.005)
+
+
+def sdk_model_ids() -> dict[str, set[str]]:
+    """Model ids the installed official SDKs know, by provider type (their ``Literal`` model lists)."""
+    from typing import get_args
+
+    from anthropic.types import ModelParam
+    from openai.types.realtime.realtime_session_create_request import RealtimeSessionCreateRequest
+    from openai.types.shared import ChatModel
+
+    def literals(tp) -> set[str]:  # noqa: ANN001 - a typing construct
+        args = get_args(tp)
+        return {a for a in args if isinstance(a, str)} | {x for a in args if not isinstance(a, str)
+                                                           for x in literals(a)}
+
+    realtime = literals(RealtimeSessionCreateRequest.model_fields["model"].annotation)
+    return {"openai": literals(ChatModel) | realtime, "anthropic": literals(ModelParam)}
+
+
+# Catalog ids the SDKs do not list, each with the reason it is still right to ship.
+NOT_IN_SDK: dict[str, str] = {}
+
+
+def test_sdk_model_lists_are_read():
+    known = sdk_model_ids()
+    assert {"gpt-4o-mini", "gpt-4o-mini-realtime-preview"} <= known["openai"]
+    assert "claude-haiku-4-5" in known["anthropic"]
+
+
+@pytest.mark.parametrize("catalog", ["openai", "azure-openai", "anthropic"])
+def test_catalog_model_ids_are_known_to_the_installed_sdk(tmp_path, catalog, monkeypatch):
+    """A model the SDK no longer lists has usually been retired: update the catalog (or allow-list it)."""
+    for name, value in DUMMY_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AZURE_OPENAI_CHAT_DEPLOYMENT", raising=False)
+    monkeypatch.delenv("AZURE_OPENAI_REALTIME_DEPLOYMENT", raising=False)
+    jobs = load_config(main_config(tmp_path, str(ROOT / "probes" / f"{catalog}.yaml"))).jobs
+    known = sdk_model_ids()["anthropic" if catalog == "anthropic" else "openai"]
+    unknown = sorted({j.model for j in jobs} - known - set(NOT_IN_SDK))
+    assert unknown == [], f"{catalog}.yaml: not in the installed SDK's model list: {unknown}"
