@@ -97,3 +97,36 @@ def test_paged_lists_are_not_taken_as_complete():
     assert listed_models({"data": [{"id": "a"}], "has_more": True}) == ({"a"}, False)
     assert listed_models({"models": [{"name": "models/a"}], "nextPageToken": "x"}) == ({"a"}, False)
     assert listed_models({"object": "list"}) is None and listed_models([1]) is None
+
+
+LIST_FAILURES = {
+    # provider: {error kind: (outcome, http_status)}
+    "openai": {"rate_limited": ("rate_limited", 429), "server_error": ("server_error", 500),
+               "overloaded": ("overloaded", 503), "bad_gateway": ("server_error", 502)},
+    "anthropic": {"rate_limited": ("rate_limited", 429), "server_error": ("server_error", 500),
+                  "overloaded": ("overloaded", 529)},
+    "gemini": {"rate_limited": ("rate_limited", 429), "server_error": ("server_error", 500),
+               "overloaded": ("overloaded", 503)},
+}
+
+
+@pytest.mark.parametrize("provider,kind", [(p, k) for p, kinds in LIST_FAILURES.items() for k in kinds])
+def test_list_failures_are_classified_in_each_dialect(tmp_path, provider, kind):
+    """A 429 or 5xx from the model list is the provider's problem, classified like a paid probe's."""
+    from conftest import with_sim
+    from modelwatch.sim.scenario import Scenario
+
+    scenario = Scenario.model_validate({"models": {"healthy": {}}, "model_list": {"error": kind}})
+
+    async def body(session, url):
+        block = PROVIDERS[provider] % url
+        path = tmp_path / "c.yaml"
+        path.write_text(f"providers:\n  p: {block[:-1]}, api_key: '{TEST_KEY}'}}\n"
+                        "targets:\n  - {name: t, provider: p, model: healthy, probes: [{kind: models}]}\n")
+        job = load_config(path).jobs[0]
+        async with new_http_session() as http:
+            return await run_probe(job, http, prober_for(job.provider.type, "models"))
+
+    r = with_sim(scenario, body)
+    assert (r.outcome, r.http_status) == LIST_FAILURES[provider][kind], r
+    assert r.error_code and r.duration_s is not None

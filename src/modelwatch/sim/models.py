@@ -13,7 +13,9 @@ credentials the way each provider takes them:
   Bearer``): ``{"object": "list", "data": [...]}``; OpenAI's 401s.
 
 The list holds the scenario's model names. It is what ``kind: models`` probes
-read, and it costs nothing, like the real endpoints.
+read, and it costs nothing, like the real endpoints. The scenario's
+``model_list`` block injects errors (``error``/``errors``/``outages``) after
+the key is accepted, with each dialect's own status, body and retry headers.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from . import gemini
+from . import anthropic, gemini
 from .common import to_json
 from .openai_chat import MISSING_AUTH, error_response, openai_headers, plain_error
 
@@ -68,16 +70,37 @@ class ModelLists:
         draws = self.state.draw()
         record = self.state.begin(f"req_{draws.id_bits:032x}", request.path)
         dialect, key = _dialect(request)
-        response = self._refusal(dialect, key) or self._listing(dialect)
-        record.outcome = "ok" if response.status == 200 else "auth_error"
+        refusal = self._refusal(dialect, key)
+        kind = "auth_error" if refusal is not None else self._injected_kind(draws.error_roll)
+        response = refusal or (self._error(dialect, kind, key, record.request_id) if kind else
+                               self._listing(dialect))
+        record.outcome = kind or "ok"
         record.status = response.status
         if dialect == "anthropic":
-            response.headers["request-id"] = record.request_id
+            response.headers.update(anthropic.anthropic_headers(record.request_id, self.state.uptime_s(), kind))
         else:
             response.headers.update(openai_headers(record.request_id, time.perf_counter() - t0,
-                                                   self.state.uptime_s()))
+                                                   self.state.uptime_s(), kind))
         record.actual_duration_s = time.perf_counter() - t0
         return response
+
+    def _injected_kind(self, roll: float) -> str | None:
+        """The ``model_list`` block's error kind for this request, if any (content_blocked does not apply)."""
+        block = self.state.scenario.model_list
+        kind = block.injected_error(self.state.uptime_s(), roll) if block is not None else None
+        return None if kind == "content_blocked" else kind
+
+    @staticmethod
+    def _error(dialect: str, kind: str, key: str, request_id: str) -> web.Response:
+        """An injected error in the caller's dialect (HTML gateway pages come from the chat table)."""
+        if dialect == "gemini" and not gemini.ERRORS[kind].html:
+            error = gemini.ERRORS[kind]
+            return web.json_response(error.body(""), status=error.status, dumps=to_json)
+        if dialect == "anthropic" and not anthropic.ERRORS[kind].html:
+            spec = anthropic.ERRORS[kind]
+            body = anthropic.error_body(spec.type, spec.message.format(model=""), request_id, spec.error_code)
+            return web.json_response(body, status=spec.status, reason=spec.reason, dumps=to_json)
+        return error_response(kind, "openai", model="", api_key=key)
 
     def _refusal(self, dialect: str, key: str) -> web.Response | None:
         if key and self.state.scenario.accepts_key(key):

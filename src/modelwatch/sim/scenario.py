@@ -13,6 +13,10 @@ Top-level keys
     models          mapping of model name -> behaviour block (below).
     default         behaviour block for names not in ``models``; null (the
                     default) answers them with 404 ``model_not_found``.
+    model_list      behaviour block for the model-list endpoints (``GET
+                    /v1/models`` and the like); only ``error``, ``errors`` and
+                    ``outages`` apply, answered in the caller's dialect
+                    (OpenAI, Anthropic or Google bodies). Default: always lists.
 
 Behaviour block keys (all optional)
     ttfb_ms         0. Delay from request receipt to the response headers.
@@ -325,6 +329,7 @@ class Scenario(BaseModel):
     keys: list[str] = Field(default_factory=list)
     models: dict[str, ModelBehaviour] = Field(default_factory=dict)
     default: ModelBehaviour | None = None
+    model_list: ModelBehaviour | None = None
 
     def behaviour_for(self, model: str) -> ModelBehaviour | None:
         """The behaviour block for ``model``, the default block, or None (unknown)."""
