@@ -273,3 +273,32 @@ def test_watchdog_goes_silent_while_the_loop_is_blocked(short_dir):
     assert any(t < blocked_from for t in stamps) and any(t >= blocked_until for t in stamps)
     assert all(ok for _, ok in sent)
     assert listener.count("WATCHDOG=1") == len(sent)
+
+
+def test_watchdog_goes_silent_once_the_scheduler_is_dead(short_dir):
+    """A loop that runs but schedules nothing is as stuck as a blocked one: no more pings."""
+    listener = NotifyListener(str(short_dir / "notify"))
+    env = {"NOTIFY_SOCKET": str(short_dir / "notify")}
+
+    async def scheduler() -> None:
+        await asyncio.sleep(0.2)
+        raise RuntimeError("a bug")
+
+    async def main() -> float:
+        scheduling = asyncio.create_task(scheduler())
+        pinging = asyncio.create_task(watchdog(0.02, lambda m: notify(m, env),
+                                               alive=lambda: not scheduling.done()))
+        await asyncio.gather(scheduling, return_exceptions=True)
+        died = time.monotonic()
+        await asyncio.sleep(0.3)
+        pinging.cancel()
+        return died
+
+    try:
+        died = asyncio.run(main())
+        time.sleep(0.2)
+    finally:
+        listener.close()
+    stamps = [t for t, m in listener.messages if m == "WATCHDOG=1"]
+    assert any(t < died for t in stamps)
+    assert [t for t in stamps if t > died + 0.05] == []

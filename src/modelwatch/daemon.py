@@ -66,10 +66,12 @@ class Daemon:
         # Everything allocated so far lives as long as the daemon: keep it out of full garbage
         # collections, whose pauses (20-35 ms at 1,000 targets) land in the readings.
         gc.freeze()
-        tasks = [loop.create_task(self._scheduler.run()), loop.create_task(self._lag.watch())]
+        scheduling = loop.create_task(self._scheduler.run())
+        scheduling.add_done_callback(_scheduler_ended)
+        tasks = [scheduling, loop.create_task(self._lag.watch())]
         ping_every = watchdog_interval()
         if ping_every:
-            tasks.append(loop.create_task(watchdog(ping_every)))
+            tasks.append(loop.create_task(watchdog(ping_every, alive=lambda: not scheduling.done())))
         log.info("started url=%s targets=%d probes=%d db=%s", self.url,
                  len({j.target for j in cfg.jobs}), len(cfg.jobs), cfg.storage.path)
         notify(f"READY=1\nSTATUS=probing {len(cfg.jobs)} probes, serving {self.url}")
@@ -209,6 +211,12 @@ class Daemon:
         self.metrics.reload_ts.set(time.time())
         log.info("reloaded probes=%d", len(new.jobs))
         return True, f"reloaded {len(new.jobs)} probes"
+
+
+def _scheduler_ended(task: asyncio.Task) -> None:
+    if not task.cancelled():  # it only ever ends by cancellation: anything else is a bug
+        log.error("scheduler stopped, no probe will start; the watchdog goes silent error=%r",
+                  str(task.exception()))
 
 
 def _keep_static(new: Config, old: Config) -> Config:

@@ -66,8 +66,14 @@ def watchdog_interval(env: Mapping[str, str] = os.environ) -> float | None:
     return usec / 2e6 if usec > 0 else None
 
 
-async def watchdog(interval: float, send: Callable[[str], object] = notify) -> None:
-    """Send ``WATCHDOG=1`` every ``interval`` seconds, from the event loop, until cancelled."""
+async def watchdog(interval: float, send: Callable[[str], object] = notify,
+                   alive: Callable[[], bool] = lambda: True) -> None:
+    """Send ``WATCHDOG=1`` every ``interval`` seconds, from the event loop, until cancelled.
+
+    Only while ``alive()``: a running loop whose scheduler died probes nothing, and
+    silence lets systemd restart it.
+    """
     while True:
-        send("WATCHDOG=1")
+        if alive():
+            send("WATCHDOG=1")
         await asyncio.sleep(interval)
