@@ -70,26 +70,58 @@ def test_promtool_unit_tests_pass(promtool, path):
     assert "SUCCESS" in result.stdout
 
 
-def unit_test_cases() -> list[tuple[str, str, bool]]:
-    """(file, alertname, whether the case expects it to fire) for every promtool alert case."""
+DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def seconds(duration: str) -> float:
+    """A Prometheus duration (``1h30m``, ``3d``) in seconds."""
+    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", str(duration))
+    assert parts and "".join(n + u for n, u in parts) == str(duration), f"not a duration: {duration!r}"
+    return sum(int(n) * DURATION_UNITS[u] for n, u in parts)
+
+
+def unit_test_cases() -> list[tuple[str, int, str, float, bool]]:
+    """(file, test group, alertname, eval time in s, whether it must fire) for every promtool alert case."""
     cases = []
     for path in UNIT_TESTS:
-        for group in yaml.safe_load(path.read_text())["tests"]:
+        for index, group in enumerate(yaml.safe_load(path.read_text())["tests"]):
             for case in group.get("alert_rule_test", []):
-                cases.append((path.name, case["alertname"], bool(case.get("exp_alerts"))))
+                cases.append((path.name, index, case["alertname"], seconds(case["eval_time"]),
+                              bool(case.get("exp_alerts"))))
     return cases
 
 
+def resolves_in_some_group(name: str) -> bool:
+    """Whether some test group expects ``name`` to fire and, at a later eval time, to be silent again."""
+    groups: dict[tuple[str, int], list[tuple[float, bool]]] = {}
+    for path, index, alertname, at, fires in unit_test_cases():
+        if alertname == name:
+            groups.setdefault((path, index), []).append((at, fires))
+    for cases in groups.values():
+        firing = [at for at, fires in cases if fires]
+        if firing and any(at > max(firing) for at, fires in cases if not fires):
+            return True
+    return False
+
+
 @pytest.mark.parametrize("name", sorted({r["alert"] for r in alert_rules()}))
-def test_every_alert_has_a_firing_and_a_silent_unit_test(name):
-    cases = [fires for _, alertname, fires in unit_test_cases() if alertname == name]
+def test_every_alert_fires_stays_silent_on_a_blip_and_resolves(name):
+    """The issue's three cases: firing on sustained trouble, silent on a blip, resolving after recovery."""
+    cases = [fires for _, _, alertname, _, fires in unit_test_cases() if alertname == name]
     assert True in cases, f"no promtool case expects {name} to fire"
     assert False in cases, f"no promtool case expects {name} to stay silent"
+    assert resolves_in_some_group(name), f"no promtool test group expects {name} to resolve after it fired"
+
+
+def test_the_resolve_check_reads_eval_times_as_durations():
+    """1h50m is later than 50m and 9h: order by duration, not by text."""
+    assert seconds("50m") < seconds("1h50m") < seconds("9h") < seconds("3d20m")
+    assert seconds("1h30m") == 5400
 
 
 def test_unit_tests_only_name_real_alerts():
     names = {r["alert"] for r in alert_rules()}
-    unknown = {(path, alertname) for path, alertname, _ in unit_test_cases() if alertname not in names}
+    unknown = {(path, alertname) for path, _, alertname, _, _ in unit_test_cases() if alertname not in names}
     assert not unknown
 
 
@@ -149,7 +181,7 @@ def test_amtool_accepts_the_inhibition_example():
     assert amtool, "amtool is missing: apt-get install -y prometheus-alertmanager"
     result = run(amtool, "check-config", str(INHIBIT))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 inhibit rules" in result.stdout
+    assert f"{len(inhibit_rules())} inhibit rules" in result.stdout
 
 
 @pytest.fixture
@@ -211,4 +243,75 @@ def test_local_network_down_inhibits_only_its_own_daemons_provider_alerts(alertm
         ("ModelwatchErrorBudgetBurnFast", "mw:9477", "gpt"): "suppressed",
         ("ModelwatchProviderFailing", "other:9477", "gpt"): "active",   # another daemon's view
         ("ModelwatchConfigurationProblem", "mw:9477", "claude"): "active",   # not the network
+    }
+
+
+PROBE = {"job": "modelwatch", "provider": "openai", "model": "gpt-4o-mini", "kind": "rest", "location": "lab"}
+
+
+def provider_alert(name: str, instance: str, target: str, severity: str = "page", **extra: str) -> dict:
+    return {"alertname": name, "severity": severity, "attribution": "provider", "instance": instance,
+            "target": target, **PROBE, **extra}
+
+
+def daemon_alert(name: str, instance: str, severity: str, attribution: str) -> dict:
+    return {"alertname": name, "severity": severity, "attribution": attribution, "job": "modelwatch",
+            "instance": instance, "location": "lab"}
+
+
+def states_once_suppressed(base: str, alerts: list[dict], key: tuple[str, str, str]) -> dict:
+    """Post ``alerts``, wait until ``key`` is suppressed (the inhibitor caught up), return every state."""
+    post_alerts(base, alerts)
+    wait_for(lambda: alert_states(base).get(key) == "suppressed", 15)
+    return alert_states(base)
+
+
+def test_local_network_was_down_inhibits_only_its_own_daemons_slow_burn_tickets(alertmanager):
+    burn_slow = {"long_window": "1d", "short_window": "2h"}
+    states = states_once_suppressed(alertmanager, [
+        daemon_alert("ModelwatchLocalNetworkWasDown", "mw:9477", "info", "local"),
+        provider_alert("ModelwatchErrorBudgetBurnSlow", "mw:9477", "gpt", "ticket", **burn_slow),
+        provider_alert("ModelwatchErrorBudgetBurnSlow", "other:9477", "gpt", "ticket", **burn_slow),
+        provider_alert("ModelwatchProviderFailing", "mw:9477", "claude"),
+    ], ("ModelwatchErrorBudgetBurnSlow", "mw:9477", "gpt"))
+    assert states == {
+        ("ModelwatchLocalNetworkWasDown", "mw:9477", ""): "active",
+        ("ModelwatchErrorBudgetBurnSlow", "mw:9477", "gpt"): "suppressed",
+        ("ModelwatchErrorBudgetBurnSlow", "other:9477", "gpt"): "active",   # another daemon's view
+        ("ModelwatchProviderFailing", "mw:9477", "claude"): "active",   # a new outage still pages
+    }
+
+
+def test_event_loop_lag_inhibits_its_own_daemons_provider_alerts(alertmanager):
+    states = states_once_suppressed(alertmanager, [
+        daemon_alert("ModelwatchEventLoopLagHigh", "mw:9477", "ticket", "modelwatch"),
+        provider_alert("ModelwatchProviderFailing", "mw:9477", "gpt"),
+        provider_alert("ModelwatchTTFTAboveBaseline", "mw:9477", "claude", "ticket"),
+        provider_alert("ModelwatchProviderFailing", "other:9477", "gpt"),
+        {**provider_alert("ModelwatchRateLimited", "mw:9477", "mini", "ticket"), "attribution": "capacity"},
+        daemon_alert("ModelwatchLocalNetworkDown", "mw:9477", "page", "local"),
+    ], ("ModelwatchProviderFailing", "mw:9477", "gpt"))
+    assert states == {
+        ("ModelwatchEventLoopLagHigh", "mw:9477", ""): "active",
+        ("ModelwatchProviderFailing", "mw:9477", "gpt"): "suppressed",
+        ("ModelwatchTTFTAboveBaseline", "mw:9477", "claude"): "suppressed",
+        ("ModelwatchProviderFailing", "other:9477", "gpt"): "active",   # another daemon's view
+        ("ModelwatchRateLimited", "mw:9477", "mini"): "active",   # a 429 is not our lateness
+        ("ModelwatchLocalNetworkDown", "mw:9477", ""): "active",
+    }
+
+
+def test_provider_failing_inhibits_the_fast_burn_page_of_the_same_probe_only(alertmanager):
+    burn_fast = {"long_window": "1h", "short_window": "5m"}
+    states = states_once_suppressed(alertmanager, [
+        provider_alert("ModelwatchProviderFailing", "mw:9477", "gpt"),
+        provider_alert("ModelwatchErrorBudgetBurnFast", "mw:9477", "gpt", **burn_fast),
+        provider_alert("ModelwatchErrorBudgetBurnFast", "mw:9477", "gpt-4o", **burn_fast),
+        provider_alert("ModelwatchErrorBudgetBurnFast", "other:9477", "gpt", **burn_fast),
+    ], ("ModelwatchErrorBudgetBurnFast", "mw:9477", "gpt"))
+    assert states == {
+        ("ModelwatchProviderFailing", "mw:9477", "gpt"): "active",
+        ("ModelwatchErrorBudgetBurnFast", "mw:9477", "gpt"): "suppressed",
+        ("ModelwatchErrorBudgetBurnFast", "mw:9477", "gpt-4o"): "active",   # another target
+        ("ModelwatchErrorBudgetBurnFast", "other:9477", "gpt"): "active",   # another daemon
     }
