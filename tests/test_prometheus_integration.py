@@ -4,7 +4,8 @@ A real Prometheus server (Debian's ``prometheus`` package) scrapes a real
 daemon probing the simulator every second, with the shipped alert rules
 loaded. Then every query of every shipped dashboard panel, its template
 variables substituted, runs through Prometheus's HTTP API and must return
-data, and every rule must evaluate without error.
+data (the overdue count must count the stalled probe), every rule must evaluate
+without error, and each failing target must raise its own alerts and no others.
 """
 
 from __future__ import annotations
@@ -118,13 +119,38 @@ def test_the_daemon_is_scraped_and_every_rule_evaluates(prometheus):
     assert not broken, broken
 
 
+def alerts_by_target(base: str) -> dict[str, dict[str, dict]]:
+    """target -> alertname -> the alert, for every pending or firing alert Prometheus holds."""
+    by_target: dict[str, dict[str, dict]] = {}
+    for alert in json.loads(http_get(base + "/api/v1/alerts"))["data"]["alerts"]:
+        by_target.setdefault(alert["labels"].get("target"), {})[alert["labels"]["alertname"]] = alert
+    return by_target
+
+
 def test_failing_targets_fire_their_alerts_and_healthy_ones_do_not(prometheus):
-    alerts = json.loads(http_get(prometheus + "/api/v1/alerts"))["data"]["alerts"]
-    by_target = {}
-    for alert in alerts:
-        by_target.setdefault(alert["labels"].get("target"), set()).add(alert["labels"]["alertname"])
-    assert "healthy" not in by_target, by_target.get("healthy")
-    assert by_target.get("stuck"), "a probe whose results come four intervals apart is overdue"
+    """Each failure mode raises its own alerts (pending: every `for:` outlasts the run), nothing else.
+
+    By the time the fixture yields, each target has had ~25 one-second probes: far past every
+    minimum count, so which alerts are active is deterministic; none has waited out its `for:`.
+    """
+    by_target = alerts_by_target(prometheus)
+    assert "healthy" not in by_target, sorted(by_target.get("healthy", {}))
+    assert "realtime" not in by_target, sorted(by_target.get("realtime", {}))
+    # 429s are reported apart from availability: no provider alert for a rate-limited target.
+    assert set(by_target.get("limited", {})) == {"ModelwatchRateLimited"}
+    # Every probe a 500: the failure ratio and both burn rates, but no rate limit or config ticket.
+    assert set(by_target.get("broken", {})) == {"ModelwatchProviderFailing", "ModelwatchErrorBudgetBurnFast",
+                                                "ModelwatchErrorBudgetBurnSlow"}
+    # Every run stalls into its 2 s timeout at a 500 ms interval: overdue, and failing (timeouts).
+    stuck = by_target.get("stuck", {})
+    assert {"ModelwatchProbesOverdue", "ModelwatchProviderFailing"} <= set(stuck), sorted(stuck)
+    assert float(stuck["ModelwatchProbesOverdue"]["value"]) > 3   # its age in intervals
+    for target in ("limited", "broken", "stuck"):
+        for name, alert in by_target[target].items():
+            assert alert["state"] in {"pending", "firing"}, (name, alert["state"])
+            assert alert["labels"]["location"] == "lab", alert["labels"]   # the daemon's label is kept
+    # One provider behind every target: never our network.
+    assert not any("ModelwatchLocalNetworkDown" in alerts for alerts in by_target.values())
 
 
 def panel_cases() -> list[tuple[str, str, str]]:
@@ -143,3 +169,13 @@ def test_every_dashboard_panel_query_returns_data(prometheus, dashboard, panel, 
     answer = query(prometheus, expr)
     assert answer.get("status") == "success", (panel, expr, answer)
     assert answer["data"]["result"], f"{dashboard} / {panel}: no data for {expr}"
+
+
+def test_the_probes_overdue_panel_counts_the_stuck_probe(prometheus):
+    """The panel's query ends in `or vector(0)`, so returning data proves nothing: it must count one."""
+    exprs = [expr for _, panel, expr in panel_cases() if panel == "Probes overdue"]
+    assert len(exprs) == 1, "the overview has one 'Probes overdue' panel"
+    result = query(prometheus, exprs[0])["data"]["result"]
+    assert len(result) == 1 and float(result[0]["value"][1]) >= 1, result
+    stuck = query(prometheus, 'modelwatch:probe_last_result_age:intervals{target="stuck"} > 3')["data"]["result"]
+    assert len(stuck) == 1, "the stalled probe is the one overdue"
