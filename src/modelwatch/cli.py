@@ -38,8 +38,10 @@ class Failure(Exception):
 
 
 def _set_level(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    # On the root context: a command's own context has no object to share when no
+    # --log-level came before the command, so a flag after it would be lost.
     if value:
-        ctx.ensure_object(dict)["log_level"] = value
+        ctx.find_root().ensure_object(dict)["log_level"] = value
     return value
 
 

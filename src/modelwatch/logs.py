@@ -1,55 +1,162 @@
-"""Logging: one ``key=value`` line per event, formatted and written off the event loop.
+"""Logging: one logfmt line per event, formatted and written off the event loop.
 
 The loop thread only enqueues records; a listener thread formats (with secret
-redaction) and writes them. Under systemd (``JOURNAL_STREAM`` set) lines carry
-no timestamp, since journald adds its own.
+redaction) and writes them. A line is
+``ts=... level=info logger=modelwatch.daemon msg="probe failed" target=t error="..."``:
+``msg`` always quoted, any other value quoted (with ``\\"``, ``\\\\``, ``\\n``
+escapes) only when it holds a space, a quote, ``=`` or a control character, so
+one event is always one line, exceptions included (type, message and where it
+was raised; never a multi-line traceback).
+
+Call sites log ``"event words key=%s key=%r"``. The formatter reads that
+template, not the finished message, so each argument becomes one value however
+many spaces it holds, and ``%r`` of a string gives the string itself, not
+Python's ``'...'``.
+
+Under journald (stderr is the stream ``JOURNAL_STREAM`` names, compared by
+device and inode as systemd.exec(5) says) each line starts with its syslog
+priority (``<3>`` error, ``<4>`` warning, ``<6>`` info, ``<7>`` debug), so
+``journalctl -p err`` works, and carries no ``ts=``: journald stamps lines itself.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.handlers
 import os
 import queue
+import re
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from modelwatch.secrets import redact
 
 LEVELS = ("debug", "info", "warning", "error")
 _NOISY = ("aiohttp", "asyncio", "urllib3", "httpx", "httpcore", "websockets", "openai", "schedule")
+# syslog priorities (RFC 5424) journald reads from a "<N>" line prefix
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+_FIELD = re.compile(r"([A-Za-z_][A-Za-z0-9_.\-]*)=(.*)", re.S)
+_CONVERSION = re.compile(r"%(?:\(\w+\))?[#0\- +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[hlL]?([diouxXeEfFgGcrsa%])")
+# Characters that force quotes: space, quote, '=', backslash, C0/C1 controls, Unicode line breaks.
+_NEEDS_QUOTES = re.compile(r'[\s"=\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_TO_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
+
+
+def quote(value: str, always: bool = False) -> str:
+    """A logfmt value: as is when it is one plain token, else double-quoted with escapes."""
+    if value and not always and not _NEEDS_QUOTES.search(value):
+        return value
+    return '"' + _TO_ESCAPE.sub(lambda m: _ESCAPES.get(m.group(0), f"\\u{ord(m.group(0)):04x}"),
+                                value) + '"'
 
 
 class KeyValueFormatter(logging.Formatter):
-    """``ts=... level=info logger=modelwatch.store msg="..." k=v`` on a single, redacted line."""
+    """A record as one redacted logfmt line; for journald with a priority prefix and no ``ts``."""
 
-    def __init__(self, with_time: bool = True) -> None:
+    def __init__(self, journald: bool = False) -> None:
         super().__init__()
-        self.with_time = with_time
+        self.journald = journald
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            message += f" exception={type(exc).__name__}: {exc}"
-        text, _, fields = message.partition(" ")
-        head = f'level={record.levelname.lower()} logger={record.name} msg="{text}'
-        # Messages are "event words key=value ...": quote the words, keep the pairs.
-        words, pairs = _split_fields(fields)
-        head += (" " + words if words else "") + '"' + (" " + pairs if pairs else "")
-        if self.with_time:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            head = f"ts={stamp}.{int(record.msecs):03d}Z {head}"
-        return redact(" ".join(head.split("\n")))
+        message, fields = render_message(record)
+        parts = [f"level={record.levelname.lower()}", f"logger={quote(record.name)}",
+                 "msg=" + quote(redact(message), always=True)]
+        parts += [f"{key}={quote(redact(value))}" for key, value in fields]
+        parts += [f"{key}={quote(redact(value))}" for key, value in exception_fields(record)]
+        if self.journald:
+            return f"<{_PRIORITY.get(record.levelno, 6)}>" + " ".join(parts)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"ts={stamp}.{int(record.msecs):03d}Z " + " ".join(parts)
 
 
-def _split_fields(rest: str) -> tuple[str, str]:
-    parts = rest.split(" ")
-    for i, part in enumerate(parts):
-        if "=" in part:
-            return " ".join(parts[:i]), " ".join(parts[i:])
-    return rest, ""
+def render_message(record: logging.LogRecord) -> tuple[str, list[tuple[str, str]]]:
+    """The event words and the ``key=value`` fields of a record's template and arguments.
+
+    A template it cannot pair with its arguments (a mapping, a ``*`` width, a
+    count that does not match) becomes one message, as ``getMessage`` gives it.
+    """
+    args = record.args if isinstance(record.args, tuple) else None
+    template = str(record.msg)
+    if args is None or any("*" in m.group(0) for m in _CONVERSION.finditer(template)):
+        return _whole_message(record), []
+    words, fields, rest = [], [], list(args)
+    try:
+        for token in template.split(" "):
+            match = _FIELD.fullmatch(token)
+            if match:
+                fields.append((match.group(1), _value(match.group(2), rest, bool(args))))
+            else:
+                words.append(_format(token, rest, bool(args)))
+    except (TypeError, ValueError, IndexError):
+        return _whole_message(record), []
+    if rest:
+        return _whole_message(record), []
+    return " ".join(words), fields
+
+
+def _value(spec: str, rest: list[Any], formatted: bool) -> str:
+    """One field's value: a lone ``%s``/``%r`` of a string is the string itself, unquoted by repr."""
+    match = _CONVERSION.fullmatch(spec) if formatted else None
+    if match and match.group(1) in "sr":
+        value = rest.pop(0)
+        if isinstance(value, str):
+            return value
+        return str(value) if match.group(1) == "s" else repr(value)
+    return _format(spec, rest, formatted)
+
+
+def _format(text: str, rest: list[Any], formatted: bool) -> str:
+    """``text % (its share of the arguments)``, taking them off the front of ``rest``."""
+    if not formatted:
+        return text
+    count = sum(1 for m in _CONVERSION.finditer(text) if m.group(1) != "%")
+    if count > len(rest):
+        raise IndexError("more conversions than arguments")
+    share = tuple(rest[:count])
+    del rest[:count]
+    return text % share
+
+
+def _whole_message(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except Exception:  # noqa: BLE001 - a bad call site must still give a line, not a traceback
+        return f"{record.msg!s} args={record.args!r}"
+
+
+def exception_fields(record: logging.LogRecord) -> list[tuple[str, str]]:
+    """``exception="Type: message"`` and ``exception_at=file.py:123`` (where it was raised)."""
+    out = []
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is not None:
+        out.append(("exception", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__))
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None:
+            code = tb.tb_frame.f_code
+            out.append(("exception_at", f"{os.path.basename(code.co_filename)}:{tb.tb_lineno}"))
+    if record.stack_info:
+        out.append(("stack", record.stack_info))
+    return out
+
+
+def journald_stream(stream: TextIO) -> bool:
+    """Whether ``stream`` is connected to the journal: ``JOURNAL_STREAM`` names its device:inode.
+
+    systemd sets JOURNAL_STREAM for a service whose stderr goes to the journal,
+    but a child whose stderr was redirected inherits it; only the match counts.
+    """
+    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return (int(dev), int(ino)) == (st.st_dev, st.st_ino)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
 
 
 class _LoopQueueHandler(logging.handlers.QueueHandler):
@@ -67,11 +174,11 @@ def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
     global _listener
     stop_logging()
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(KeyValueFormatter(with_time="JOURNAL_STREAM" not in os.environ))
+    handler.setFormatter(KeyValueFormatter(journald=journald_stream(handler.stream)))
     q: queue.SimpleQueue = queue.SimpleQueue()
     root = logging.getLogger()
     root.handlers[:] = [_LoopQueueHandler(q)]
-    root.setLevel(logging.DEBUG if level == "debug" else logging.INFO)
+    root.setLevel(level.upper())
     logging.getLogger("modelwatch").setLevel(level.upper())
     for name in _NOISY:
         # Third-party debug output can carry headers or keyed URLs: never below WARNING.
