@@ -146,3 +146,11 @@ def test_request_ids_are_redacted_capped_one_line_tokens():
     long = clean_request_id("r" * 5000 + KEY)
     assert long == "r" * MAX_REQUEST_ID_LEN
     assert clean_request_id(None) is None and clean_request_id(" \t") is None
+
+
+@pytest.mark.parametrize("offset", [*range(150, 330, 7), *range(930, 975, 5)])
+def test_short_error_of_a_huge_text_keeps_no_piece_of_a_key_wherever_it_is_cut(offset):
+    Secret(KEY)
+    out = short_error("a" * offset + " " + KEY + " rejected " + "x " * 5000)
+    assert len(out) <= 240
+    assert_no_piece(out, KEY)

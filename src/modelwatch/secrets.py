@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic_core import core_schema
 
 _known: set[str] = set()
 _known_lock = threading.Lock()
+_index: KeyIndex | None = None  # of _known, rebuilt when a new secret is created
 _MIN_FRAGMENT = 8  # shorter fragments of a key are too likely to match ordinary text
 _MIN_TAIL = 3  # a masked echo shows the last 4 (OpenAI); after a mask even 3 are evidence
 _MIN_HEAD = 4
@@ -51,8 +53,11 @@ class Secret:
         if not value:
             raise ValueError("secret is empty")
         self._value = value
+        global _index
         with _known_lock:
-            _known.add(value)
+            if value not in _known:
+                _known.add(value)
+                _index = None
 
     def reveal(self) -> str:
         """Return the secret value: only for building a request header."""
@@ -96,10 +101,39 @@ def _lower(text: str) -> str:
     return text.translate(_ASCII_LOWER)
 
 
-def _known_values(extra: tuple[str, ...]) -> list[str]:
+class KeyIndex:
+    """Known keys, lower-cased, ready for lookups: whole, and as 8-character windows."""
+
+    __slots__ = ("keys", "windows", "short")
+
+    def __init__(self, values: Iterable[str]) -> None:
+        self.keys = [_lower(v) for v in values if len(v) >= 4]
+        # A long key's every window: any 8+ piece of it (prefix, suffix, middle) then
+        # shows as a run of windows, found in one pass over the text whatever the key count.
+        self.windows = {k[i:i + _MIN_FRAGMENT] for k in self.keys if len(k) >= 2 * _MIN_FRAGMENT
+                        for i in range(len(k) - _MIN_FRAGMENT + 1)}
+        self.short = [k for k in self.keys if len(k) < 2 * _MIN_FRAGMENT]  # only whole
+
+    def spans(self, lowered: str) -> list[tuple[int, int]]:
+        """Where in ``lowered`` (lower-cased text) pieces of the keys appear."""
+        size, windows = _MIN_FRAGMENT, self.windows
+        spans = [(i, i + size) for i in range(len(lowered) - size + 1) if lowered[i:i + size] in windows] \
+            if windows else []
+        for key in self.short:
+            at = lowered.find(key)
+            while at != -1:
+                spans.append((at, at + len(key)))
+                at = lowered.find(key, at + 1)
+        return spans
+
+
+def _key_index(extra: tuple[str, ...]) -> KeyIndex:
+    global _index
     with _known_lock:
-        secrets = list(_known)
-    return [_lower(v) for v in (*secrets, *extra) if len(v) >= 4]
+        if _index is None:
+            _index = KeyIndex(_known)
+        index = _index
+    return KeyIndex([*_known, *extra]) if extra else index
 
 
 def _masked_echo(match: re.Match, keys: list[str]) -> str:
@@ -117,24 +151,6 @@ def _is_masked_key(match: re.Match, keys: list[str]) -> bool:
     head, tail = _lower(head), _lower(tail)
     return any((len(tail) >= _MIN_TAIL and key.endswith(tail))
                or (len(head) >= _MIN_HEAD and key.startswith(head)) for key in keys)
-
-
-def _key_spans(text: str, key: str) -> list[tuple[int, int]]:
-    """Where in ``text`` (lower-cased) pieces of ``key`` (lower-cased) of 8+ characters appear.
-
-    A long key's every 8-character window is looked up, so a prefix, a suffix or
-    a middle piece in any letter case is found; a short key only whole.
-    """
-    n = len(key)
-    size = n if n < _MIN_FRAGMENT * 2 else _MIN_FRAGMENT
-    spans = []
-    for i in range(n - size + 1):
-        window = key[i:i + size]
-        at = text.find(window)
-        while at != -1:
-            spans.append((at, at + size))
-            at = text.find(window, at + 1)
-    return spans
 
 
 def _cut(text: str, spans: list[tuple[int, int]]) -> str:
@@ -156,7 +172,7 @@ def redact(text: str, extra: tuple[str, ...] = ()) -> str:
     """
     if not text:
         return text
-    keys = _known_values(extra)
+    index = _key_index(extra)
     # Shapes first, so a known key's fragment cannot split a key-shaped string in two.
     for pattern in _PATTERNS:
         if pattern.groups:
@@ -164,13 +180,14 @@ def redact(text: str, extra: tuple[str, ...] = ()) -> str:
         else:
             text = pattern.sub(REDACTED, text)
     if "**" in text or ".." in text or "…" in text:
-        text = _MASKED.sub(lambda m: _masked_echo(m, keys), text)
-    lowered = _lower(text)
-    spans = [span for key in keys for span in _key_spans(lowered, key)]
+        text = _MASKED.sub(lambda m: _masked_echo(m, index.keys), text)
+    spans = index.spans(_lower(text))
     return _cut(text, spans) if spans else text
 
 
 def short_error(text: str, limit: int = 240) -> str:
     """Redact and shorten an error text to one line of at most ``limit`` characters."""
-    text = redact(" ".join(str(text).split()))
+    # Cut (with a margin) before redacting, so a huge error body costs no more than a short one:
+    # a key cut at the margin leaves at most a piece that the final cut drops.
+    text = redact(" ".join(str(text)[:4 * limit].split())[:limit + 64])
     return text if len(text) <= limit else text[: limit - 1] + "…"
