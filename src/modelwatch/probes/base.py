@@ -225,7 +225,9 @@ def clean_code(code: str | None) -> str | None:
     """
     if not code:
         return None
-    token = re.sub(r"__+", "_", _CODE_JUNK.sub("_", redact(code).lower())).strip("_")
+    # Cut (with a margin) before redacting: the cost stays bounded, and a key cut at the
+    # margin leaves at most a piece beyond MAX_CODE_LEN.
+    token = re.sub(r"__+", "_", _CODE_JUNK.sub("_", redact(code[:4 * MAX_CODE_LEN]).lower())).strip("_")
     return token[:MAX_CODE_LEN] or None
 
 
