@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -121,8 +123,9 @@ def test_report_from_the_daemon_database(tmp_path, sim_url):
     try:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            if db.exists() and len(rows(db)) >= 6:
-                break
+            with contextlib.suppress(sqlite3.OperationalError):  # the table may not exist yet
+                if db.exists() and len(rows(db)) >= 6:
+                    break
             time.sleep(0.2)
     finally:
         proc.terminate()
