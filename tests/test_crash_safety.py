@@ -14,14 +14,11 @@ import subprocess
 import sys
 import time
 
-import sqlite_utils
 from conftest import free_port, write_config
 from daemon_helpers import http_get, running_daemon, wait_for
-from test_rollups import synthetic_rows
+from test_rollups import database_before_rollups, synthetic_rows
 
 from modelwatch import rollups
-from modelwatch.outcomes import COLUMNS
-from modelwatch.store import MIGRATIONS
 
 TARGETS = {f"t{i:02d}": "healthy" for i in range(20)}
 INTERVAL_S = 0.2
@@ -131,21 +128,7 @@ def test_sigkill_at_random_moments_loses_no_committed_row(sim_url, tmp_path):
 def test_sigkill_during_the_rollup_backfill_migration_leaves_it_to_be_redone(sim_url, tmp_path):
     """An upgrade's long migration killed midway rolls back whole, and the next start completes it."""
     db = tmp_path / "modelwatch.db"
-    old = sqlite3.connect(db, isolation_level=None)  # a database from before the rollups
-    old_db = sqlite_utils.Database(old)
-    old_db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
-    for name, fn in MIGRATIONS:
-        if name.startswith("m004"):
-            break
-        fn(old_db)
-        old_db.execute("INSERT INTO _migrations VALUES (?, 0)", [name])
-    columns = [c for c in COLUMNS if c in old_db["probe_results"].columns_dict]
-    synthetic = synthetic_rows(150_000)
-    with old:
-        old.execute("BEGIN")
-        old.executemany(f"INSERT INTO probe_results ({', '.join(columns)}) VALUES "
-                        f"({', '.join('?' for _ in columns)})", [[r[c] for c in columns] for r in synthetic])
-    old.close()
+    database_before_rollups(db, synthetic_rows(150_000))
     before = committed(db)
     port = free_port()
     config = write_config(tmp_path / "c.yaml", sim_url, {"a": "healthy"}, interval="200ms",

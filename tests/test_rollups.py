@@ -125,18 +125,27 @@ def test_a_rollup_row_sums_its_hour_exactly(db_path):
     assert sum(got["ttft_hist"].values()) == sum(r["outcome"] == "ok" and r["ttft_s"] is not None for r in mine)
 
 
-def test_the_migration_backfills_a_database_from_before_rollups(db_path):
-    rows = synthetic_rows(1000)
-    old = sqlite_utils.Database(sqlite3.connect(db_path, isolation_level=None))
+def database_before_rollups(path, rows: list[dict]) -> None:
+    """A database as a version before the rollups (m004) left it, holding ``rows``."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    old = sqlite_utils.Database(conn)
     old.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
     for name, fn in MIGRATIONS:
         if name.startswith("m004"):
             break
         fn(old)
         old.execute("INSERT INTO _migrations VALUES (?, 0)", [name])
-    columns = old["probe_results"].columns_dict  # rows carry columns later migrations add
-    old["probe_results"].insert_all([{k: v for k, v in r.items() if k in columns} for r in rows])
-    old.conn.close()
+    columns = [c for c in old["probe_results"].columns_dict if c != "id"]  # rows carry later columns
+    with conn:
+        conn.execute("BEGIN")
+        conn.executemany(f"INSERT INTO probe_results ({', '.join(columns)}) VALUES "
+                         f"({', '.join('?' for _ in columns)})", [[r[c] for c in columns] for r in rows])
+    conn.close()
+
+
+def test_the_migration_backfills_a_database_from_before_rollups(db_path):
+    rows = synthetic_rows(1000)
+    database_before_rollups(db_path, rows)
     db = open_db(db_path)  # applies m004: creates the table and back-fills it
     assert rollup_table(db.conn) == backfilled(rows)
     db.conn.close()

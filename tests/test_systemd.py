@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -22,13 +21,10 @@ import time
 from pathlib import Path
 
 import pytest
-import sqlite_utils
 from conftest import TEST_KEY, free_port
 from daemon_helpers import http_get, rows, wait_for
-from test_rollups import synthetic_rows
+from test_rollups import database_before_rollups, synthetic_rows
 
-from modelwatch.outcomes import COLUMNS
-from modelwatch.store import MIGRATIONS
 
 from modelwatch.systemd import notify, watchdog, watchdog_interval
 
@@ -167,21 +163,7 @@ def test_a_reload_asked_for_while_starting_waits_for_ready(sim_url, tmp_path, sh
     """SIGHUP during a long start-up migration: READY=1 still comes only once the daemon is ready,
     and the reload runs after it, instead of answering READY=1 early and arming the watchdog."""
     db = tmp_path / "modelwatch.db"
-    old = sqlite3.connect(db, isolation_level=None)  # a database from before the rollups
-    old_db = sqlite_utils.Database(old)
-    old_db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
-    for name, fn in MIGRATIONS:
-        if name.startswith("m004"):
-            break
-        fn(old_db)
-        old_db.execute("INSERT INTO _migrations VALUES (?, 0)", [name])
-    columns = [c for c in COLUMNS if c in old_db["probe_results"].columns_dict]
-    synthetic = synthetic_rows(150_000)
-    with old:
-        old.execute("BEGIN")
-        old.executemany(f"INSERT INTO probe_results ({', '.join(columns)}) VALUES "
-                        f"({', '.join('?' for _ in columns)})", [[r[c] for c in columns] for r in synthetic])
-    old.close()
+    database_before_rollups(db, synthetic_rows(150_000))
     port = free_port()
     config = tmp_path / "modelwatch.yaml"
     config.write_text(
