@@ -48,6 +48,7 @@ class Daemon:
         self._started = False
         self._reload_wanted = False  # a reload asked for while starting: run it once started
         self._reloads: set[asyncio.Task] = set()
+        self._scheduling: asyncio.Task | None = None
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[str], None] | None = None) -> None:
         """Run until ``stop`` is set, then shut down cleanly."""
@@ -58,7 +59,7 @@ class Daemon:
         self._http = new_http_session()
         self._scheduler = Scheduler(self._probe, self.metrics, cfg.max_concurrent_probes)
         host, port = parse_listen(cfg.server.listen)
-        runner, bound = await start_server(create_app(self.metrics, self.reload), host, port)
+        runner, bound = await start_server(create_app(self.metrics, self.reload, self.problem), host, port)
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())
@@ -66,12 +67,12 @@ class Daemon:
         # Everything allocated so far lives as long as the daemon: keep it out of full garbage
         # collections, whose pauses (20-35 ms at 1,000 targets) land in the readings.
         gc.freeze()
-        scheduling = loop.create_task(self._scheduler.run())
+        scheduling = self._scheduling = loop.create_task(self._scheduler.run())
         scheduling.add_done_callback(_scheduler_ended)
         tasks = [scheduling, loop.create_task(self._lag.watch())]
         ping_every = watchdog_interval()
         if ping_every:
-            tasks.append(loop.create_task(watchdog(ping_every, alive=lambda: not scheduling.done())))
+            tasks.append(loop.create_task(watchdog(ping_every, alive=lambda: self.problem() is None)))
         log.info("started url=%s targets=%d probes=%d db=%s", self.url,
                  len({j.target for j in cfg.jobs}), len(cfg.jobs), cfg.storage.path)
         notify(f"READY=1\nSTATUS=probing {len(cfg.jobs)} probes, serving {self.url}")
@@ -92,6 +93,14 @@ class Daemon:
             await self._http.close()
             await loop.run_in_executor(None, self.store.close)
             log.info("stopped cancelled_probes=%d", dropped)
+
+    def problem(self) -> str | None:
+        """What stops the daemon from doing its job, or None: for /-/healthy and the watchdog."""
+        if self._scheduling is not None and self._scheduling.done():
+            return "scheduler stopped: no probe starts"
+        if self.store is not None and not self.store.healthy():
+            return "store writer stopped: results are not being saved"
+        return None
 
     def _open_store(self) -> Store:
         storage = self.config.storage

@@ -9,6 +9,7 @@ raises past it.
 from __future__ import annotations
 
 import dataclasses
+import re
 from enum import StrEnum
 
 
@@ -121,3 +122,18 @@ class ProbeResult:
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ProbeResult))
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def storable_text(value: str) -> str:
+    """Text that SQLite, logs and JSON all take: no lone surrogates and no NUL.
+
+    aiohttp decodes header bytes that are not UTF-8 into surrogates, and a JSON
+    body may spell lone surrogates as escapes; either would make SQLite's UTF-8
+    encoding fail. Each becomes U+FFFD, so the rest of the text is kept.
+    """
+    if value.isascii():
+        return value.replace("\x00", "")
+    return _SURROGATES.sub("\ufffd", value).replace("\x00", "")

@@ -12,9 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from modelwatch.metrics import ProbeMetrics
 
 Reloader = Callable[[], Awaitable[tuple[bool, str]]]
+Health = Callable[[], str | None]  # None when healthy, else what is wrong
 
 
-def create_app(metrics: ProbeMetrics, reload: Reloader | None = None) -> web.Application:
+def create_app(metrics: ProbeMetrics, reload: Reloader | None = None,
+               health: Health | None = None) -> web.Application:
     """The aiohttp application serving the daemon's endpoints."""
     app = web.Application()
 
@@ -34,6 +36,9 @@ def create_app(metrics: ProbeMetrics, reload: Reloader | None = None) -> web.App
         return resp
 
     async def healthy(request: web.Request) -> web.Response:
+        problem = health() if health else None
+        if problem:
+            return web.Response(status=503, text=problem + "\n")
         return web.Response(text="OK\n")
 
     async def do_reload(request: web.Request) -> web.Response:

@@ -7,12 +7,17 @@ row), adds each batch to the hourly rollups (:mod:`modelwatch.rollups`) in the
 same transaction as its raw rows, prunes raw rows older than the retention and
 rollups older than the rollup retention, and survives write failures (locked,
 read-only, disk full) by keeping the rows and retrying, counting each failure
-and logging once per change of state.
+and logging once per change of state. A row SQLite cannot take at all (text
+that is not valid UTF-8, a number out of range) is repaired, or dropped and
+counted, so that one hostile byte never stops the rows after it; anything else
+the writer meets is counted and survived. :meth:`Store.healthy` says whether
+the writer is still running, for ``/-/healthy`` and the systemd watchdog.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import sqlite3
 import threading
@@ -23,7 +28,7 @@ from collections.abc import Callable
 import sqlite_utils
 
 from modelwatch import rollups
-from modelwatch.outcomes import COLUMNS, ProbeResult
+from modelwatch.outcomes import COLUMNS, ProbeResult, storable_text
 
 log = logging.getLogger("modelwatch.store")
 
@@ -165,6 +170,10 @@ class Store:
         """Queue a result for writing; never blocks, never wakes the writer."""
         self._queue.put(result)
 
+    def healthy(self) -> bool:
+        """Whether the writer thread still runs (it only ends after :meth:`close`)."""
+        return self._thread.is_alive() or self._closing.is_set()
+
     def close(self, timeout: float = 10.0) -> None:
         """Write everything queued, commit and stop the writer."""
         self._closing.set()
@@ -175,12 +184,17 @@ class Store:
         last_prune = float("-inf")  # prune once at start, then hourly
         stopping = False
         while not stopping:
-            stopping = self._collect(pending)
-            if pending:
-                self._write(pending)
-            if time.monotonic() - last_prune > self.prune_every_s and not self._failing:
-                self._prune()
-                last_prune = time.monotonic()
+            try:
+                stopping = self._collect(pending)
+                if pending:
+                    self._write(pending)
+                if time.monotonic() - last_prune > self.prune_every_s and not self._failing:
+                    self._prune()
+                    last_prune = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive any surprise
+                self._on_error()
+                log.error("store writer error, carrying on error=%r rows=%d", _describe(exc), len(pending))
+                self._closing.wait(COMMIT_EVERY_S)  # no busy loop if it repeats
         if pending:
             log.error("store stopped with unwritten rows rows=%d path=%s", len(pending), self.path)
         self._db.conn.close()
@@ -212,14 +226,17 @@ class Store:
 
     def _write(self, pending: list[dict]) -> None:
         try:
-            write_batch(self._db, pending)
+            try:
+                write_batch(self._db, pending)
+            except (UnicodeError, ValueError, OverflowError, TypeError, sqlite3.InterfaceError):
+                self._write_repaired(pending)
         except sqlite3.Error as exc:
             self._on_error()
             if not self._failing:
                 log.error("store write failed, keeping rows to retry error=%r rows=%d", str(exc),
                           len(pending))
             self._failing = True
-            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_READONLY:
+            if (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_READONLY:
                 self._reopen()
         else:
             if self._failing:
@@ -227,6 +244,32 @@ class Store:
             self._failing = self._dropping = False
             pending.clear()
         self._on_pending(len(pending))
+
+    def _write_repaired(self, pending: list[dict]) -> None:
+        """A batch SQLite refused as data: repair every row, then drop (and count) what still fails.
+
+        Only a row that cannot be stored in any form is lost, never the rows beside it.
+        """
+        pending[:] = [storable(row) for row in pending]
+        try:
+            write_batch(self._db, pending)
+            return
+        except (UnicodeError, ValueError, OverflowError, TypeError, sqlite3.InterfaceError):
+            pass
+        kept = []
+        for row in pending:
+            try:
+                write_batch(self._db, [row])
+            except (UnicodeError, ValueError, OverflowError, TypeError, sqlite3.InterfaceError) as exc:
+                self._on_error()
+                self._on_dropped()
+                log.error("store dropped a row it cannot write error=%r target=%r", _describe(exc),
+                          storable({"target": row.get("target")})["target"])
+            except sqlite3.Error:
+                kept.append(row)  # the database, not the row: retried with the rest
+        pending[:] = kept
+        if kept:
+            raise sqlite3.OperationalError("database refused the rows left after repair")
 
     def _reopen(self) -> None:
         """Open the database afresh, so that writes resume once it is writable again.
@@ -268,6 +311,34 @@ class Store:
                         "delete history; restart once the clock is right step_s=%.0f", step)
         self._clock_stepped = ahead
         return ahead
+
+
+_INT64 = 2 ** 63
+
+
+def storable(row: dict) -> dict:
+    """A row every column of which SQLite accepts: valid text, finite floats, 64-bit integers."""
+    out = {}
+    for name in COLUMNS:
+        value = row.get(name)
+        if isinstance(value, str):
+            value = storable_text(value)
+        elif isinstance(value, bool):
+            value = int(value)
+        elif isinstance(value, int):
+            value = value if -_INT64 <= value < _INT64 else None
+        elif isinstance(value, float):
+            value = value if math.isfinite(value) else None
+        elif value is not None:
+            value = storable_text(str(value))
+        out[name] = value
+    return out
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as one short line without the data that caused it (a row may hold anything)."""
+    return type(exc).__name__ + (f": {exc.reason}" if isinstance(exc, UnicodeError) and
+                                 hasattr(exc, "reason") else "")
 
 
 def write_batch(db: sqlite_utils.Database, rows: list[dict]) -> None:

@@ -33,7 +33,7 @@ import aiohttp
 
 from modelwatch.config import ProbeJob
 from modelwatch.cost import probe_cost_usd
-from modelwatch.outcomes import Outcome, ProbeFailure, ProbeResult
+from modelwatch.outcomes import Outcome, ProbeFailure, ProbeResult, storable_text
 from modelwatch.secrets import redact, short_error
 from modelwatch.sse import SSEDecoder
 
@@ -141,7 +141,7 @@ def _result(job: ProbeJob, ts: float, m: Measurement, outcome: Outcome, code: st
     return ProbeResult(
         ts=ts, target=job.target, provider=job.provider_name, model=job.model, kind=job.probe.kind,
         outcome=outcome.value, http_status=m.http_status, error_code=clean_code(code),
-        error=short_error(message) if message else None,
+        error=short_error(storable_text(str(message))) if message else None,
         connect_s=_r(m.connect_s), ttfb_s=_r(m.ttfb_s), ttft_s=_r(m.ttft_s),
         duration_s=_r(m.duration_s) if outcome is Outcome.OK else _r(m.elapsed()),
         input_tokens=m.input_tokens, output_tokens=m.output_tokens,
@@ -246,7 +246,7 @@ def clean_request_id(value: object) -> str | None:
     """
     if value is None:
         return None
-    text = redact(_CONTROL.sub("", str(value)[:4 * MAX_REQUEST_ID_LEN])).strip()
+    text = redact(_CONTROL.sub("", storable_text(str(value)[:4 * MAX_REQUEST_ID_LEN]))).strip()
     return text[:MAX_REQUEST_ID_LEN] or None
 
 
