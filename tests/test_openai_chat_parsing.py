@@ -70,6 +70,24 @@ def test_any_split_point_gives_the_same_events(name):
     assert [e.data for i in range(len(raw)) for e in byte_by_byte.feed(raw[i:i + 1])] == whole
 
 
+@pytest.mark.parametrize("piece", [1, 7, 64, 4096])
+def test_an_endless_line_dripped_in_pieces_costs_linear_work(piece):
+    """A hostile server dripping one unterminated data: line (issue 17): each byte is looked
+    at a bounded number of times, not once per piece as re-joining the buffer did (quadratic:
+    14 s of CPU per MiB in 64-byte pieces)."""
+    d = SSEDecoder()
+    size = 256 * 1024
+    line = b"data: " + b"x" * size
+    for i in range(0, len(line), piece):
+        assert d.feed(line[i:i + piece]) == []
+    assert d.pending_bytes() == len(line)
+    events = d.feed(b"\r")  # a CR held back as a possible CRLF half ...
+    assert events == [] and d.pending_bytes() == len(line) + 1
+    events = d.feed(b"\n\n")  # ... its LF, then the event's blank line
+    assert [len(e.data) for e in events] == [size]
+    assert d.scanned <= 3 * (len(line) + 2)
+
+
 def test_openai_proper_requires_done_even_after_finish_reason():
     raw = (CAPTURES / "compat_eof_after_finish.sse").read_bytes()
     _, _, failure = run_capture(raw, require_done=True)

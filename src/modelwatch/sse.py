@@ -27,26 +27,44 @@ class SSEEvent:
 
 
 class SSEDecoder:
-    """Incremental decoder: :meth:`feed` bytes as they arrive, get whole events back."""
+    """Incremental decoder: :meth:`feed` bytes as they arrive, get whole events back.
 
-    __slots__ = ("_buf", "_data", "_event", "_id", "_has_data", "comments")
+    Linear in the bytes fed, however they are split: a chunk without a line end
+    is only appended to the unfinished line's pieces (joined once its end comes),
+    so a server dripping one endless line in tiny pieces costs no more than one
+    sending it whole. ``scanned`` counts the bytes looked at, for that guarantee.
+    """
+
+    __slots__ = ("_pieces", "_pending", "_data", "_event", "_id", "_has_data", "comments", "scanned")
 
     def __init__(self) -> None:
-        self._buf = b""
+        self._pieces: list[bytes] = []  # the unfinished last line, as it arrived
+        self._pending = 0
         self._data: list[str] = []
         self._event = ""
         self._id: str | None = None
         self._has_data = False
         self.comments = 0
+        self.scanned = 0
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Consume bytes and return the events they complete."""
-        buf = self._buf + chunk
+        self.scanned += len(chunk)
+        held_cr = bool(self._pieces) and self._pieces[-1].endswith(b"\r")
+        if b"\n" not in chunk and b"\r" not in chunk and not held_cr:
+            if chunk:
+                self._pieces.append(chunk)
+                self._pending += len(chunk)
+            return []
+        buf = b"".join(self._pieces) + chunk if self._pieces else chunk
+        self.scanned += self._pending
         # A trailing CR may be the first half of CRLF: keep it until the next chunk.
         cut = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
-        body, self._buf = buf[:cut], buf[cut:]
+        body, held = buf[:cut], buf[cut:]
         lines = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        self._buf = lines.pop() + self._buf  # the unfinished last line
+        rest = lines.pop() + held  # the unfinished last line
+        self._pieces = [rest] if rest else []
+        self._pending = len(rest)
         events: list[SSEEvent] = []
         for raw in lines:
             event = self._line(raw)
@@ -56,7 +74,7 @@ class SSEDecoder:
 
     def pending_bytes(self) -> int:
         """Bytes buffered in an unfinished line (for size caps)."""
-        return len(self._buf)
+        return self._pending
 
     def _line(self, raw: bytes) -> SSEEvent | None:
         if not raw:
