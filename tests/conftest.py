@@ -54,10 +54,10 @@ def free_port() -> int:
 def write_config(path: Path, sim_url: str, targets: dict[str, str], *, interval: str = "1s",
                  timeout: str = "3s", extra_probe: str = "", listen: str = "127.0.0.1:0",
                  db: Path | None = None, key: str = TEST_KEY, location: str | None = None,
-                 ptype: str = "openai") -> Path:
+                 ptype: str = "openai", enable_reload: bool = True) -> Path:
     """A config with one rest probe per ``{target: model}`` against the simulator."""
     lines = [f"storage: {{path: {db or path.parent / 'modelwatch.db'}}}",
-             f"server: {{listen: '{listen}'}}"]
+             f"server: {{listen: '{listen}', enable_reload: {str(enable_reload).lower()}}}"]
     if location:
         lines.append(f"location: {location}")
     lines += [f"defaults: {{interval: {interval}, timeout: {timeout}}}",

@@ -107,10 +107,16 @@ def test_format_duration_round_trips():
 
 
 @pytest.mark.parametrize("text,pair", [
-    ("127.0.0.1:9477", ("127.0.0.1", 9477)), ("[::1]:80", ("::1", 80)), (":9477", ("0.0.0.0", 9477)),
+    ("127.0.0.1:9477", ("127.0.0.1", 9477)), ("[::1]:80", ("::1", 80)), ("0.0.0.0:9477", ("0.0.0.0", 9477)),
 ])
 def test_parse_listen(text, pair):
     assert parse_listen(text) == pair
+
+
+def test_parse_listen_refuses_a_missing_host():
+    """":9477" once meant every interface without saying so (issue 17)."""
+    with pytest.raises(ValueError, match="must name the host"):
+        parse_listen(":9477")
 
 
 def test_a_default_api_applies_where_it_can_and_an_explicit_one_is_checked(tmp_path):

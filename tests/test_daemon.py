@@ -249,7 +249,7 @@ def test_reload_applies_a_new_concurrency_limit(tmp_path, sim_url):
         targets = "".join(f"  - {{name: t{i}, provider: sim, model: fixed-ttft, probes: [{{kind: rest}}]}}\n"
                           for i in range(4))
         cfg.write_text(
-            f"storage: {{path: {db}}}\nserver: {{listen: '127.0.0.1:{port}'}}\n"
+            f"storage: {{path: {db}}}\nserver: {{listen: '127.0.0.1:{port}', enable_reload: true}}\n"
             f"max_concurrent_probes: {limit}\ndefaults: {{interval: 200ms, timeout: 3s}}\nproviders:\n"
             f"  sim: {{type: openai, base_url: '{sim_url}/v1', api_key: sk-t-0000000000}}\n"
             f"targets:\n{targets}")

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -108,8 +109,11 @@ async def _run_daemon(config, on_ready=None, stop_after: float | None = None) ->
         asyncio.get_running_loop().call_later(stop_after, stop.set)
     try:
         await daemon.run(stop, on_ready)
+    except sqlite3.Error as exc:  # SQLite's own message never names the file
+        raise Failure(f"cannot open the database {config.storage.path}: {exc}", 1) from None
     except OSError as exc:
-        raise Failure(f"cannot start: {exc.strerror or exc}", 1) from None
+        where = f" {exc.filename}" if exc.filename else ""
+        raise Failure(f"cannot start:{where} {exc.strerror or exc}", 1) from None
 
 
 @cli.command()

@@ -13,16 +13,19 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import math
 import os
 import re
+import stat
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
                       field_validator)
 
-from modelwatch.secrets import Secret
+from modelwatch.secrets import Secret, register_secret
 
 DEFAULT_PATH = "/etc/modelwatch/modelwatch.yaml"
 # Request fields the probe sets itself: extra_body may add fields, never change what is measured or billed.
@@ -35,6 +38,14 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+MAX_DURATION_S = 3650 * 86400.0  # ten years: beyond any retention, and finite
+MIN_DURATION_S = 0.001
+MAX_CONFIG_BYTES = 1_048_576  # a config or included file
+MAX_KEY_FILE_BYTES = 65_536
+MAX_YAML_VALUES = 100_000  # values after alias expansion: bounds a "billion laughs" file
+MAX_YAML_DEPTH = 64
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")  # an HTTP header name (RFC 9110 token)
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class ConfigError(Exception):
@@ -52,13 +63,28 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
-        match = _DURATION.match(str(value))
+        match = _DURATION.match(str(value)[:64])
         if not match:
             raise ValueError("must be a duration such as 500ms, 30s, 5m, 1h or 30d")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if math.isnan(seconds):
+        raise ValueError("must be a duration such as 500ms, 30s, 5m, 1h or 30d")
     if seconds <= 0:
         raise ValueError("must be longer than zero")
+    if seconds < MIN_DURATION_S:
+        raise ValueError("must be at least 1ms")
+    if seconds > MAX_DURATION_S:
+        raise ValueError("must be at most 3650d")
     return seconds
+
+
+def _within(low: float, high: float) -> Any:
+    """A validator bounding a duration to [low, high] seconds, both named in its message."""
+    def check(v: float | None) -> float | None:
+        if v is not None and not low <= v <= high:
+            raise ValueError(f"must be from {format_duration(low)} to {format_duration(high)}")
+        return v
+    return check
 
 
 def format_duration(seconds: float) -> str:
@@ -76,7 +102,12 @@ def parse_listen(value: Any) -> tuple[str, int]:
     match = re.match(r"^(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]*)):(\d{1,5})$", text)
     if not match or int(match.group(3)) > 65535:
         raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9477 or [::1]:9477")
-    return (match.group(1) or match.group(2) or "0.0.0.0"), int(match.group(3))
+    host = match.group(1) or match.group(2)
+    if not host:
+        # ":9477" would silently listen on every interface: say which one is meant.
+        raise ValueError("must name the host: 127.0.0.1:9477 for this machine only, "
+                         "0.0.0.0:9477 or [::]:9477 for every interface")
+    return host, int(match.group(3))
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -93,6 +124,31 @@ class StorageConfig(_Strict):
     retention: Duration = 30 * 86400.0
     rollup_retention: Duration = 400 * 86400.0
 
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("must be the path of the SQLite database file")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _a_file(cls, v: Path) -> Path:
+        # Checked here, not when opening: SQLite's own message would not name the path.
+        if "\x00" in str(v):
+            raise ValueError("must not contain NUL")
+        try:
+            mode = v.stat().st_mode
+        except FileNotFoundError:
+            return v
+        except OSError as exc:
+            raise ValueError(f"{v} cannot be used: {exc.strerror or exc}") from None
+        if stat.S_ISDIR(mode):
+            raise ValueError(f"{v} is a directory; name the database file in it, e.g. {v / 'modelwatch.db'}")
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{v} is not a regular file")
+        return v
+
     @field_validator("rollup_retention")
     @classmethod
     def _rollups_outlive_raw_rows(cls, v: float, info: ValidationInfo) -> float:
@@ -104,9 +160,11 @@ class StorageConfig(_Strict):
 
 
 class ServerConfig(_Strict):
-    """The daemon's HTTP endpoint (/metrics, /-/healthy)."""
+    """The daemon's HTTP endpoint (/metrics, /-/healthy, /-/reload when enabled)."""
 
     listen: str = "127.0.0.1:9477"
+    # Like Prometheus' --web.enable-lifecycle: anyone who reaches the port could reload.
+    enable_reload: bool = False
 
     @field_validator("listen")
     @classmethod
@@ -124,10 +182,10 @@ class BudgetConfig(_Strict):
 class ProbeSettings(_Strict):
     """Probe fields that ``defaults:`` may set for every probe."""
 
-    interval: Duration = 60.0
-    timeout: Duration = 30.0
-    connect_timeout: Duration | None = None
-    ttft_timeout: Duration | None = None
+    interval: Annotated[Duration, AfterValidator(_within(0.1, 30 * 86400.0))] = 60.0
+    timeout: Annotated[Duration, AfterValidator(_within(0.01, 3600.0))] = 30.0
+    connect_timeout: Annotated[Duration, AfterValidator(_within(0.01, 3600.0))] | None = None
+    ttft_timeout: Annotated[Duration, AfterValidator(_within(0.01, 3600.0))] | None = None
     prompt: str = Field("Say OK", min_length=1, max_length=2000)
     max_tokens: int = Field(16, ge=1, le=4096)
     max_tokens_field: Literal["max_completion_tokens", "max_tokens"] | None = None
@@ -150,7 +208,12 @@ class ProbeSettings(_Strict):
         reserved = sorted(set(v) & EXTRA_BODY_RESERVED)
         if reserved:
             raise ValueError(f"must not set {', '.join(reserved)}: the probe owns those fields")
-        if len(json.dumps(v)) > EXTRA_BODY_MAX_BYTES:
+        try:
+            body = json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError):  # a YAML date or timestamp, .nan, .inf
+            raise ValueError("must hold only JSON values: strings (quote dates), numbers, true/false, "
+                             "null, lists and mappings") from None
+        if len(body) > EXTRA_BODY_MAX_BYTES:
             raise ValueError(f"is too large (at most {EXTRA_BODY_MAX_BYTES} bytes of JSON)")
         return v
 
@@ -172,7 +235,7 @@ class ProviderConfig(_Strict):
     base_url: str
     api_key: Secret | None = None
     api_key_file: Path | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
     api_version: str | None = Field(None, min_length=1, max_length=64)
     auth_style: Literal["bearer", "x-api-key"] | None = None
     max_concurrent_probes: int = Field(8, ge=1, le=1000)
@@ -187,14 +250,36 @@ class ProviderConfig(_Strict):
         if "?" in v or "#" in v:
             # A key would end up in every URL the probe logs (e.g. Gemini's ?key=).
             raise ValueError("must not contain a query (?) or fragment (#); keys go in api_key or api_key_file")
+        if re.search(r"[\x00-\x20\x7f]", v):
+            raise ValueError("must not contain spaces or control characters")
+        try:
+            port = urllib.parse.urlsplit(v).port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ValueError("has an invalid port (a number from 1 to 65535)")
         return v.rstrip("/")
 
     @field_validator("headers")
     @classmethod
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
-        for name in v:
-            if name.lower() in ("authorization", "api-key", "x-api-key", "x-goog-api-key"):
+        for name, value in v.items():
+            if not _TOKEN.match(name):
+                raise ValueError(f"header name {name[:64]!r} is not a valid HTTP header name")
+            if name.lower() in ("authorization", "proxy-authorization", "api-key", "x-api-key",
+                                "x-goog-api-key"):
                 raise ValueError(f"header {name!r} carries a key; use api_key or api_key_file")
+            if _HEADER_VALUE_BAD.search(value):
+                raise ValueError(f"header {name!r} must be one line without control characters")
+            # A custom header may carry a credential (Ocp-Apim-Subscription-Key, X-Gateway-Key,
+            # Cookie): every value is redacted from error texts, logs and SQLite like a key. Of a
+            # cookie-style "name=value; ..." only the values: a name ("session") is ordinary text.
+            pairs = [p.partition("=") for p in value.split(";")]
+            if all(sep for _, sep, _ in pairs):
+                for _, _, secret in pairs:
+                    register_secret(secret)
+            else:
+                register_secret(value)
         return v
 
 
@@ -309,23 +394,102 @@ def _reason(err: dict) -> str:
     return msg.removeprefix("Value error, ").rstrip(".").replace("Input should", "must")
 
 
+def read_small_file(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, refusing anything else (a FIFO, /dev/zero) and anything over ``limit``.
+
+    Raises OSError, or ValueError with a reason that names no content.
+    """
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("is not a regular file")
+    if st.st_size > limit:
+        raise ValueError(f"is larger than {limit // 1024} KiB")
+    with open(path, "rb") as f:  # the size may change between stat and read: read one past
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"is larger than {limit // 1024} KiB")
+    return data
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys instead of keeping the last."""
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=False)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a plain value",
+                                                    key_node.start_mark) from None
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {str(key)[:64]!r} (first on line {seen[key] + 1})",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def _too_big(value: Any) -> str | None:
+    """Why a parsed tree is too large once its aliases are expanded, or None.
+
+    YAML aliases share one object, so a few lines can stand for billions of values
+    (a "billion laughs") or for a value containing itself; walking them, as every
+    later step does, would never end. The walk stops at the first limit reached.
+    """
+    budget = MAX_YAML_VALUES
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            return f"too many values once its aliases are expanded (at most {MAX_YAML_VALUES})"
+        if depth > MAX_YAML_DEPTH:
+            return f"nested too deeply (at most {MAX_YAML_DEPTH} levels)"
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return None
+
+
 def _read_yaml(file: Path, problems: _Problems) -> dict | None:
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_small_file(file, MAX_CONFIG_BYTES).decode("utf-8")
     except OSError as exc:
         problems.add(file, "", f"cannot read file: {exc.strerror or exc}")
         return None
+    except UnicodeDecodeError as exc:
+        problems.add(file, "", f"is not UTF-8 text (byte {exc.start})")
+        return None
+    except ValueError as exc:
+        problems.add(file, "", str(exc))
+        return None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problems.add(file, "", f"invalid YAML: {where}{getattr(exc, 'problem', None) or exc}")
+        # Never str(exc): PyYAML quotes the file's lines, and the file may be any file at all.
+        problems.add(file, "", f"invalid YAML: {where}{getattr(exc, 'problem', None) or 'cannot parse'}")
+        return None
+    except RecursionError:
+        problems.add(file, "", f"invalid YAML: nested too deeply (at most {MAX_YAML_DEPTH} levels)")
         return None
     if data is None:
         return {}
     if not isinstance(data, dict):
         problems.add(file, "", "must be a YAML mapping at the top level")
+        return None
+    reason = _too_big(data)
+    if reason:
+        problems.add(file, "", reason)
         return None
     return data
 
@@ -353,15 +517,23 @@ def _expand_env(value: Any, file: Path, path: str, problems: _Problems) -> Any:
 
 def _gather(file: Path, data: dict, pieces: _Pieces, problems: _Problems, allowed: set[str]) -> None:
     """Record a file's providers and targets, then follow its includes."""
+    if data and allowed is _INCLUDE_KEYS and not set(map(str, data)) & _INCLUDE_KEYS:
+        # Not a config file at all (include: [/etc/shadow]): naming its "keys" would print its lines.
+        problems.add(file, "", "is not a modelwatch config file (it has none of include:, providers:, targets:)")
+        return
     for key in data:
         if key not in allowed:
             reason = "unknown key" if key not in _TOP_KEYS else "not allowed in an included file"
-            problems.add(file, str(key), reason)
+            problems.add(file, str(key)[:128], reason)
     providers = data.get("providers") or {}
     if not isinstance(providers, dict):
         problems.add(file, "providers", "must be a mapping of provider name to provider")
         providers = {}
     for name, raw in providers.items():
+        if not (isinstance(name, str) and re.match(_NAME, name)):
+            problems.add(file, "providers", f"provider name {str(name)[:64]!r} must be letters, digits and "
+                         ". _ : / - (at most 128, starting with a letter or digit)")
+            continue
         if name in pieces.providers:
             problems.add(file, f"providers.{name}",
                          f"provider already defined in {pieces.providers[name][0]}")
@@ -436,12 +608,25 @@ def _read_key_file(file: Path, path: str, key_file: Path, problems: _Problems) -
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
     if not key_file.is_absolute() and creds and (Path(creds) / key_file).exists():
         full = Path(creds) / key_file
+    where = f"{path}.api_key_file"
     try:
-        return Secret(full.read_text(encoding="utf-8"))
+        text = read_small_file(full, MAX_KEY_FILE_BYTES).decode("utf-8")
     except OSError as exc:
-        problems.add(file, f"{path}.api_key_file", f"cannot read {full}: {exc.strerror or exc}")
-    except (ValueError, UnicodeDecodeError):
-        problems.add(file, f"{path}.api_key_file", f"{full} holds no key")
+        problems.add(file, where, f"cannot read {full}: {exc.strerror or exc}")
+        return None
+    except UnicodeDecodeError:
+        problems.add(file, where, f"{full} is not UTF-8 text")
+        return None
+    except ValueError as exc:
+        problems.add(file, where, f"{full} {exc}")
+        return None
+    if not text.strip():
+        problems.add(file, where, f"{full} holds no key")
+        return None
+    try:
+        return Secret(text)
+    except ValueError:  # the reason, never the content: it may be any file
+        problems.add(file, where, f"{full} must hold one key on one line, without spaces")
     return None
 
 

@@ -26,6 +26,7 @@ from modelwatch.systemd import notify, reloading_message, watchdog, watchdog_int
 log = logging.getLogger("modelwatch.daemon")
 
 STOP_GRACE_S = 5.0  # in-flight probes get this long to finish on shutdown
+RELOAD_SPACING_S = 1.0  # reloads start at least this far apart, however many are asked for
 LAGGED_S = 0.1  # a probe that saw the loop this late is counted in modelwatch_probes_lagged_total
 
 
@@ -49,6 +50,9 @@ class Daemon:
         self._reload_wanted = False  # a reload asked for while starting: run it once started
         self._reloads: set[asyncio.Task] = set()
         self._scheduling: asyncio.Task | None = None
+        self._reload_lock = asyncio.Lock()
+        self._reload_next = 0.0  # loop time before which no reload starts
+        self._reload_queued: asyncio.Future | None = None  # the reload every new caller joins
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[str], None] | None = None) -> None:
         """Run until ``stop`` is set, then shut down cleanly."""
@@ -59,7 +63,8 @@ class Daemon:
         self._http = new_http_session()
         self._scheduler = Scheduler(self._probe, self.metrics, cfg.max_concurrent_probes)
         host, port = parse_listen(cfg.server.listen)
-        runner, bound = await start_server(create_app(self.metrics, self.reload, self.problem), host, port)
+        reloader = self.reload if cfg.server.enable_reload else None
+        runner, bound = await start_server(create_app(self.metrics, reloader, self.problem), host, port)
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())
@@ -186,14 +191,46 @@ class Daemon:
         task.add_done_callback(self._reloads.discard)
 
     async def reload(self) -> tuple[bool, str]:
-        """Load the config file again; swap jobs only if it is valid."""
+        """Load the config file again; swap jobs only if all of it is valid and applies.
+
+        Reloads run one at a time, at least ``RELOAD_SPACING_S`` apart. A caller
+        arriving while one runs joins the next one, which reads the file after
+        every caller asked: a flood of requests costs one reload a second, not
+        one thread parsing YAML per request.
+        """
         if not self._started:
             return False, "modelwatch is still starting: reload again once it is ready"
+        if self._reload_queued is not None:
+            return await asyncio.shield(self._reload_queued)
+        loop = asyncio.get_running_loop()
+        queued = self._reload_queued = loop.create_future()
+        try:
+            async with self._reload_lock:
+                wait = self._reload_next - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._reload_queued = None  # later callers want a read after this one
+                result = await self._reload_once()
+                self._reload_next = loop.time() + RELOAD_SPACING_S
+        except BaseException:
+            if self._reload_queued is queued:
+                self._reload_queued = None
+            queued.cancel()
+            raise
+        queued.set_result(result)
+        return result
+
+    async def _reload_once(self) -> tuple[bool, str]:
         notify(reloading_message())
         ok, message = False, "reload failed"
         try:
             ok, message = await self._reload()
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the running config stays
+            log.error("reload failed, keeping the running config error=%r", f"{type(exc).__name__}: {exc}")
+            message = f"reload failed: {type(exc).__name__}"
         finally:  # whatever happened, systemd must not be left thinking we are still reloading
+            if not ok:
+                self.metrics.reload_ok.set(0)
             status = f"probing {len(self.config.jobs)} probes, serving {self.url}" if ok else \
                 "reload failed, running the previous config"
             notify(f"READY=1\nSTATUS={status}")
@@ -204,7 +241,6 @@ class Daemon:
         try:
             new = await loop.run_in_executor(None, load_config, self.config.path)
         except ConfigError as exc:
-            self.metrics.reload_ok.set(0)
             log.error("reload failed, keeping the running config problems=%d first=%r",
                       len(exc.problems), exc.problems[0])
             return False, "reload failed: " + "; ".join(exc.problems)
@@ -212,10 +248,19 @@ class Daemon:
                 or new.server != self.config.server:
             log.warning("reload: storage, server and location changes need a restart")
             new = _keep_static(new, self.config)
+        old = self.config
+        try:  # all or nothing: the scheduler either takes every new job or keeps the old ones
+            added, removed = self._scheduler.set_jobs(new.jobs)
+        except Exception:
+            self._scheduler.set_jobs(old.jobs)
+            raise
+        for job in removed:
+            self.metrics.remove_job(job)
+        for job in added:
+            self.metrics.add_job(job)
         self.config = new
         await self._set_budget(new)
         self._scheduler.set_max_concurrent(new.max_concurrent_probes)
-        self._apply_jobs(new.jobs)
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())
         log.info("reloaded probes=%d", len(new.jobs))

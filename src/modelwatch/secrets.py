@@ -41,6 +41,7 @@ _MASKED = re.compile(r"(?<![A-Za-z0-9_\-])(?P<head>[A-Za-z0-9_\-]{0,64})"
 _HEAD_IS_KEY = re.compile(r"(?:^|[^A-Za-z0-9])" + _KEY_PREFIX)
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 REDACTED = "<redacted>"
+_NOT_IN_KEY = re.compile(r"[\x00-\x20\x7f-\x9f]")
 
 
 class Secret:
@@ -52,12 +53,11 @@ class Secret:
         value = value.strip()
         if not value:
             raise ValueError("secret is empty")
+        if _NOT_IN_KEY.search(value):
+            # A CR/LF would split the request header it goes into; no provider's key has spaces.
+            raise ValueError("must be one line without spaces or control characters")
         self._value = value
-        global _index
-        with _known_lock:
-            if value not in _known:
-                _known.add(value)
-                _index = None
+        register_secret(value)
 
     def reveal(self) -> str:
         """Return the secret value: only for building a request header."""
@@ -94,6 +94,18 @@ class Secret:
         if not isinstance(value, str):
             raise ValueError("must be a string")
         return cls(value)
+
+
+def register_secret(value: str) -> None:
+    """Redact ``value`` (and its echoed fragments) from every text from now on."""
+    global _index
+    value = value.strip()
+    if not value:
+        return
+    with _known_lock:
+        if value not in _known:
+            _known.add(value)
+            _index = None
 
 
 def _lower(text: str) -> str:

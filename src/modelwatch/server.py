@@ -42,8 +42,9 @@ def create_app(metrics: ProbeMetrics, reload: Reloader | None = None,
         return web.Response(text="OK\n")
 
     async def do_reload(request: web.Request) -> web.Response:
-        if reload is None:
-            return web.Response(status=404, text="reload is not available\n")
+        if reload is None:  # Prometheus' lifecycle API is opt-in for the same reason
+            return web.Response(status=403, text="reload over HTTP is disabled: set server.enable_reload: "
+                                "true, or send SIGHUP (systemctl reload modelwatch)\n")
         ok, message = await reload()
         return web.Response(status=200 if ok else 500, text=message + "\n")
 
