@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import resource
 import signal
 import time
 from collections.abc import Callable
@@ -58,13 +59,15 @@ class Daemon:
         """Run until ``stop`` is set, then shut down cleanly."""
         loop = self._loop = asyncio.get_running_loop()
         cfg = self.config
+        self._fd_limit = raise_fd_limit()
         self.store = await loop.run_in_executor(None, self._open_store)
         await self._set_budget(cfg)
         self._http = new_http_session()
         self._scheduler = Scheduler(self._probe, self.metrics, cfg.max_concurrent_probes)
         host, port = parse_listen(cfg.server.listen)
         reloader = self.reload if cfg.server.enable_reload else None
-        runner, bound = await start_server(create_app(self.metrics, reloader, self.problem), host, port)
+        runner, bound = await start_server(create_app(self.metrics, reloader, self.problem), host, port,
+                                           on_refused=self.metrics.http_refused.inc)
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())
@@ -78,8 +81,8 @@ class Daemon:
         ping_every = watchdog_interval()
         if ping_every:
             tasks.append(loop.create_task(watchdog(ping_every, alive=lambda: self.problem() is None)))
-        log.info("started url=%s targets=%d probes=%d db=%s", self.url,
-                 len({j.target for j in cfg.jobs}), len(cfg.jobs), cfg.storage.path)
+        log.info("started url=%s targets=%d probes=%d db=%s open_files_limit=%d", self.url,
+                 len({j.target for j in cfg.jobs}), len(cfg.jobs), cfg.storage.path, self._fd_limit)
         notify(f"READY=1\nSTATUS=probing {len(cfg.jobs)} probes, serving {self.url}")
         if on_ready:
             on_ready(self.url)
@@ -265,6 +268,24 @@ class Daemon:
         self.metrics.reload_ts.set(time.time())
         log.info("reloaded probes=%d", len(new.jobs))
         return True, f"reloaded {len(new.jobs)} probes"
+
+
+def raise_fd_limit(want: int = 65536) -> int:
+    """Raise the soft limit on open files toward the hard one; return the limit in force.
+
+    Each probe holds a socket, and 1,024 (the usual soft default) is what a few hundred
+    probes plus a burst of connections to our own port can reach: a probe that then cannot
+    open its socket would read as the provider's connect_error.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 def _scheduler_ended(task: asyncio.Task) -> None:

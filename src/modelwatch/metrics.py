@@ -172,6 +172,9 @@ class ProbeMetrics:
         self.store_dropped = Counter("modelwatch_store_dropped_rows",
                                      "Results dropped unwritten because SQLite refused writes for so "
                                      "long that the rows held in memory reached their limit", registry=r)
+        self.http_refused = Counter("modelwatch_http_connections_refused",
+                                    "Connections to the daemon's own port closed at once because it "
+                                    "already had its maximum of open connections", registry=r)
         self.probes_lagged = Counter("modelwatch_probes_lagged",
                                      "Probes during which the daemon's event loop lagged 100 ms or more: "
                                      "their timings include the daemon's own delay", registry=r)
