@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from modelwatch.config import Config, ConfigError, ProbeJob, load_config, parse_listen
 from modelwatch.cost import DailyBudget, is_paid, utc_day_start
 from modelwatch.metrics import ProbeMetrics
-from modelwatch.outcomes import Outcome, ProbeResult
+from modelwatch.outcomes import LocalFault, Outcome, ProbeResult
 from modelwatch.probes import prober_for
 from modelwatch.probes.base import new_http_session, run_probe
 from modelwatch.scheduler import LoopLag, Scheduler
@@ -51,6 +51,7 @@ class Daemon:
         self._reload_wanted = False  # a reload asked for while starting: run it once started
         self._reloads: set[asyncio.Task] = set()
         self._scheduling: asyncio.Task | None = None
+        self._local_faults: set[str] = set()  # reasons logged since probes last reached a provider
         self._reload_lock = asyncio.Lock()
         self._reload_next = 0.0  # loop time before which no reload starts
         self._reload_queued: asyncio.Future | None = None  # the reload every new caller joins
@@ -164,7 +165,19 @@ class Daemon:
                 self.metrics.budget_skipped.inc()
                 return
         since = self._loop.time()
-        result = await run_probe(job, self._http, prober_for(job.provider.type, job.probe.kind))
+        try:
+            result = await run_probe(job, self._http, prober_for(job.provider.type, job.probe.kind))
+        except LocalFault as fault:
+            self.metrics.local_failures.labels(fault.reason).inc()
+            if fault.reason not in self._local_faults:
+                self._local_faults.add(fault.reason)
+                log.error("probes fail inside modelwatch, not at the provider; not recorded as "
+                          "provider outcomes reason=%s error=%r", fault.reason, str(fault))
+            return
+        if self._local_faults and result.connect_s is not None:
+            log.warning("probes reach providers again after a local fault reasons=%s",
+                        ",".join(sorted(self._local_faults)))
+            self._local_faults.clear()
         lag = self._lag.worst_since(since)
         result = dataclasses.replace(result, loop_lag_s=round(lag, 4))
         if lag >= LAGGED_S:

@@ -172,6 +172,12 @@ class ProbeMetrics:
         self.store_dropped = Counter("modelwatch_store_dropped_rows",
                                      "Results dropped unwritten because SQLite refused writes for so "
                                      "long that the rows held in memory reached their limit", registry=r)
+        self.local_failures = Counter("modelwatch_probe_local_failures",
+                                      "Probes that failed inside modelwatch before reaching the provider "
+                                      "(no file descriptor left, an empty TLS trust store): not recorded "
+                                      "as provider outcomes", ("reason",), registry=r)
+        for reason in ("open_files", "trust_store"):
+            self.local_failures.labels(reason)
         self.http_refused = Counter("modelwatch_http_connections_refused",
                                     "Connections to the daemon's own port closed at once because it "
                                     "already had its maximum of open connections", registry=r)

@@ -67,6 +67,19 @@ class ProbeFailure(Exception):
         self.http_status = http_status
 
 
+class LocalFault(Exception):
+    """A probe failed inside modelwatch before it reached the provider.
+
+    The process ran out of file descriptors, or its own TLS trust store holds no
+    CA: no provider outcome is true of such a probe, so it is not recorded as one
+    (the daemon counts it in ``modelwatch_probe_local_failures_total``).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def outcome_for_status(status: int) -> Outcome:
     """The outcome an HTTP error status means when the body says nothing more specific."""
     if status in (401, 403):

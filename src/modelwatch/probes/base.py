@@ -16,11 +16,18 @@ Exceptions a prober may let through, and what they become::
     aiohttp.ServerDisconnectedError,
     ClientPayloadError, ConnectionError -> connect_error before headers, else protocol_error
     any other Exception                -> protocol_error "internal" (logged at debug)
+
+except a fault of our own, which is raised as :class:`~modelwatch.outcomes.LocalFault`
+instead of becoming a provider outcome: no file descriptor left for the socket
+(EMFILE/ENFILE), or a certificate that failed verification while our trust store
+holds no CA at all (``SSL_CERT_FILE`` naming a missing or empty bundle).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import logging
 import re
 import ssl
@@ -33,7 +40,7 @@ import aiohttp
 
 from modelwatch.config import ProbeJob
 from modelwatch.cost import probe_cost_usd
-from modelwatch.outcomes import Outcome, ProbeFailure, ProbeResult, storable_text
+from modelwatch.outcomes import LocalFault, Outcome, ProbeFailure, ProbeResult, storable_text
 from modelwatch.secrets import redact, short_error
 from modelwatch.sse import SSEDecoder
 
@@ -129,6 +136,9 @@ async def run_probe(job: ProbeJob, http: aiohttp.ClientSession, prober: Prober) 
         outcome, code = Outcome.TIMEOUT, phase
         message = f"no {phase} within its budget" if phase != "total" else f"probe exceeded {job.probe.timeout:g}s"
     except Exception as exc:  # noqa: BLE001 - a probe must never raise past the runner
+        fault = local_fault(exc)
+        if fault is not None:
+            raise fault from exc
         outcome, code, message = classify_transport_error(exc, m)
     finally:
         m._scope = None
@@ -252,6 +262,36 @@ def clean_request_id(value: object) -> str | None:
 
 def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
+
+
+_OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)
+
+
+def local_fault(exc: BaseException) -> LocalFault | None:
+    """The fault of our own an exception stands for, or None if it may be the provider's."""
+    cause: BaseException | None = exc
+    for _ in range(4):  # aiohttp wraps the OSError once or twice
+        if cause is None:
+            break
+        if isinstance(cause, OSError) and cause.errno in _OUT_OF_FILES:
+            return LocalFault("open_files", "modelwatch has no file descriptor left for the probe's "
+                              "socket (raise LimitNOFILE)")
+        if isinstance(cause, (ssl.SSLCertVerificationError, aiohttp.ClientConnectorCertificateError)) \
+                and not trust_store_has_cas():
+            return LocalFault("trust_store", "modelwatch's TLS trust store holds no CA certificate "
+                              "(check SSL_CERT_FILE)")
+        cause = getattr(cause, "os_error", None) or getattr(cause, "certificate_error", None) \
+            or cause.__cause__
+    return None
+
+
+@functools.cache
+def trust_store_has_cas() -> bool:
+    """Whether the default TLS context (the one aiohttp verifies with) loaded any CA."""
+    try:
+        return ssl.create_default_context().cert_store_stats().get("x509_ca", 0) > 0
+    except (ssl.SSLError, OSError):
+        return False
 
 
 def classify_transport_error(exc: BaseException, m: Measurement) -> tuple[Outcome, str, str]:
