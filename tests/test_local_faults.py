@@ -110,7 +110,7 @@ def _run(tmp_path: Path, url: str, bundle: str) -> tuple[str, list[dict], str]:
     try:
         wait_for(lambda: http_get(base + "/-/healthy") == "OK\n", 20)
         text = wait_for(lambda: (t := http_get(base + "/metrics")) and (
-            metric(t, "modelwatch_probe_local_failures_total") >= 3
+            metric(t, "modelwatch_probes_local_failures_total") >= 3
             or metric(t, "modelwatch_probes_total") >= 3) and t, 15)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -121,7 +121,7 @@ def _run(tmp_path: Path, url: str, bundle: str) -> tuple[str, list[dict], str]:
 def test_an_empty_trust_store_is_our_fault_not_the_providers(tmp_path, tls_server):
     url, _ = tls_server
     text, stored, log = _run(tmp_path, url, str(tmp_path / "no-such-bundle.pem"))
-    assert metric(text, "modelwatch_probe_local_failures_total", reason="trust_store") >= 3
+    assert metric(text, "modelwatch_probes_local_failures_total", reason="trust_store") >= 3
     assert metric(text, "modelwatch_probes_total") == 0  # no provider outcome at all
     assert stored == []
     assert log.count("probes fail inside modelwatch") == 1  # once, not per probe

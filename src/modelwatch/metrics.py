@@ -172,7 +172,7 @@ class ProbeMetrics:
         self.store_dropped = Counter("modelwatch_store_dropped_rows",
                                      "Results dropped unwritten because SQLite refused writes for so "
                                      "long that the rows held in memory reached their limit", registry=r)
-        self.local_failures = Counter("modelwatch_probe_local_failures",
+        self.local_failures = Counter("modelwatch_probes_local_failures",
                                       "Probes that failed inside modelwatch before reaching the provider "
                                       "(no file descriptor left, an empty TLS trust store): not recorded "
                                       "as provider outcomes", ("reason",), registry=r)

@@ -72,7 +72,7 @@ class LocalFault(Exception):
 
     The process ran out of file descriptors, or its own TLS trust store holds no
     CA: no provider outcome is true of such a probe, so it is not recorded as one
-    (the daemon counts it in ``modelwatch_probe_local_failures_total``).
+    (the daemon counts it in ``modelwatch_probes_local_failures_total``).
     """
 
     def __init__(self, reason: str, message: str) -> None:
