@@ -293,3 +293,26 @@ def test_a_missing_endpoint_names_its_path_and_not_the_query(tmp_path, sim_url):
     a = run_jobs(load_config(cfg).jobs)["a"]
     assert (a.outcome, a.error_code) == ("model_unavailable", "endpoint_not_found")
     assert "/nothing/openai/deployments/healthy/chat/completions" in a.error and "api-version" not in a.error
+
+
+def test_every_probe_type_names_a_missing_endpoint(tmp_path, sim_url):
+    """Realtime upgrades, Anthropic, Gemini and the models check read a 404 for the path the same way."""
+    base, key = f"{sim_url}/nothing", "sk-test-Fixture0000111122223333"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "providers:\n"
+        f"  o: {{type: openai, base_url: '{base}/v1', api_key: '{key}'}}\n"
+        f"  a: {{type: anthropic, base_url: '{base}/v1', api_key: '{key}'}}\n"
+        f"  g: {{type: gemini, base_url: '{base}/v1beta', api_key: '{key}'}}\n"
+        "targets:\n"
+        "  - {name: rt, provider: o, model: rt-healthy, probes: [{kind: realtime}]}\n"
+        "  - {name: list, provider: o, model: healthy, probes: [{kind: models}]}\n"
+        "  - {name: anth, provider: a, model: anth-healthy, probes: [{kind: rest}]}\n"
+        "  - {name: gem, provider: g, model: gemini-healthy, probes: [{kind: rest}]}\n")
+    results = run_jobs(load_config(cfg).jobs)
+    paths = {"rt": "GET /nothing/v1/realtime", "list": "GET /nothing/v1/models",
+             "anth": "POST /nothing/v1/messages", "gem": "POST /nothing/v1beta/models/gemini-healthy"}
+    for target, path in paths.items():
+        r = results[target]
+        assert (r.outcome, r.error_code, r.http_status) == ("model_unavailable", "endpoint_not_found", 404), r
+        assert f"no endpoint at {path}" in r.error and "?" not in r.error, r.error

@@ -267,7 +267,7 @@ async def _refuse_non_stream(job: ProbeJob, resp: aiohttp.ClientResponse, m: Mea
     if 300 <= resp.status < 400:
         raise ProbeFailure(Outcome.PROTOCOL_ERROR, "redirect", f"HTTP {resp.status} redirect (not followed)")
     if resp.status != 200:
-        raise status_failure(classify_anthropic_error(resp.status, body), resp)
+        raise status_failure(classify_anthropic_error(resp.status, body), resp.status, resp.request_info)
     if isinstance(body, dict) and body.get("type") == "error":
         raise ProbeFailure(*classify_anthropic_error(None, body))
     raise ProbeFailure(Outcome.PROTOCOL_ERROR, "not_event_stream",

@@ -351,7 +351,7 @@ async def probe_gemini(job: ProbeJob, http: aiohttp.ClientSession, m: Measuremen
             if 300 <= resp.status < 400:
                 raise ProbeFailure(Outcome.PROTOCOL_ERROR, "redirect",
                                    f"HTTP {resp.status} redirect (not followed)")
-            raise status_failure(classify_google_error(resp.status, parse_body(raw)), resp)
+            raise status_failure(classify_google_error(resp.status, parse_body(raw)), resp.status, resp.request_info)
         await _read_stream(job, resp, m)
 
 

@@ -89,7 +89,7 @@ async def probe_models(job: ProbeJob, http: aiohttp.ClientSession, m: Measuremen
                            f"response exceeded {job.probe.max_response_bytes} bytes")
     if resp.status != 200:
         classify = CLASSIFIERS.get(job.provider.type, classify_openai_error)
-        raise status_failure(classify(resp.status, parse_body(raw)), resp)
+        raise status_failure(classify(resp.status, parse_body(raw)), resp.status, resp.request_info)
     try:
         # OpenRouter's full list is megabytes: parsing it on the loop would delay other probes' reads.
         parsed = await asyncio.to_thread(json.loads, raw) if len(raw) > OFF_LOOP_BYTES else json.loads(raw)

@@ -64,13 +64,14 @@ def is_missing_endpoint(status: int | None, names_model: bool, message: str) -> 
     return status == 404 and not names_model and not _NAMES_MODEL.search(_URL_PATH.sub("", message))
 
 
-def status_failure(classified: tuple[Outcome, str, str], resp: aiohttp.ClientResponse) -> ProbeFailure:
+def status_failure(classified: tuple[Outcome, str, str], status: int,
+                   request: aiohttp.RequestInfo) -> ProbeFailure:
     """The failure of an error status; a missing endpoint names the URL path (never its query)."""
     outcome, code, message = classified
     if code == ENDPOINT_NOT_FOUND:
         said = f": {message}" if message and message != "HTTP 404" else ""
-        message = f"no endpoint at {resp.method} {resp.url.path} (HTTP 404{said})"
-    return ProbeFailure(outcome, code, message, http_status=resp.status)
+        message = f"no endpoint at {request.method} {request.url.path} (HTTP 404{said})"
+    return ProbeFailure(outcome, code, message, http_status=status)
 
 
 def build_request(job: ProbeJob) -> tuple[str, dict[str, str], bytes]:
@@ -333,7 +334,7 @@ async def refuse_unless_event_stream(resp: aiohttp.ClientResponse,
     if 300 <= resp.status < 400:
         raise ProbeFailure(Outcome.PROTOCOL_ERROR, "redirect", f"HTTP {resp.status} redirect (not followed)")
     if resp.status != 200:
-        raise status_failure(classify_openai_error(resp.status, body), resp)
+        raise status_failure(classify_openai_error(resp.status, body), resp.status, resp.request_info)
     if isinstance(body, (dict, list)) and error_fields(body)[2] and not is_answer(body):
         raise ProbeFailure(*classify_openai_error(None, body))
     raise ProbeFailure(Outcome.PROTOCOL_ERROR, "not_event_stream",
