@@ -93,7 +93,9 @@ async def handle(request):
         body = GZIP_OK if mode == "gzipok" else GZIP_BOMB
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Content-Encoding": "gzip"})
         await resp.prepare(request)
-        for start in range(0, len(body), 16384):
+        await resp.write(body[:10])  # the gzip header alone inflates to nothing: not the end
+        await asyncio.sleep(0.05)
+        for start in range(10, len(body), 16384):
             await resp.write(body[start:start + 16384])
         return resp
     if mode == "trickle":  # a valid chunk, one byte a second

@@ -259,24 +259,30 @@ class BodyReader:
         self.arrived = time.perf_counter()
 
     async def read(self) -> bytes:
-        """The next piece of the body; ``b""`` at its end."""
-        chunk = await self._resp.content.readany()
-        self.arrived = time.perf_counter()
+        """The next piece of the body; ``b""`` only at its end."""
         m = self._m
-        m.bytes_read += len(chunk)
-        if m.bytes_read > m.byte_limit:
-            raise too_large(m.byte_limit)
-        if self._inflater is None or not chunk:
-            return chunk
-        room = m.byte_limit - self.inflated
+        while True:
+            chunk = await self._resp.content.readany()
+            self.arrived = time.perf_counter()
+            m.bytes_read += len(chunk)
+            if m.bytes_read > m.byte_limit:
+                raise too_large(m.byte_limit)
+            if self._inflater is None or not chunk:
+                return chunk
+            out = self._inflate(chunk)
+            if out:  # a piece that inflates to nothing yet (a gzip header alone) is not the end
+                return out
+
+    def _inflate(self, chunk: bytes) -> bytes:
+        room = self._m.byte_limit - self.inflated
         try:
             out = self._inflater.decompress(chunk, room + 1)
         except zlib.error:
             raise ProbeFailure(Outcome.PROTOCOL_ERROR, "malformed_chunk",
                                f"the {self._encoding} body does not inflate") from None
         self.inflated += len(out)
-        if self.inflated > m.byte_limit:
-            raise too_large(m.byte_limit, f" once inflated (Content-Encoding {self._encoding})")
+        if self.inflated > self._m.byte_limit:
+            raise too_large(self._m.byte_limit, f" once inflated (Content-Encoding {self._encoding})")
         return out
 
 
