@@ -121,6 +121,6 @@ def test_an_error_body_framed_as_sse_is_read_for_its_json():
     raw = (b'data: {"error": {"message": "Rate limit reached for gpt-4o-mini", "type": "tokens", '
            b'"param": null, "code": "rate_limit_exceeded"}}\n\n')
     body = parse_body(raw)
-    assert body["error"]["code"] == "rate_limit_exceeded"
+    assert body["error"]["code"] == "rate_limit_exceeded" and parse_body(b"\r\n" + raw) == body
     assert classify_openai_error(429, body)[:2] == (Outcome.RATE_LIMITED, "rate_limit_exceeded")
     assert parse_body(b"event: error\r\ndata: {not json\r\n\r\n") == "event: error\r\ndata: {not json\r\n\r\n"

@@ -204,7 +204,7 @@ def parse_body(raw: bytes) -> Any:
         pass
     text = raw.decode("utf-8", errors="replace")
     if text.lstrip().startswith(("data:", "event:")):
-        for event in SSEDecoder().feed(raw + b"\n\n"):
+        for event in SSEDecoder().feed(raw.lstrip() + b"\n\n"):
             try:
                 return json.loads(event.data)
             except ValueError:
