@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,8 @@ CASES = {
     "anthropic_malformed": ("protocol_error", "malformed_chunk", -1, 12, 1),
     # message_delta without output_tokens: message_start's count stands
     "anthropic_usage_fallback": ("ok", None, 2, 9, 1),
+    # LiteLLM's Messages bridge: input_tokens 0 at the start, the real count in message_delta
+    "litellm_anthropic_usage_in_delta": ("ok", None, 2, 12, 2),
 }
 
 
@@ -121,3 +124,12 @@ def test_request_carries_the_chosen_auth_style_and_version(provider, auth, versi
     sent = json.loads(body)
     assert sent == {"model": "claude-haiku-4-5", "max_tokens": 16, "stream": True,
                     "messages": [{"role": "user", "content": "Say OK"}]}  # no thinking, ever
+
+
+def test_message_stop_without_a_stop_reason_is_a_cut_answer_unless_optional():
+    raw = (CAPTURES / "anthropic_ok.sse").read_bytes()
+    cut = b"".join(e for e in re.split(rb"(?<=\n\n)", raw) if b"message_delta" not in e)
+    assert b"stop_reason\":\"" not in cut and b"message_stop" in cut
+    _, failure = feed_capture(MessageStream(), [cut])
+    assert (failure.outcome, failure.error_code) == (Outcome.PROTOCOL_ERROR, "no_finish_reason")
+    assert feed_capture(MessageStream(require_stop=False), [cut]) == (3, None)

@@ -46,10 +46,10 @@ def test_all_catalogs_together_have_unique_names(tmp_path, monkeypatch):
     for name, value in DUMMY_ENV.items():
         monkeypatch.setenv(name, value)
     cfg = load_config(main_config(tmp_path, str(ROOT / "probes" / "*.yaml")))
-    assert len({j.provider_name for j in cfg.jobs}) == 7  # vllm and ollama share local.yaml
+    assert len({j.provider_name for j in cfg.jobs}) == 8  # vllm, ollama and llama-cpp-python share local.yaml
     for job in cfg.jobs:
         assert job.target.split("/")[0] in {"openai", "azure", "anthropic", "gemini", "openrouter", "vllm",
-                                            "ollama"}
+                                            "ollama", "llama-cpp-python"}
         assert job.price is not None, job.target  # the budget can count every probe
         assert job.probe.max_tokens <= 64 and len(job.probe.prompt) <= 20  # probes stay tiny
         assert job.probe.interval >= 30
@@ -125,3 +125,11 @@ def test_catalog_model_ids_are_known_to_the_installed_sdk(tmp_path, catalog, mon
     known = sdk_model_ids()["anthropic" if catalog == "anthropic" else "openai"]
     unknown = sorted({j.model for j in jobs} - known - set(NOT_IN_SDK))
     assert unknown == [], f"{catalog}.yaml: not in the installed SDK's model list: {unknown}"
+
+
+def test_llama_cpp_python_is_probed_the_way_it_can_answer(tmp_path):
+    """It ignores max_completion_tokens, and any second request (a models probe too) interrupts it."""
+    jobs = [j for j in load_config(main_config(tmp_path, str(ROOT / "probes" / "local.yaml"))).jobs
+            if j.provider_name == "llama-cpp-python"]
+    assert [(j.probe.kind, j.probe.max_tokens_field) for j in jobs] == [("rest", "max_tokens")]
+    assert jobs[0].provider.finish_reason == "required"  # an interrupted stream must show

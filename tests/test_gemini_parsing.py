@@ -154,3 +154,13 @@ def test_request_puts_the_key_in_a_header_only():
 def test_request_leaves_thinking_to_the_model_by_default():
     _url, _headers, body = build_request(_job())
     assert "thinkingConfig" not in json.loads(body)["generationConfig"]
+
+
+def test_a_missing_finish_reason_is_accepted_only_where_optional():
+    raw = (CAPTURES / "gemini_no_finish.sse").read_bytes()
+    for require, expected in ((True, "no_terminator"), (False, None)):
+        stream = GeminiStream(require_finish=require)
+        stream.feed(raw)
+        stream.feed(b"", final=True)
+        failure = stream.verdict()
+        assert (failure.error_code if failure else None) == expected

@@ -32,12 +32,25 @@ HUGE = 200 * 1_048_576  # far beyond the cap and the memory bound
 GIANT_FRAME = 96 * 1_048_576
 
 SERVER = r'''
-import asyncio, json, sys
+import asyncio, json, sys, zlib
 from aiohttp import web
 
 CHUNK = ("data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "model": "m",
          "choices": [{"index": 0, "delta": {"content": "ok "}, "finish_reason": None}]}) + "\n\n").encode()
 HUGE, GIANT = int(sys.argv[1]), int(sys.argv[2])
+FINISH = ("data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "model": "m",
+          "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) + "\n\n").encode()
+
+
+def gzipped(pieces, times=1):
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    out = [z.compress(piece) for _ in range(times) for piece in pieces]
+    return b"".join(out) + z.flush()
+
+
+GZIP_OK = gzipped([CHUNK * 3, FINISH, b"data: [DONE]\n\n"])
+# 64 MiB of valid chunks (never [DONE]) in about 64 KiB: far under the cap on the wire
+GZIP_BOMB = gzipped([CHUNK * 4096], times=64 * 1_048_576 // (len(CHUNK) * 4096))
 
 async def stream(request, headers={"Content-Type": "text/event-stream"}):
     resp = web.StreamResponse(headers=headers)
@@ -75,6 +88,15 @@ async def handle(request):
         await resp.write(block)
         for _ in range(HUGE // 1_048_576 - 1):
             await resp.write(b"x" * 1_048_576)
+        return resp
+    if mode in ("gzipok", "gzipbomb"):  # gzip although the probe asked for identity
+        body = GZIP_OK if mode == "gzipok" else GZIP_BOMB
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Content-Encoding": "gzip"})
+        await resp.prepare(request)
+        await resp.write(body[:10])  # the gzip header alone inflates to nothing: not the end
+        await asyncio.sleep(0.05)
+        for start in range(10, len(body), 16384):
+            await resp.write(body[start:start + 16384])
         return resp
     if mode == "trickle":  # a valid chunk, one byte a second
         resp = await stream(request)
@@ -144,6 +166,10 @@ CASES = [
     ("giant WebSocket frame", "openai", "realtime", "giant", "protocol_error", "frame_too_large"),
     ("giant Gemini Live frame", "gemini", "realtime", "giant", "protocol_error", "frame_too_large"),
     ("endless WebSocket events", "openai", "realtime", "wsendless", "timeout", "session"),
+    ("gzip-encoded SSE stream", "openai", "rest", "gzipok", "ok", None),
+    ("gzip bomb SSE stream", "openai", "rest", "gzipbomb", "protocol_error", "response_too_large"),
+    ("gzip bomb anthropic stream", "anthropic", "rest", "gzipbomb", "protocol_error", "response_too_large"),
+    ("gzip bomb gemini stream", "gemini", "rest", "gzipbomb", "protocol_error", "response_too_large"),
     ("body trickling a byte a second", "openai", "rest", "trickle", "timeout", "ttft"),
     ("status line trickling a byte a second", "openai", "rest", ":dribble", "timeout", "ttfb"),
     ("accepts but never answers", "openai", "rest", ":silent", "timeout", "ttfb"),
@@ -175,5 +201,7 @@ def test_hostile_endpoint_ends_in_time_with_bounded_memory(tmp_path, hostile, na
     growth = _status_kb("VmHWM") * 1024 - before
 
     assert (result.outcome, result.error_code) == (outcome, code), result
+    if mode == "gzipbomb":  # stopped by what it inflated to, not by the 64 KiB that came
+        assert "once inflated (Content-Encoding gzip)" in result.error and result.ttfb_s is not None
     assert took < TIMEOUT_S + GRACE_S, f"{name}: the probe ran {took:.1f}s past its {TIMEOUT_S}s timeout"
     assert growth < MEMORY_BOUND, f"{name}: peak RSS grew by {growth / 1_048_576:.0f} MiB"

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import feed_capture
 from modelwatch.outcomes import Outcome, ProbeFailure
-from modelwatch.probes.openai_chat import ChatStream, classify_openai_error
+from modelwatch.probes.openai_chat import ChatStream, classify_openai_error, parse_body
 from modelwatch.sse import SSEDecoder
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
@@ -45,6 +45,9 @@ CASES = {
     "ollama_usage_copy": ("ok", None, 1, 11, 12),  # delta.reasoning is not the answer either
     "mistral_auto_usage": ("ok", None, 1, 7, 2),
     "together_text_field": ("ok", None, 0, 40, 2),
+    # llama-cpp-python 0.3: no usage in streams; interrupted, it sends [DONE] without a finish_reason
+    "llama_cpp_python_ok": ("ok", None, 1, None, None),
+    "llama_cpp_python_interrupted": ("protocol_error", "no_finish_reason", 1, None, None),
 }
 
 
@@ -123,3 +126,19 @@ def test_error_classification(case):
 def test_every_outcome_but_ok_and_connect_failures_is_reachable_from_errors():
     reached = {c["outcome"] for c in ERRORS} | {v[0] for v in CASES.values()}
     assert reached >= {o.value for o in Outcome} - {"connect_error"}
+
+
+def test_a_missing_finish_reason_is_accepted_only_where_optional():
+    raw = (CAPTURES / "llama_cpp_python_interrupted.sse").read_bytes()
+    stream = ChatStream(require_done=False, require_finish=False)
+    assert feed_capture(stream, [raw]) == (1, None)
+
+
+def test_an_error_body_framed_as_sse_is_read_for_its_json():
+    """Some gateways send an error status with the body as one SSE event."""
+    raw = (b'data: {"error": {"message": "Rate limit reached for gpt-4o-mini", "type": "tokens", '
+           b'"param": null, "code": "rate_limit_exceeded"}}\n\n')
+    body = parse_body(raw)
+    assert body["error"]["code"] == "rate_limit_exceeded" and parse_body(b"\r\n" + raw) == body
+    assert classify_openai_error(429, body)[:2] == (Outcome.RATE_LIMITED, "rate_limit_exceeded")
+    assert parse_body(b"event: error\r\ndata: {not json\r\n\r\n") == "event: error\r\ndata: {not json\r\n\r\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -43,6 +44,14 @@ FAILURES = {
     "no-done": ("protocol_error", "no_terminator", 200),
     "length-empty": ("protocol_error", "no_content", 200),
     "no-such-model": ("model_unavailable", "model_not_found", 404),
+    # LiteLLM's router with every deployment in cooldown: the upstream is down, not our rate limit
+    "litellm-cooldown": ("overloaded", "gateway_cooldown", 429),
+    # llama-cpp-python interrupted by another request: content, [DONE], never a finish_reason
+    "interrupted": ("protocol_error", "no_finish_reason", 200),
+    # the body ends short of its chunked framing (FIN, not RST)
+    "disconnect-close": ("protocol_error", "disconnected", 200),
+    # an error body framed as one SSE event, status kept
+    "err-rate-sse": ("rate_limited", "rate_limit_exceeded", 429),
 }
 
 
@@ -234,3 +243,76 @@ def test_extra_body_reaches_the_server_and_turns_reasoning_off(tmp_path, sim_url
     assert options["reasoning"] == {"enabled": False} and options["max_tokens"] == 16
     assert on.ttft_s >= 0.320 > off.ttft_s
     assert (on.output_tokens, off.output_tokens) == (3 + 6, 3)
+
+
+def test_interrupted_stream_is_ok_only_where_finish_reasons_are_optional(tmp_path, sim_url):
+    path = write_config(tmp_path / "c.yaml", sim_url, {"i": "interrupted"}, ptype="openai-compatible")
+    strict = run_jobs(load_config(path).jobs)["i"]
+    assert (strict.outcome, strict.error_code) == ("protocol_error", "no_finish_reason")
+    assert strict.ttft_s is not None and "cut off" in strict.error
+    path.write_text(path.read_text().replace("type: openai-compatible,",
+                                             "type: openai-compatible, finish_reason: optional,"))
+    lenient = run_jobs(load_config(path).jobs)["i"]
+    assert (lenient.outcome, lenient.error_code) == ("ok", None)
+
+
+def test_a_body_cut_short_does_not_read_like_an_http_400(tmp_path, sim_url):
+    r = probe_models(tmp_path, sim_url, {"d": "disconnect-close"})["d"]
+    assert (r.outcome, r.error_code, r.http_status) == ("protocol_error", "disconnected", 200)
+    assert r.error.startswith("connection closed mid-response after ") and "400" not in r.error, r.error
+
+
+def test_litellm_call_id_is_the_request_id(tmp_path, sim_url):
+    r = probe_models(tmp_path, sim_url, {"l": "litellm-healthy"})["l"]
+    assert r.outcome == "ok", r
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", r.request_id), r
+
+
+def test_litellm_cooldown_says_so(tmp_path, sim_url):
+    r = probe_models(tmp_path, sim_url, {"c": "litellm-cooldown"})["c"]
+    assert "No deployments available for selected model" in r.error
+    assert r.request_id  # from x-litellm-call-id on the error too
+
+
+def test_a_stall_before_any_header_is_ttfb_without_a_ttft_budget(tmp_path, sim_url):
+    r = probe_models(tmp_path, sim_url, {"h": "slow-headers"}, timeout="500ms")["h"]
+    assert (r.outcome, r.error_code) == ("timeout", "ttfb"), r
+    assert r.ttfb_s is None and 0.4 <= r.duration_s < 1.0
+
+
+def test_a_missing_endpoint_names_its_path_and_not_the_query(tmp_path, sim_url):
+    """The simulator answers unknown paths as OpenAI does (404 "Invalid URL"): a wrong base_url,
+    not a missing model."""
+    r = probe_models(tmp_path, sim_url + "/nothing", {"e": "healthy"})["e"]
+    assert (r.outcome, r.error_code, r.http_status) == ("model_unavailable", "endpoint_not_found", 404)
+    assert "POST /nothing/v1/chat/completions" in r.error
+    cfg = tmp_path / "azure.yaml"
+    cfg.write_text(f"providers:\n  az: {{type: azure-openai, base_url: '{sim_url}/nothing/openai', "
+                   f"api_version: '2024-10-21', api_key: 'sk-test-Fixture0000111122223333'}}\n"
+                   "targets:\n  - {name: a, provider: az, model: healthy, probes: [{kind: rest}]}\n")
+    a = run_jobs(load_config(cfg).jobs)["a"]
+    assert (a.outcome, a.error_code) == ("model_unavailable", "endpoint_not_found")
+    assert "/nothing/openai/deployments/healthy/chat/completions" in a.error and "api-version" not in a.error
+
+
+def test_every_probe_type_names_a_missing_endpoint(tmp_path, sim_url):
+    """Realtime upgrades, Anthropic, Gemini and the models check read a 404 for the path the same way."""
+    base, key = f"{sim_url}/nothing", "sk-test-Fixture0000111122223333"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "providers:\n"
+        f"  o: {{type: openai, base_url: '{base}/v1', api_key: '{key}'}}\n"
+        f"  a: {{type: anthropic, base_url: '{base}/v1', api_key: '{key}'}}\n"
+        f"  g: {{type: gemini, base_url: '{base}/v1beta', api_key: '{key}'}}\n"
+        "targets:\n"
+        "  - {name: rt, provider: o, model: rt-healthy, probes: [{kind: realtime}]}\n"
+        "  - {name: list, provider: o, model: healthy, probes: [{kind: models}]}\n"
+        "  - {name: anth, provider: a, model: anth-healthy, probes: [{kind: rest}]}\n"
+        "  - {name: gem, provider: g, model: gemini-healthy, probes: [{kind: rest}]}\n")
+    results = run_jobs(load_config(cfg).jobs)
+    paths = {"rt": "GET /nothing/v1/realtime", "list": "GET /nothing/v1/models",
+             "anth": "POST /nothing/v1/messages", "gem": "POST /nothing/v1beta/models/gemini-healthy"}
+    for target, path in paths.items():
+        r = results[target]
+        assert (r.outcome, r.error_code, r.http_status) == ("model_unavailable", "endpoint_not_found", 404), r
+        assert f"no endpoint at {path}" in r.error and "?" not in r.error, r.error

@@ -238,6 +238,8 @@ class ProviderConfig(_Strict):
     headers: dict[str, str] = Field(default_factory=dict, repr=False)
     api_version: str | None = Field(None, min_length=1, max_length=64)
     auth_style: Literal["bearer", "x-api-key"] | None = None
+    # required: an answer that ends without a finish/stop reason was cut off (protocol_error).
+    finish_reason: Literal["required", "optional"] = "required"
     max_concurrent_probes: int = Field(8, ge=1, le=1000)
 
     @field_validator("base_url")

@@ -27,8 +27,9 @@ import aiohttp
 from modelwatch.config import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure, outcome_for_status
 from modelwatch.probes.auth import auth_headers
-from modelwatch.probes.base import Measurement, read_body, read_event_stream
-from modelwatch.probes.openai_chat import ERROR_BODY_LIMIT, error_fields, parse_body
+from modelwatch.probes.base import Measurement, read_body, read_event_stream, request_id_from
+from modelwatch.probes.openai_chat import (ENDPOINT_NOT_FOUND, ERROR_BODY_LIMIT, GATEWAY_COOLDOWN, error_fields,
+                                          is_gateway_cooldown, is_missing_endpoint, parse_body, status_failure)
 
 # error.details.error_code values that say more than error.type (SDK ``_error_classes.py``).
 _DETAIL_OUTCOMES = {
@@ -93,7 +94,8 @@ def anthropic_error_fields(body: Any) -> tuple[str, str, str]:
 
 
 def _code(value: Any) -> str:
-    return value.strip().lower() if isinstance(value, str) else ""
+    code = value.strip().lower() if isinstance(value, str) else ""
+    return "" if code in ("none", "null") else code  # LiteLLM writes a missing type as "None"
 
 
 def classify_anthropic_error(status: int | None, body: Any) -> tuple[Outcome, str, str]:
@@ -109,6 +111,12 @@ def classify_anthropic_error(status: int | None, body: Any) -> tuple[Outcome, st
     message = message or (f"HTTP {status}" if status else "error event without a message")
     if detail in _DETAIL_OUTCOMES:
         return _DETAIL_OUTCOMES[detail], code, message
+    if is_gateway_cooldown(message):  # LiteLLM's Messages bridge answers in OpenAI's error shape
+        return Outcome.OVERLOADED, GATEWAY_COOLDOWN, message
+    if status == 408:
+        return Outcome.TIMEOUT, "http_408", message
+    if is_missing_endpoint(status, False, message):
+        return Outcome.MODEL_UNAVAILABLE, ENDPOINT_NOT_FOUND, message
     if status in _STATUS_OUTCOMES:
         return _STATUS_OUTCOMES[status], code, message
     if _CREDIT_TOO_LOW in message.lower():
@@ -124,9 +132,12 @@ class MessageStream:
     """State of one Messages stream, fed with each SSE event."""
 
     __slots__ = ("started", "done", "stop_reason", "text_deltas", "input_tokens", "output_tokens",
-                 "message_id")
+                 "message_id", "require_stop")
 
-    def __init__(self) -> None:
+    def __init__(self, require_stop: bool = True) -> None:
+        # message_stop with text but no stop_reason is a cut answer, as a Chat Completions [DONE]
+        # without finish_reason is; ``finish_reason: optional`` providers are excused.
+        self.require_stop = require_stop
         self.started = False  # message_start seen
         self.done = False  # message_stop seen
         self.stop_reason: str | None = None
@@ -169,10 +180,7 @@ class MessageStream:
             raise ProbeFailure(Outcome.PROTOCOL_ERROR, "malformed_event", "message_start without a message")
         self.started = True
         self.message_id = message.get("id")
-        usage = message.get("usage")
-        if isinstance(usage, dict):
-            self.input_tokens = _int(usage.get("input_tokens"))
-            self.output_tokens = _int(usage.get("output_tokens"))
+        self._usage(message.get("usage"))
 
     def _delta(self, delta: Any) -> bool:
         # Only text answers count: thinking, signature, tool-input and citation deltas do not.
@@ -187,10 +195,17 @@ class MessageStream:
         delta = obj.get("delta")
         if isinstance(delta, dict) and delta.get("stop_reason"):
             self.stop_reason = str(delta["stop_reason"])
-        usage = obj.get("usage")
-        output = _int(usage.get("output_tokens")) if isinstance(usage, dict) else None
-        if output is not None:  # cumulative: the last one is the final count
-            self.output_tokens = output
+        self._usage(obj.get("usage"))
+
+    def _usage(self, usage: Any) -> None:
+        """Take each count from the latest event that carries it: counts are cumulative, and
+        LiteLLM's Messages bridge sends ``input_tokens: 0`` at the start, the real count at the end."""
+        if not isinstance(usage, dict):
+            return
+        for name in ("input_tokens", "output_tokens"):
+            value = _int(usage.get(name))
+            if value is not None:
+                setattr(self, name, value)
 
     def verdict(self) -> ProbeFailure | None:
         """The failure a finished stream amounts to, or None if it is a success."""
@@ -198,6 +213,10 @@ class MessageStream:
             return ProbeFailure(Outcome.CONTENT_BLOCKED, "refusal", "the model refused (stop_reason refusal)")
         if not self.done:
             return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_terminator", "stream ended without message_stop")
+        if self.require_stop and not self.stop_reason:
+            return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_finish_reason",
+                                f"message_stop after {self.text_deltas} text deltas without a stop_reason: "
+                                "the answer was cut off")
         if not self.text_deltas:
             return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_content",
                                 f"message stopped ({self.stop_reason or 'no stop_reason'}) without text")
@@ -232,10 +251,10 @@ async def probe_anthropic(job: ProbeJob, http: aiohttp.ClientSession, m: Measure
     async with http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
         m.ttfb_s = m.elapsed()
         m.http_status = resp.status
-        m.request_id = resp.headers.get("request-id")
+        m.request_id = request_id_from(resp.headers, first="request-id")
         m.enter("ttft")
         await _refuse_non_stream(job, resp, m)
-        await read_event_stream(resp, m, MessageStream())
+        await read_event_stream(resp, m, MessageStream(require_stop=job.provider.finish_reason == "required"))
 
 
 async def _refuse_non_stream(job: ProbeJob, resp: aiohttp.ClientResponse, m: Measurement) -> None:
@@ -248,7 +267,7 @@ async def _refuse_non_stream(job: ProbeJob, resp: aiohttp.ClientResponse, m: Mea
     if 300 <= resp.status < 400:
         raise ProbeFailure(Outcome.PROTOCOL_ERROR, "redirect", f"HTTP {resp.status} redirect (not followed)")
     if resp.status != 200:
-        raise ProbeFailure(*classify_anthropic_error(resp.status, body))
+        raise status_failure(classify_anthropic_error(resp.status, body), resp.status, resp.request_info)
     if isinstance(body, dict) and body.get("type") == "error":
         raise ProbeFailure(*classify_anthropic_error(None, body))
     raise ProbeFailure(Outcome.PROTOCOL_ERROR, "not_event_stream",

@@ -32,9 +32,10 @@ import logging
 import re
 import ssl
 import time
+import zlib
 from contextvars import ContextVar
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -132,7 +133,10 @@ async def run_probe(job: ProbeJob, http: aiohttp.ClientSession, prober: Prober) 
     except TimeoutError:
         if m.phase == "close":  # the result was complete; only the goodbye was slow
             return _result(job, ts, m, outcome, code, message)
-        phase = "total" if loop.time() >= m.budget.deadline("total") - 1e-3 else m.phase
+        # Before any response header the phase names what never came, even when it was the total
+        # budget that ran out: "ttfb" tells a dead server from a slow answer.
+        before_headers = m.phase in ("connect", "ttfb")
+        phase = "total" if not before_headers and loop.time() >= m.budget.deadline("total") - 1e-3 else m.phase
         outcome, code = Outcome.TIMEOUT, phase
         message = f"no {phase} within its budget" if phase != "total" else f"probe exceeded {job.probe.timeout:g}s"
     except Exception as exc:  # noqa: BLE001 - a probe must never raise past the runner
@@ -186,17 +190,13 @@ async def read_event_stream(resp: aiohttp.ClientResponse, m: Measurement, stream
     content and ``duration_s`` with the last read; caps the bytes read; keeps
     the tokens reported even when the stream then fails.
     """
-    decoder = SSEDecoder()
+    decoder, body = SSEDecoder(), BodyReader(resp, m)
     try:
         while not stream.finished:
-            chunk = await resp.content.readany()
-            now = time.perf_counter()
+            chunk = await body.read()
+            now = body.arrived
             if not chunk:
                 break
-            m.bytes_read += len(chunk)
-            if m.bytes_read > m.byte_limit:
-                raise ProbeFailure(Outcome.PROTOCOL_ERROR, "response_too_large",
-                                   f"response exceeded {m.byte_limit} bytes")
             for event in decoder.feed(chunk):
                 if stream.feed(event.data, event.event) and m.ttft_s is None:
                     m.ttft_s = now - m.start
@@ -212,7 +212,11 @@ async def read_event_stream(resp: aiohttp.ClientResponse, m: Measurement, stream
 
 
 async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The body, or its first ``limit`` bytes (``read(n)`` alone stops at the first network chunk)."""
+    """The body, or its first ``limit`` bytes (``read(n)`` alone stops at the first network chunk).
+
+    A gzip/deflate body is inflated, to at most ``limit`` bytes; one that does not
+    inflate is returned as it came (it is only ever an error body to classify).
+    """
     parts, size = [], 0
     while size < limit:
         chunk = await resp.content.read(limit - size)
@@ -220,7 +224,92 @@ async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
             break
         parts.append(chunk)
         size += len(chunk)
-    return b"".join(parts)
+    raw = b"".join(parts)
+    if _encoding(resp) in _INFLATABLE and raw:
+        try:
+            return zlib.decompressobj(_WBITS).decompress(raw, limit)
+        except zlib.error:
+            return raw
+    return raw
+
+
+# Probes ask for ``Accept-Encoding: identity``; some servers and gateways compress anyway.
+_INFLATABLE = ("gzip", "x-gzip", "deflate")
+_WBITS = 32 + zlib.MAX_WBITS  # a gzip or zlib header, detected
+
+
+def _encoding(resp: aiohttp.ClientResponse) -> str:
+    return resp.headers.get("Content-Encoding", "").strip().lower()
+
+
+def too_large(limit: int, how: str = "") -> ProbeFailure:
+    """The failure of a probe stopped by its byte cap."""
+    return ProbeFailure(Outcome.PROTOCOL_ERROR, "response_too_large", f"response exceeded {limit} bytes{how}")
+
+
+class BodyReader:
+    """A streamed body as the server meant it, within the probe's byte cap.
+
+    Counts the bytes on the wire into ``m.bytes_read`` and, when the server
+    compressed the body anyway, inflates it step by step, never to more than
+    the cap: a decompression bomb ends as ``response_too_large`` like a flood.
+    ``arrived`` is the ``perf_counter()`` time the last read returned.
+    """
+
+    __slots__ = ("_resp", "_m", "_inflater", "_encoding", "inflated", "arrived")
+
+    def __init__(self, resp: aiohttp.ClientResponse, m: Measurement) -> None:
+        self._resp, self._m = resp, m
+        self._encoding = _encoding(resp)
+        if self._encoding not in ("", "identity", *_INFLATABLE):
+            raise ProbeFailure(Outcome.PROTOCOL_ERROR, "unsupported_encoding",
+                               f"Content-Encoding {self._encoding[:40]} (the probe asked for identity)")
+        self._inflater = zlib.decompressobj(_WBITS) if self._encoding in _INFLATABLE else None
+        self.inflated = 0
+        self.arrived = time.perf_counter()
+
+    async def read(self) -> bytes:
+        """The next piece of the body; ``b""`` only at its end."""
+        m = self._m
+        while True:
+            chunk = await self._resp.content.readany()
+            self.arrived = time.perf_counter()
+            m.bytes_read += len(chunk)
+            if m.bytes_read > m.byte_limit:
+                raise too_large(m.byte_limit)
+            if self._inflater is None or not chunk:
+                return chunk
+            out = self._inflate(chunk)
+            if out:  # a piece that inflates to nothing yet (a gzip header alone) is not the end
+                return out
+
+    def _inflate(self, chunk: bytes) -> bytes:
+        room = self._m.byte_limit - self.inflated
+        try:
+            out = self._inflater.decompress(chunk, room + 1)
+        except zlib.error:
+            raise ProbeFailure(Outcome.PROTOCOL_ERROR, "malformed_chunk",
+                               f"the {self._encoding} body does not inflate") from None
+        self.inflated += len(out)
+        if self.inflated > self._m.byte_limit:
+            raise too_large(self._m.byte_limit, f" once inflated (Content-Encoding {self._encoding})")
+        return out
+
+
+# Where the request id travels when there is no ``x-request-id``: Anthropic's ``request-id``, then
+# what gateways add (LiteLLM's call id, AWS API Gateway's, Azure API Management's). Not ``cf-ray``:
+# it names one Cloudflare edge hop, is on every response behind Cloudflare whatever answered, and
+# no provider's support can look a request up by it.
+REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-litellm-call-id", "x-amzn-requestid", "apim-request-id")
+
+
+def request_id_from(headers: Any, first: str = "x-request-id") -> str | None:
+    """The provider's own request id header (``first``), else the first of ``REQUEST_ID_HEADERS``."""
+    for name in (first, *REQUEST_ID_HEADERS):
+        value = headers.get(name)
+        if value:
+            return value
+    return None
 
 
 _CODE_JUNK = re.compile(r"[^a-z0-9_.:-]+")
@@ -306,9 +395,13 @@ def classify_transport_error(exc: BaseException, m: Measurement) -> tuple[Outcom
         return Outcome.CONNECT_ERROR, code, f"{exc} (errno {errno_name})"
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
                         aiohttp.ClientOSError, ConnectionError)):
+        # aiohttp's payload errors read like an HTTP status ("400, message='Not enough data to
+        # satisfy transfer length header'"): say what happened in our words, name the class.
+        why = type(exc).__name__ + (f": {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else "")
         if m.ttfb_s is None:
-            return Outcome.CONNECT_ERROR, "reset", str(exc) or type(exc).__name__
-        return Outcome.PROTOCOL_ERROR, "disconnected", str(exc) or type(exc).__name__
+            return Outcome.CONNECT_ERROR, "reset", f"connection closed before the response ({why})"
+        return Outcome.PROTOCOL_ERROR, "disconnected", (
+            f"connection closed mid-response after {m.bytes_read} bytes ({why})")
     if isinstance(exc, aiohttp.ClientResponseError):
         return Outcome.PROTOCOL_ERROR, "bad_response", exc.message
     log.debug("probe raised an unexpected error", exc_info=exc)
@@ -336,7 +429,7 @@ def probe_trace() -> aiohttp.TraceConfig:
         m = _current.get()
         if m is None or not m.websocket:
             return
-        m.request_id = params.response.headers.get("x-request-id")
+        m.request_id = request_id_from(params.response.headers)
         if params.response.status != 101:
             # ws_connect drops the body of a refused upgrade; read it while we can.
             m.handshake_body = await read_body(params.response, 65536)

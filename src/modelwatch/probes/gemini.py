@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from typing import Any
 from urllib.parse import quote
 
@@ -29,8 +28,8 @@ import aiohttp
 from modelwatch.config import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure, outcome_for_status
 from modelwatch.probes.auth import auth_headers
-from modelwatch.probes.base import Measurement, read_body
-from modelwatch.probes.openai_chat import parse_body
+from modelwatch.probes.base import BodyReader, Measurement, read_body, request_id_from
+from modelwatch.probes.openai_chat import ENDPOINT_NOT_FOUND, is_missing_endpoint, parse_body, status_failure
 from modelwatch.sse import SSEDecoder
 
 ERROR_BODY_LIMIT = 65536
@@ -150,6 +149,11 @@ def classify_google_error(status: int | None, body: Any) -> tuple[Outcome, str, 
         return Outcome.AUTH_ERROR, reason.lower() or "api_key_invalid", message
     if http in (401, 403) or rpc in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
         return Outcome.AUTH_ERROR, error_code, message
+    if http == 408:
+        return Outcome.TIMEOUT, "http_408", message
+    # An unknown path gets Google's HTML 404; an RPC NOT_FOUND is about the model (or resource).
+    if is_missing_endpoint(http, rpc == "NOT_FOUND", message):
+        return Outcome.MODEL_UNAVAILABLE, ENDPOINT_NOT_FOUND, message
     if http == 429 or rpc == "RESOURCE_EXHAUSTED":
         outcome, quota_code = _quota_verdict(details, message)
         return outcome, reason.lower() or quota_code or error_code, message
@@ -229,9 +233,12 @@ class GeminiStream:
     """State of one ``streamGenerateContent`` answer, fed with the raw body bytes."""
 
     __slots__ = ("_sse", "_unframed", "chunks", "text_parts", "thought_parts", "finish_reason",
-                 "block_reason", "usage", "response_id")
+                 "block_reason", "usage", "response_id", "require_finish")
 
-    def __init__(self) -> None:
+    def __init__(self, require_finish: bool = True) -> None:
+        # finishReason is Gemini's only end marker; a provider with ``finish_reason: optional``
+        # (a compatible server that never sends one) is judged by its text and EOF alone.
+        self.require_finish = require_finish
         self._sse = SSEDecoder()
         self._unframed = _Unframed()
         self.chunks = 0
@@ -303,11 +310,11 @@ class GeminiStream:
         reason = self.finish_reason
         if reason in BLOCKED_FINISH:
             return ProbeFailure(Outcome.CONTENT_BLOCKED, reason.lower(), f"answer stopped by {reason}")
-        if reason is None:
+        if reason is None and (self.require_finish or not self.text_parts):
             junk = f"; {self._unframed.junk_lines} unrecognised lines" if self._unframed.junk_lines else ""
             return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_terminator",
                                 f"stream ended without a finishReason after {self.chunks} chunks{junk}")
-        if reason not in GOOD_FINISH:  # OTHER, MALFORMED_RESPONSE, ...: the model gave up
+        if reason is not None and reason not in GOOD_FINISH:  # OTHER, MALFORMED_RESPONSE, ...: the model gave up
             return ProbeFailure(Outcome.SERVER_ERROR, reason.lower(), f"answer ended with finishReason {reason}")
         if not self.text_parts:
             only = f", only {self.thought_parts} thought parts" if self.thought_parts else ""
@@ -337,28 +344,24 @@ async def probe_gemini(job: ProbeJob, http: aiohttp.ClientSession, m: Measuremen
     async with http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
         m.ttfb_s = m.elapsed()
         m.http_status = resp.status
-        m.request_id = resp.headers.get("x-request-id")
+        m.request_id = request_id_from(resp.headers)
         m.enter("ttft")
         if resp.status != 200:
             raw = await read_body(resp, ERROR_BODY_LIMIT)
             if 300 <= resp.status < 400:
                 raise ProbeFailure(Outcome.PROTOCOL_ERROR, "redirect",
                                    f"HTTP {resp.status} redirect (not followed)")
-            raise ProbeFailure(*classify_google_error(resp.status, parse_body(raw)))
+            raise status_failure(classify_google_error(resp.status, parse_body(raw)), resp.status, resp.request_info)
         await _read_stream(job, resp, m)
 
 
 async def _read_stream(job: ProbeJob, resp: aiohttp.ClientResponse, m: Measurement) -> None:
     """Read to EOF (Gemini's only terminator), stamping the first text chunk."""
-    stream, limit = GeminiStream(), job.probe.max_response_bytes
+    stream, body = GeminiStream(require_finish=job.provider.finish_reason == "required"), BodyReader(resp, m)
     try:
         while True:
-            chunk = await resp.content.readany()
-            now = time.perf_counter()
-            m.bytes_read += len(chunk)
-            if m.bytes_read > limit:
-                raise ProbeFailure(Outcome.PROTOCOL_ERROR, "response_too_large",
-                                   f"response exceeded {limit} bytes")
+            chunk = await body.read()
+            now = body.arrived
             text_before = stream.text_parts
             try:
                 stream.feed(chunk, final=not chunk)

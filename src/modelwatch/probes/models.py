@@ -22,9 +22,9 @@ from modelwatch.config import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure
 from modelwatch.probes.anthropic import classify_anthropic_error
 from modelwatch.probes.auth import auth_headers
-from modelwatch.probes.base import Measurement, read_body
+from modelwatch.probes.base import Measurement, read_body, request_id_from
 from modelwatch.probes.gemini import classify_google_error
-from modelwatch.probes.openai_chat import classify_openai_error, parse_body
+from modelwatch.probes.openai_chat import classify_openai_error, parse_body, status_failure
 
 OFF_LOOP_BYTES = 256 * 1024
 # Errors read the way the provider's other probes read them.
@@ -80,7 +80,7 @@ async def probe_models(job: ProbeJob, http: aiohttp.ClientSession, m: Measuremen
     async with http.get(url, headers=headers, allow_redirects=False) as resp:
         m.ttfb_s = m.elapsed()
         m.http_status = resp.status
-        m.request_id = resp.headers.get("x-request-id") or resp.headers.get("request-id")
+        m.request_id = request_id_from(resp.headers)
         m.enter("total")
         raw = await read_body(resp, job.probe.max_response_bytes + 1)
         m.duration_s = m.elapsed()
@@ -89,7 +89,7 @@ async def probe_models(job: ProbeJob, http: aiohttp.ClientSession, m: Measuremen
                            f"response exceeded {job.probe.max_response_bytes} bytes")
     if resp.status != 200:
         classify = CLASSIFIERS.get(job.provider.type, classify_openai_error)
-        raise ProbeFailure(*classify(resp.status, parse_body(raw)))
+        raise status_failure(classify(resp.status, parse_body(raw)), resp.status, resp.request_info)
     try:
         # OpenRouter's full list is megabytes: parsing it on the loop would delay other probes' reads.
         parsed = await asyncio.to_thread(json.loads, raw) if len(raw) > OFF_LOOP_BYTES else json.loads(raw)

@@ -20,7 +20,8 @@ import aiohttp
 from modelwatch.config import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure, outcome_for_status
 from modelwatch.probes.auth import auth_headers
-from modelwatch.probes.base import Measurement, read_body, read_event_stream
+from modelwatch.probes.base import Measurement, read_body, read_event_stream, request_id_from
+from modelwatch.sse import SSEDecoder
 
 ERROR_BODY_LIMIT = 65536
 
@@ -29,13 +30,48 @@ _QUOTA = {"insufficient_quota", "credit_balance_exhausted", "billing_hard_limit_
 _AUTH = {"invalid_api_key", "invalid_authentication", "unauthorized", "authentication_error",
          "permission_denied", "permission_error", "invalid_organization", "invalid_project",
          "unsupported_country_region_territory", "api_key_invalid"}
-_MODEL = {"model_not_found", "not_found_error", "notfounderror", "not_found", "deployment_not_found",
-          "deploymentnotfound"}
+_MODEL = {"model_not_found", "deployment_not_found", "deploymentnotfound"}
+# Generic "not found" types: the message tells a missing model from a missing endpoint.
+_NOT_FOUND = {"not_found_error", "notfounderror", "not_found"}
 _RATE = {"rate_limit_exceeded", "rate_limit_error", "capacity_exceeded"}
 _OVERLOAD = {"slow_down", "server_is_overloaded", "overloaded", "overloaded_error",
              "service_unavailable_error", "engine_overloaded", "unavailable"}
 _SERVER = {"server_error", "internal_error", "internalservererror", "api_error", "internal"}
 _CONTENT = {"content_filter", "content_policy_violation", "moderation"}
+
+
+ENDPOINT_NOT_FOUND = "endpoint_not_found"
+GATEWAY_COOLDOWN = "gateway_cooldown"
+# LiteLLM's router (1.x) answers 429 "No deployments available for selected model, Try again in
+# 5 seconds ... cooldown_list=[...]" once every upstream deployment of a model failed and is
+# cooling down: the provider side is down, not our rate limit.
+_COOLDOWN = re.compile(r"no deployments available for selected model|deployments for selected model "
+                       r"are in cooldown|cooldown_list=", re.I)
+_NAMES_MODEL = re.compile(r"\b(?:models?|deployments?)\b", re.I)
+_URL_PATH = re.compile(r"/\S*")  # "Invalid URL (POST /openai/deployments/x/...)" names a path, not a model
+
+
+def is_gateway_cooldown(message: str) -> bool:
+    """Whether an error message is a gateway's "every deployment is cooling down" answer."""
+    return bool(_COOLDOWN.search(message))
+
+
+def is_missing_endpoint(status: int | None, names_model: bool, message: str) -> bool:
+    """A 404 about the path (FastAPI's ``{"detail": "Not Found"}``, an HTML or empty page), not the model.
+
+    ``names_model``: the body carries a model-specific code (``model_not_found``).
+    """
+    return status == 404 and not names_model and not _NAMES_MODEL.search(_URL_PATH.sub("", message))
+
+
+def status_failure(classified: tuple[Outcome, str, str], status: int,
+                   request: aiohttp.RequestInfo) -> ProbeFailure:
+    """The failure of an error status; a missing endpoint names the URL path (never its query)."""
+    outcome, code, message = classified
+    if code == ENDPOINT_NOT_FOUND:
+        said = f": {message}" if message and message != "HTTP 404" else ""
+        message = f"no endpoint at {request.method} {request.url.path} (HTTP 404{said})"
+    return ProbeFailure(outcome, code, message, http_status=status)
 
 
 def build_request(job: ProbeJob) -> tuple[str, dict[str, str], bytes]:
@@ -67,7 +103,8 @@ def build_request(job: ProbeJob) -> tuple[str, dict[str, str], bytes]:
 
 
 def _norm(value: Any) -> str:
-    return str(value).strip().lower() if value is not None else ""
+    text = str(value).strip().lower() if value is not None else ""
+    return "" if text in ("none", "null") else text  # LiteLLM writes a missing type as "None"
 
 
 def error_fields(body: Any) -> tuple[str, str, str, int | None]:
@@ -121,6 +158,7 @@ def classify_openai_error(status: int | None, body: Any) -> tuple[Outcome, str, 
     etype, code, message, number = error_fields(body)
     if status is None and number is not None:
         status = number
+    message = message or (f"HTTP {status}" if status else "")
     names = {etype, code} - {""}
     error_code = code or etype or (f"http_{status}" if status else "stream_error")
     if names & _QUOTA or status == 402:
@@ -131,7 +169,13 @@ def classify_openai_error(status: int | None, body: Any) -> tuple[Outcome, str, 
         return Outcome.AUTH_ERROR, error_code, message
     if names & _CONTENT:
         return Outcome.CONTENT_BLOCKED, error_code, message
-    if status == 404 or names & _MODEL:
+    if is_gateway_cooldown(message):
+        return Outcome.OVERLOADED, GATEWAY_COOLDOWN, message
+    if status == 408:
+        return Outcome.TIMEOUT, "http_408", message
+    if is_missing_endpoint(status, bool(names & _MODEL), message):
+        return Outcome.MODEL_UNAVAILABLE, ENDPOINT_NOT_FOUND, message
+    if status == 404 or names & (_MODEL | _NOT_FOUND):
         return Outcome.MODEL_UNAVAILABLE, error_code, message
     if names & _RATE or status in (429, 498):
         return Outcome.RATE_LIMITED, error_code, message
@@ -153,22 +197,34 @@ def _flagged(body: Any) -> bool:
 
 
 def parse_body(raw: bytes) -> Any:
-    """JSON if the body is JSON, else its text."""
+    """JSON if the body is JSON (also framed as SSE ``data:``, as some gateways send errors), else its text."""
     try:
         return json.loads(raw)
     except ValueError:
-        return raw.decode("utf-8", errors="replace")
+        pass
+    text = raw.decode("utf-8", errors="replace")
+    if text.lstrip().startswith(("data:", "event:")):
+        for event in SSEDecoder().feed(raw.lstrip() + b"\n\n"):
+            try:
+                return json.loads(event.data)
+            except ValueError:
+                continue
+    return text
 
 
 class ChatStream:
     """State of one Chat Completions stream, fed with each SSE ``data`` payload."""
 
-    __slots__ = ("done", "finish_reason", "usage", "content_chunks", "refusal", "require_done")
+    __slots__ = ("done", "finish_reason", "usage", "content_chunks", "refusal", "require_done",
+                 "require_finish")
 
-    def __init__(self, require_done: bool = True) -> None:
+    def __init__(self, require_done: bool = True, require_finish: bool = True) -> None:
         # OpenAI always ends with [DONE]; some compatible servers just close after the
         # finish_reason chunk (PROTOCOLS.md section 7), which is not a failure there.
         self.require_done = require_done
+        # Content then [DONE] without any finish_reason is a cut answer (llama-cpp-python ends an
+        # interrupted stream so); only a provider with ``finish_reason: optional`` never sends one.
+        self.require_finish = require_finish
         self.done = False
         self.finish_reason: str | None = None
         self.usage: dict | None = None
@@ -233,6 +289,10 @@ class ChatStream:
         if not self.done and (self.require_done or not self.finish_reason):
             return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_terminator",
                                 "stream ended without [DONE]")
+        if self.require_finish and not self.finish_reason:
+            return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_finish_reason",
+                                f"stream ended after {self.content_chunks} content chunks without a "
+                                "finish_reason: the answer was cut off")
         if not self.content_chunks:
             return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_content",
                                 f"stream finished ({self.finish_reason or 'done'}) without content")
@@ -254,10 +314,11 @@ async def probe_openai_chat(job: ProbeJob, http: aiohttp.ClientSession, m: Measu
     async with http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
         m.ttfb_s = m.elapsed()
         m.http_status = resp.status
-        m.request_id = resp.headers.get("x-request-id")
+        m.request_id = request_id_from(resp.headers)
         m.enter("ttft")
         await refuse_unless_event_stream(resp)
-        await read_event_stream(resp, m, ChatStream(require_done=job.provider.type == "openai"))
+        await read_event_stream(resp, m, ChatStream(require_done=job.provider.type == "openai",
+                                                    require_finish=job.provider.finish_reason == "required"))
 
 
 async def refuse_unless_event_stream(resp: aiohttp.ClientResponse,
@@ -273,7 +334,7 @@ async def refuse_unless_event_stream(resp: aiohttp.ClientResponse,
     if 300 <= resp.status < 400:
         raise ProbeFailure(Outcome.PROTOCOL_ERROR, "redirect", f"HTTP {resp.status} redirect (not followed)")
     if resp.status != 200:
-        raise ProbeFailure(*classify_openai_error(resp.status, body))
+        raise status_failure(classify_openai_error(resp.status, body), resp.status, resp.request_info)
     if isinstance(body, (dict, list)) and error_fields(body)[2] and not is_answer(body):
         raise ProbeFailure(*classify_openai_error(None, body))
     raise ProbeFailure(Outcome.PROTOCOL_ERROR, "not_event_stream",

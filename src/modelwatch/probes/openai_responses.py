@@ -30,7 +30,7 @@ from modelwatch.config import ProbeJob
 from modelwatch.cost import RESPONSES_MIN_OUTPUT_TOKENS as MIN_OUTPUT_TOKENS
 from modelwatch.outcomes import Outcome, ProbeFailure
 from modelwatch.probes.auth import auth_headers
-from modelwatch.probes.base import Measurement, read_event_stream
+from modelwatch.probes.base import Measurement, read_event_stream, request_id_from
 from modelwatch.probes.openai_chat import classify_openai_error, probe_openai_chat, refuse_unless_event_stream
 
 log = logging.getLogger("modelwatch.probe")
@@ -211,7 +211,7 @@ async def probe_openai_responses(job: ProbeJob, http: aiohttp.ClientSession, m: 
     async with http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
         m.ttfb_s = m.elapsed()
         m.http_status = resp.status
-        m.request_id = resp.headers.get("x-request-id")
+        m.request_id = request_id_from(resp.headers)
         m.enter("ttft")
         await refuse_unless_event_stream(resp, is_answer=_is_response)
         stream = ResponsesStream()

@@ -20,7 +20,7 @@ import aiohttp
 
 from modelwatch.outcomes import Outcome, ProbeFailure
 from modelwatch.probes.base import Measurement
-from modelwatch.probes.openai_chat import parse_body
+from modelwatch.probes.openai_chat import parse_body, status_failure
 
 CLOSE_GRACE_S = 1.0  # also the ws_close timeout the probes pass to ws_connect
 
@@ -68,6 +68,7 @@ async def open_websocket(http: aiohttp.ClientSession, url: str, headers: dict[st
         m.http_status = exc.status
         if exc.status == 101:
             raise ProbeFailure(Outcome.PROTOCOL_ERROR, "bad_handshake", exc.message) from None
-        raise ProbeFailure(*classify(exc.status, parse_body(m.handshake_body or b""))) from None
+        classified = classify(exc.status, parse_body(m.handshake_body or b""))
+        raise status_failure(classified, exc.status, exc.request_info) from None
     m.http_status = 101
     return ws

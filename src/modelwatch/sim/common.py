@@ -74,11 +74,12 @@ class FaultyStream:
     :class:`LoggedExchange` with ``request``, ``response`` and ``record``) and
     ``first_at`` (loop time of the first delta), and writes its own events in
     :meth:`send_delta`, :meth:`send_malformed`, :meth:`send_midstream_error`
-    and :meth:`send_keepalive`. Deltas go out every ``inter_token_ms`` from
-    ``first_at`` on absolute deadlines; after ``n`` deltas come the faults due
-    at ``n``: ``stall_after`` (silence for ``stall_ms``, or until the client
-    gives up), ``malformed_after`` (then carry on), ``midstream_error_after``
-    and ``disconnect_after`` (a TCP reset), the last two ending the stream.
+    and :meth:`send_keepalive` (and may override :meth:`send_interrupted`).
+    Deltas go out every ``inter_token_ms`` from ``first_at`` on absolute
+    deadlines; after ``n`` deltas come the faults due at ``n``: ``stall_after``
+    (silence for ``stall_ms``, or until the client gives up), ``malformed_after``
+    (then carry on), ``midstream_error_after``, ``interrupt_after`` and
+    ``disconnect_after`` (a TCP reset or FIN), the last three ending the stream.
     """
 
     behaviour: Any
@@ -101,10 +102,14 @@ class FaultyStream:
         """Write one keep-alive (an SSE comment, or the protocol's ping event)."""
         raise NotImplementedError
 
+    async def send_interrupted(self) -> None:
+        """End the stream as an interrupted server does; by default the body just ends."""
+        await self.exchange.response.write_eof()
+
     def fault_points(self) -> tuple[int | None, ...]:
         """Delta counts after which some fault is due."""
         b = self.behaviour
-        return (b.stall_after, b.malformed_after, b.midstream_error_after, b.disconnect_after)
+        return (b.stall_after, b.malformed_after, b.midstream_error_after, b.disconnect_after, b.interrupt_after)
 
     async def stream_deltas(self, count: int) -> bool:
         """Send ``count`` deltas with the faults due between them; False if a fault ended the stream."""
@@ -138,10 +143,18 @@ class FaultyStream:
             ex.finish()
             await self.send_midstream_error(index)
             return False
+        if index == b.interrupt_after:
+            ex.record.outcome = "interrupted"
+            ex.finish()
+            await self.send_interrupted()
+            return False
         if index == b.disconnect_after:
             ex.record.outcome = "disconnect"
             ex.finish()
-            reset_connection(ex.request.transport)
+            if b.disconnect_style == "close" and ex.request.transport is not None:
+                ex.request.transport.close()  # FIN mid-body: the chunked framing never ends
+            else:
+                reset_connection(ex.request.transport)
             return False
         return True
 

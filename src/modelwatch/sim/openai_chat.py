@@ -44,6 +44,7 @@ import hashlib
 import json
 import math
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -216,6 +217,33 @@ def ollama_error_response(kind: str, model: str) -> web.Response:
     return web.json_response(body, status=spec.status, reason=spec.reason, dumps=_to_json)
 
 
+# LiteLLM proxy 1.x exception class names by status (litellm/exceptions.py), prefixed to messages.
+_LITELLM_CLASSES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 408: "Timeout",
+                    429: "RateLimitError", 498: "RateLimitError", 503: "ServiceUnavailableError"}
+
+
+def litellm_error_response(kind: str, model: str, call_id: str) -> web.Response:
+    """LiteLLM proxy's error for ``kind``: OpenAI's layout with ``type: "None"`` and a string code.
+
+    ``overloaded`` is its router's answer once every deployment of the model
+    failed and went into cooldown: a 429, although the upstream is down.
+    """
+    if kind == "overloaded":
+        status = 429
+        message = (f"No deployments available for selected model, Try again in 5 seconds. Passed model={model}. "
+                   f"pre-call-checks=False, cooldown_list=[('{call_id[:8]}', {{'exception_received': "
+                   f"'litellm.ServiceUnavailableError: The engine is currently overloaded', 'status_code': '503', "
+                   f"'timestamp': 1765100000.0, 'cooldown_time': 5}})]")
+        etype = "None"
+    else:
+        spec = ERRORS[kind]
+        status, etype = spec.status, spec.type or "None"
+        name = _LITELLM_CLASSES.get(status, "InternalServerError")
+        message = f"litellm.{name}: {spec.message.format(model=model, key='')}"
+    body = {"error": {"message": message, "type": etype, "param": None, "code": str(status)}}
+    return web.json_response(body, status=status, dumps=_to_json)
+
+
 def reasoning_active(effort: Any, reasoning: Any = None) -> bool:
     """Whether a request leaves reasoning on: no effort ``none``/``minimal`` and no ``enabled: false``."""
     if isinstance(reasoning, dict):
@@ -334,6 +362,10 @@ class _Call(LoggedExchange):
     @property
     def ollama(self) -> bool:
         return self.behaviour.dialect == "ollama"
+
+    @property
+    def litellm_call_id(self) -> str:
+        return str(uuid.UUID(int=self.draws.id_bits % (1 << 128)))
 
     @property
     def completion_id(self) -> str:
@@ -471,6 +503,10 @@ class ChatCompletions:
     def _reject(self, call: _Call, outcome: str, response: web.Response) -> web.Response:
         """Add OpenAI's headers to an error response, log it and hand it back."""
         call.record.outcome = outcome
+        if call.behaviour.error_framing == "sse" and response.content_type == "application/json":
+            # a gateway that frames the error body as one SSE event, status kept
+            response = web.Response(status=response.status, body=b"data: " + response.body + b"\n\n",
+                                    content_type="text/event-stream")
         response.headers.update(self._headers(call, outcome))
         call.finish(response.status)
         return response
@@ -481,11 +517,17 @@ class ChatCompletions:
             return azure_error_response(kind, call.request.query.get("api-version", "v1"))
         if call.ollama and not ERRORS[kind].html:
             return ollama_error_response(kind, call.model)
+        if call.behaviour.dialect == "litellm" and not ERRORS[kind].html:
+            return litellm_error_response(kind, call.model, call.litellm_call_id)
         return error_response(kind, shape, model=call.model, api_key=call.api_key)
 
     def _headers(self, call: _Call, kind: str | None = None) -> dict[str, str]:
         """``x-request-id``, ``x-ratelimit-*`` and retry hints, as OpenAI sends them."""
-        return openai_headers(call.request_id, call.elapsed_s(), self.state.uptime_s(), kind)
+        headers = openai_headers(call.request_id, call.elapsed_s(), self.state.uptime_s(), kind)
+        if call.behaviour.dialect == "litellm":  # LiteLLM names the call its own way
+            del headers["x-request-id"]
+            headers["x-litellm-call-id"] = call.litellm_call_id
+        return headers
 
     async def _complete(self, call: _Call) -> web.Response:
         """A non-streaming ``chat.completion``, sent when the last token would be."""
@@ -567,6 +609,11 @@ class _Stream(FaultyStream):
     async def send_keepalive(self) -> None:
         """A ``: keep-alive`` comment (DeepSeek style)."""
         await self.call.response.write(b": keep-alive\n\n")
+
+    async def send_interrupted(self) -> None:
+        """``[DONE]`` with no finish_reason chunk before it, as an interrupted llama-cpp-python stream ends."""
+        await self._send("[DONE]")
+        await self.call.response.write_eof()
 
     async def _finish(self) -> None:
         """Finish chunk, usage chunk and [DONE]; the log is stamped before the last one."""

@@ -34,6 +34,14 @@ Behaviour block keys (all optional)
     midstream_error_after  N: after N content chunks send a ``data:`` error
                     event (shape per ``error_shape``) and end without [DONE].
     disconnect_after       N: after N content chunks reset the TCP connection.
+    disconnect_style  reset | close. Default reset (TCP RST); close ends the
+                    connection with a FIN in the middle of the chunked body, so
+                    the client sees the body end short of its framing (what a
+                    proxy that gives up on its upstream does).
+    interrupt_after N: Chat Completions: after N content chunks send
+                    ``data: [DONE]`` without any ``finish_reason`` chunk and
+                    end, as llama-cpp-python (0.3) does when another request
+                    interrupts a running stream. Other streams just end there.
     stall_after     N: after N content chunks go silent for ``stall_ms``
                     (null = until the client gives up), then carry on.
     stall_ms        length of the stall; only valid with ``stall_after``.
@@ -76,7 +84,18 @@ Behaviour block keys (all optional)
                     (DeepSeek, vLLM) chunks spread over the reasoning time,
                     before any ``delta.content``. Default: not streamed (OpenAI),
                     or ``reasoning`` under ``dialect: ollama``.
-    dialect         openai | ollama. Chat Completions: ``ollama`` answers like
+    error_framing   json | sse. Chat Completions: ``sse`` sends an injected
+                    error's JSON body as one SSE event (``data: {...}``, then a
+                    blank line, ``Content-Type: text/event-stream``) with the
+                    error status, as some gateways do. Default json.
+    dialect         openai | ollama | litellm. Chat Completions: ``litellm``
+                    answers like LiteLLM proxy 1.x in front of the model: an
+                    ``x-litellm-call-id`` header instead of ``x-request-id``,
+                    errors as ``{"error": {"message": "litellm.<Class>: ...",
+                    "type": "None", "param": null, "code": "<status>"}}``, and
+                    ``overloaded`` as its router's 429 "No deployments available
+                    for selected model" (every deployment in cooldown).
+                    ``ollama`` answers like
                     Ollama's ``/v1``: any (or no) bearer key, errors as
                     ``{"error": {message, type, param: null, code: null}}`` with
                     type ``invalid_request_error`` (400), ``not_found_error``
@@ -187,7 +206,7 @@ AuthFailureStyle = Literal["http_401", "error_then_close", "close_only"]
 UsageMode = Literal["include_usage", "none", "always_final", "x_groq"]
 ErrorShape = Literal["openai", "openai_numeric_code", "vllm_flat", "gemini_array", "mistral_detail"]
 ReasoningField = Literal["reasoning", "reasoning_content"]
-Dialect = Literal["openai", "ollama"]
+Dialect = Literal["openai", "ollama", "litellm"]
 
 NonNegative = Annotated[float, Field(ge=0)]
 Count = Annotated[int, Field(ge=0)]
@@ -240,12 +259,15 @@ class ModelBehaviour(BaseModel):
     outages: list[Outage] = Field(default_factory=list)
     midstream_error_after: Count | None = None
     disconnect_after: Count | None = None
+    disconnect_style: Literal["reset", "close"] = "reset"
+    interrupt_after: Count | None = None
     stall_after: Count | None = None
     stall_ms: NonNegative | None = None
     malformed_after: Count | None = None
     keepalive_every_ms: Annotated[float, Field(gt=0)] | None = None
     usage_mode: UsageMode = "include_usage"
     error_shape: ErrorShape = "openai"
+    error_framing: Literal["json", "sse"] = "json"
     done: bool = True
     thinking_tokens: Count = 0
     reasoning_ms: NonNegative = 0
