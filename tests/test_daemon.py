@@ -278,3 +278,17 @@ def max_overlap(spans: list[tuple[float, float]]) -> int:
         level += step
         peak = max(peak, level)
     return peak
+
+
+def test_a_probe_finishing_in_the_stop_grace_records_no_invented_loop_lag(tmp_path, sim_url):
+    """The lag watch stops first on shutdown; the age of its last tick is no lag (issue 17)."""
+    port = free_port()
+    cfg = write_config(tmp_path / "c.yaml", sim_url, {"s": "slow-ttft"}, interval="1h", timeout="5s",
+                       listen=f"127.0.0.1:{port}")
+    with running_daemon(cfg, port) as (proc, url):
+        wait_for(lambda: metric(http_get(url + "/metrics") or "", "modelwatch_probes_in_flight") >= 1, 70)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    got = rows(tmp_path / "modelwatch.db")
+    assert [r["outcome"] for r in got] == ["ok"]  # it finished within the grace and was kept
+    assert got[0]["loop_lag_s"] is None

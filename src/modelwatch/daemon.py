@@ -179,8 +179,8 @@ class Daemon:
                         ",".join(sorted(self._local_faults)))
             self._local_faults.clear()
         lag = self._lag.worst_since(since)
-        result = dataclasses.replace(result, loop_lag_s=round(lag, 4))
-        if lag >= LAGGED_S:
+        result = dataclasses.replace(result, loop_lag_s=None if lag is None else round(lag, 4))
+        if lag is not None and lag >= LAGGED_S:
             self.metrics.probes_lagged.inc()
         self.metrics.observe(result)
         self.store.submit(result)

@@ -239,20 +239,30 @@ class LoopLag:
         self._every_s = every_s
         self._ticks: deque[tuple[float, float]] = deque(maxlen=int(keep_s / every_s))  # (end, lag)
         self._tick_start: float | None = None
+        self._stopped = False
 
     async def watch(self) -> None:
         """Tick until cancelled."""
         loop = asyncio.get_running_loop()
-        while True:
-            self._tick_start = start = loop.time()
-            await asyncio.sleep(self._every_s)
-            end = loop.time()
-            lag = max(0.0, end - start - self._every_s)
-            self._ticks.append((end, lag))
-            self._metrics.loop_lag.observe(lag)
+        try:
+            while True:
+                self._tick_start = start = loop.time()
+                await asyncio.sleep(self._every_s)
+                end = loop.time()
+                lag = max(0.0, end - start - self._every_s)
+                self._ticks.append((end, lag))
+                self._metrics.loop_lag.observe(lag)
+        finally:
+            # Stopped (shutdown): the tick under way will never end, and reading its age as lag
+            # would give probes finishing in the stop grace seconds of lag that never happened.
+            self._tick_start = None
+            self._stopped = True
 
-    def worst_since(self, since: float) -> float:
-        """The worst lag of the ticks that ended at or after loop time ``since``, the tick under way included."""
+    def worst_since(self, since: float) -> float | None:
+        """The worst lag of the ticks that ended at or after loop time ``since``, the tick under way
+        included; None once the watch has stopped (nothing watched the end of the probe)."""
+        if self._stopped:
+            return None
         now = asyncio.get_running_loop().time()
         worst = 0.0 if self._tick_start is None else max(0.0, now - self._tick_start - self._every_s)
         for end, lag in reversed(self._ticks):
