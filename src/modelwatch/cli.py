@@ -190,11 +190,18 @@ def check_config(config_path: str | None) -> None:
 
     Example: modelwatch check-config -c modelwatch.yaml
     Exit 0 if valid, 2 otherwise (each problem as file: key.path: reason).
+    Warns (still exit 0) when a max_concurrent_probes, a provider's or the
+    global one, is too small for the schedule: probes x expected duration /
+    interval above it means probes will start late.
     """
+    from modelwatch.capacity import shortfalls
+
     config = _load(config_path)
     targets = len({j.target for j in config.jobs})
     click.echo(f"{config.path}: ok, {len(config.providers)} providers, {targets} targets, "
                f"{len(config.jobs)} probes")
+    for shortfall in shortfalls(config):
+        click.echo(f"modelwatch: warning: {config.path}: {shortfall.message()}", err=True)
 
 
 @cli.command()
