@@ -122,8 +122,12 @@ def test_a_cadence_places_the_kinds_of_a_target_half_an_interval_apart():
     assert cadence.members == [("a", "rest"), ("b", "rest"), ("c", "rest"), ("a", "models"), ("b", "models")]
 
 
-def run_scheduler(jobs: list[ProbeJob], seconds: float, hold: dict[str, float], max_concurrent: int = 64):
-    """Run the real Scheduler in-process for ``seconds``; each probe sleeps ``hold[kind]``."""
+def run_scheduler(jobs: list[ProbeJob], seconds: float, hold: dict[str, float], max_concurrent: int = 64,
+                  reload: tuple[float, list[ProbeJob]] | None = None):
+    """Run the real Scheduler in-process for ``seconds``; each probe sleeps ``hold[kind]``.
+
+    ``reload`` = (after how many seconds, the new jobs) applies new jobs as a reload does.
+    """
     spans: list[tuple[str, str, float, float]] = []
     metrics = ProbeMetrics(CollectorRegistry())
 
@@ -138,7 +142,10 @@ def run_scheduler(jobs: list[ProbeJob], seconds: float, hold: dict[str, float], 
         for job in jobs:
             metrics.add_job(job)
         task = asyncio.get_running_loop().create_task(sched.run())
-        await asyncio.sleep(seconds)
+        if reload:
+            await asyncio.sleep(reload[0])
+            sched.set_jobs(reload[1])
+        await asyncio.sleep(seconds - (reload[0] if reload else 0))
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await sched.drain(0)
@@ -195,3 +202,24 @@ def test_a_provider_that_cannot_carry_its_schedule_is_logged_once_and_shows_in_t
     assert delays.total / sum(delays.counts) > 0.05  # probes started late ...
     assert record.waits[WAIT_LIMITS.index("provider")].total > 0.5  # ... waiting for the provider's slot
     assert not overlaps([(*s[:2], s[2], s[3] - 0.002) for s in spans])  # and never two at once
+
+
+def test_a_reload_that_gives_a_target_a_second_kind_does_not_start_it_beside_the_first():
+    # "a" has only rest (1 s per run) when the reload adds models; rest is running by then.
+    first = [_job("a", "rest", 5.0)]
+    spans, _ = run_scheduler(first, 1.6, {"rest": 1.0, "models": 0.05},
+                             reload=(0.2, first + [_job("a", "models", 0.3)]))
+    assert {s[1] for s in spans} == {"rest", "models"}
+    assert not overlaps(spans), sorted(spans, key=lambda s: s[2])
+
+
+def test_a_reload_that_raises_the_limit_is_logged_once_as_carrying_the_schedule_again(caplog):
+    slow = [_job(f"t{i}", "rest", 0.3, limit=1) for i in range(6)]  # needs 2 slots, has 1
+    roomy = [_job(f"t{i}", "rest", 0.3, limit=4) for i in range(6)]
+    caplog.set_level(logging.INFO, logger="modelwatch.scheduler")
+    _, metrics = run_scheduler(slow, 3.5, {"rest": 0.1}, reload=(1.5, roomy))
+    changes = [r.getMessage() for r in caplog.records if "the schedule" in r.getMessage()]
+    assert len(changes) == 2, changes
+    assert "cannot carry" in changes[0] and "max_concurrent_probes=1" in changes[0]
+    assert "carries the schedule again" in changes[1] and "max_concurrent_probes=4" in changes[1]
+    assert metrics.schedule["p"].limit == 4

@@ -129,6 +129,7 @@ class Scheduler:
         self._providers: dict[str, _ProviderLimit] = {}
         # Targets with more than one kind: one lock each, so their kinds never overlap.
         self._target_locks: dict[str, asyncio.Lock] = {}
+        self._holders: set[asyncio.Task] = set()
         self._jobs: dict[Key, ProbeJob] = {}
         self._cadences: dict[float, _Cadence] = {}
         self._running: dict[Key, asyncio.Task] = {}
@@ -177,11 +178,27 @@ class Scheduler:
         for name, rate in rates.items():
             self._providers[name].saturation.rate = rate
         self._global_saturation.rate = sum(rates.values())
+        self._plan_target_locks()
+
+    def _plan_target_locks(self) -> None:
+        """One lock per target with more than one kind, kept across reloads while it is held.
+
+        A target that a reload gives a second kind may have its first kind's
+        probe running without a lock: the new lock is taken on behalf of that
+        probe until it ends, so the new kind cannot start alongside it.
+        """
         kinds = Counter(job.target for job in self._jobs.values())
         old = self._target_locks
-        # A lock held by a probe still running stays, so what starts next for its target waits for it.
         self._target_locks = {t: old.get(t) or asyncio.Lock() for t, n in kinds.items() if n > 1}
+        # A lock held by a probe still running stays, so what starts next for its target waits for it.
         self._target_locks.update((t, lock) for t, lock in old.items() if lock.locked())
+        for target, lock in self._target_locks.items():
+            if target not in old:
+                running = [task for key, task in self._running.items() if key[0] == target]
+                if running:
+                    holder = asyncio.get_running_loop().create_task(_hold(lock, running))
+                    self._holders.add(holder)  # a reference, so the task is not collected while it runs
+                    holder.add_done_callback(self._holders.discard)
 
     def set_max_concurrent(self, max_concurrent: int) -> None:
         """Apply a new global limit (a reload) to the probes started from now on.
@@ -342,6 +359,12 @@ class Scheduler:
         if pending:
             await asyncio.wait(pending)
         return len(pending)
+
+
+async def _hold(lock: asyncio.Lock, tasks: list[asyncio.Task]) -> None:
+    """Hold ``lock`` until ``tasks`` end (probes that started before their target had a lock)."""
+    async with lock:
+        await asyncio.wait(tasks)
 
 
 def _log_saturation(provider: str | None, saturation: Saturation, behind: bool) -> None:
