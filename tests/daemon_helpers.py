@@ -88,3 +88,32 @@ def rows(db: Path, sql: str = "SELECT * FROM probe_results ORDER BY ts", params=
         return [dict(r) for r in conn.execute(sql, params)]
     finally:
         conn.close()
+
+
+def assert_one_at_a_time_per_target(results: list[dict], served: dict[str, dict]) -> None:
+    """Each target's requests, as the simulator served them, never overlap; different targets' do.
+
+    ``results`` are probe rows (or ``probe --json`` lines), ``served`` the simulator's log by
+    request id. The simulator's log has no clock of its own to compare, so it tells which target
+    each request belonged to (a models request names no model) and that it was served; the
+    request lies inside its probe's span (sent after ``ts``, answered before ``ts + duration_s``),
+    so probe spans that never overlap mean requests that never did.
+    """
+    spans = {}
+    for r in results:
+        entry = served[r["request_id"]]  # the simulator served this very request ...
+        assert entry["actual_duration_s"] <= r["duration_s"]  # ... inside the probe's span
+        spans.setdefault(r["target"], []).append((r["ts"], r["ts"] + r["duration_s"] - 0.002))
+    for target, mine in spans.items():
+        assert max_overlap(mine) == 1, (target, sorted(mine))
+    assert max_overlap([s for mine in spans.values() for s in mine]) > 1
+
+
+def max_overlap(spans: list[tuple[float, float]]) -> int:
+    """The most spans open at one moment."""
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak

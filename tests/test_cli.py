@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from conftest import TEST_KEY, write_config
-from daemon_helpers import rows
+from conftest import TEST_KEY, sim_log, write_config
+from daemon_helpers import assert_one_at_a_time_per_target, rows
 from modelwatch.cli import cli
 from modelwatch.outcomes import COLUMNS
 
@@ -55,6 +55,22 @@ def test_probe_selects_targets_by_glob_and_kind(tmp_path, sim_url):
     assert sorted(line.split()[0] for line in out.stdout.splitlines()) == ["a-1", "a-2"]
     none = mw("probe", "-c", str(cfg), "zzz")
     assert none.returncode == 2 and "no enabled probe matches zzz" in none.stderr
+
+
+def test_probe_runs_targets_at_once_and_the_kinds_of_a_target_one_after_another(tmp_path, sim_url):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"providers:\n  sim: {{type: openai, base_url: '{sim_url}/v1', api_key: '{TEST_KEY}'}}\n"
+                   "targets:\n" + "".join(
+                       f"  - {{name: {t}, provider: sim, model: fixed-ttft, probes: [{{kind: rest}}, {{kind: models}}]}}\n"
+                       for t in ("a", "b", "c")))
+    out = mw("probe", "-c", str(cfg), "--json")
+    assert out.returncode == 0, out.stderr
+    results = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["target"], r["kind"]) for r in results] == [  # in config order, as always
+        (t, k) for t in ("a", "b", "c") for k in ("rest", "models")]
+    assert_one_at_a_time_per_target(results, sim_log(sim_url))
+    started = sorted(r["ts"] for r in results if r["kind"] == "rest")
+    assert started[-1] - started[0] < 0.2  # the targets did not wait for each other
 
 
 def test_probe_does_not_leak_the_key_it_sends(tmp_path, sim_url):

@@ -7,8 +7,9 @@ import sqlite3
 import subprocess
 import time
 
-from conftest import free_port, write_config
-from daemon_helpers import http_get, http_post, metric, rows, running_daemon, samples, wait_for
+from conftest import free_port, sim_log, write_config
+from daemon_helpers import (assert_one_at_a_time_per_target, http_get, http_post, max_overlap, metric, rows,
+                            running_daemon, samples, wait_for)
 from modelwatch.outcomes import COLUMNS, Outcome
 
 TARGETS = {"healthy": "healthy", "limited": "err-rate", "fixed": "fixed-ttft"}
@@ -270,16 +271,6 @@ def test_reload_applies_a_new_concurrency_limit(tmp_path, sim_url):
     assert max_overlap(later) == 1
 
 
-def max_overlap(spans: list[tuple[float, float]]) -> int:
-    """The most spans open at one moment."""
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    level = peak = 0
-    for _, step in events:
-        level += step
-        peak = max(peak, level)
-    return peak
-
-
 def test_a_probe_finishing_in_the_stop_grace_records_no_invented_loop_lag(tmp_path, sim_url):
     """The lag watch stops first on shutdown; the age of its last tick is no lag (issue 17)."""
     port = free_port()
@@ -292,3 +283,61 @@ def test_a_probe_finishing_in_the_stop_grace_records_no_invented_loop_lag(tmp_pa
     got = rows(tmp_path / "modelwatch.db")
     assert [r["outcome"] for r in got] == ["ok"]  # it finished within the grace and was kept
     assert got[0]["loop_lag_s"] is None
+
+
+def test_a_provider_limit_too_small_for_its_schedule_shows_in_metrics_and_logs_once(tmp_path, sim_url,
+                                                                                    promtool):
+    """8 probes every 500 ms of ~290 ms each need ~4.6 slots; the provider allows 2: the schedule slips."""
+    port = free_port()
+    db = tmp_path / "mw.db"
+    cfg = write_config(tmp_path / "c.yaml", sim_url, {f"s{i}": "fixed-ttft" for i in range(8)},
+                       interval="500ms", listen=f"127.0.0.1:{port}", db=db)
+    cfg.write_text(cfg.read_text().replace("api_key: ", "max_concurrent_probes: 2, api_key: "))
+    with running_daemon(cfg, port) as (proc, url):
+        text = wait_for(lambda: (t := http_get(url + "/metrics")) and metric(
+            t, "modelwatch_probes_total") >= 20 and t, 20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        err = proc.stderr.read()
+    started = metric(text, "modelwatch_probe_start_delay_seconds_count", provider="sim")
+    assert started >= 20
+    late = started - metric(text, "modelwatch_probe_start_delay_seconds_bucket", provider="sim", le="0.1")
+    assert late / started > 0.5, text  # most probes started more than 100 ms after their slot ...
+    waited = metric(text, "modelwatch_probe_slot_wait_seconds_sum", provider="sim", limit="provider")
+    assert waited / started > 0.1  # ... because they queued for the provider's two slots,
+    assert metric(text, "modelwatch_probe_slot_wait_seconds_sum", limit="global") < 0.05  # not the global 64
+    assert metric(text, "modelwatch_probe_slot_wait_seconds_count", limit="target") == started
+    assert metric(text, "modelwatch_provider_max_concurrent_probes", provider="sim") == 2
+    assert metric(text, "modelwatch_provider_concurrency_needed", provider="sim") > 3
+    assert metric(text, "modelwatch_skipped_runs_total") > 0
+    behind = [line for line in err.splitlines() if "cannot carry the schedule" in line]
+    assert len(behind) == 1, err  # once per change of state, not once per probe
+    assert "level=warning" in behind[0] and "limit=provider provider=sim max_concurrent_probes=2" in behind[0]
+    assert "carries the schedule again" not in err and "Traceback" not in err
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True,
+                           timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    stored = rows(db)
+    assert max_overlap([(r["ts"], r["ts"] + r["duration_s"] - 0.002) for r in stored]) == 2
+
+
+def test_the_kinds_of_one_target_never_overlap_while_targets_run_side_by_side(tmp_path, sim_url):
+    """A REST probe (~290 ms) and a models check of the same target every 400 ms, three targets:
+    the sim's request log, joined to the rows by request id, shows each target's requests one at a
+    time (each sim request lies inside its probe's span) and different targets' at once."""
+    port = free_port()
+    db = tmp_path / "mw.db"
+    cfg = tmp_path / "c.yaml"
+    targets = "".join(f"  - {{name: {t}, provider: sim, model: fixed-ttft, probes: [{{kind: rest}}, {{kind: models}}]}}\n"
+                      for t in ("a", "b", "c"))
+    cfg.write_text(
+        f"storage: {{path: {db}}}\nserver: {{listen: '127.0.0.1:{port}'}}\n"
+        "defaults: {interval: 400ms, timeout: 3s}\nproviders:\n"
+        f"  sim: {{type: openai, base_url: '{sim_url}/v1', api_key: sk-t-0000000000}}\n"
+        f"targets:\n{targets}")
+    with running_daemon(cfg, port) as (_, url):
+        text = wait_for(lambda: (t := http_get(url + "/metrics")) and all(
+            metric(t, "modelwatch_probes_total", target=n, kind=k, outcome="ok") >= 4
+            for n in ("a", "b", "c") for k in ("rest", "models")) and t, 20)
+    assert metric(text, "modelwatch_probe_slot_wait_seconds_sum", limit="target") > 0  # they met, and waited
+    assert_one_at_a_time_per_target(rows(db), sim_log(sim_url))

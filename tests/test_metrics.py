@@ -107,3 +107,28 @@ def test_render_of_many_targets_lets_the_loop_run(tmp_path):
     v = values(text)
     assert len({k[1] for k in v if k[0] == "modelwatch_probe_success"}) == 1000
     assert all(dict(k[1]).get("location") == "eu" for k in v if k[0].startswith("modelwatch_probe_"))
+
+
+def test_schedule_series_are_per_provider_and_promtool_clean(promtool):
+    m = ProbeMetrics(CollectorRegistry(), location="eu")
+    record = m.provider_schedule("sim", 2)
+    record.started(0.3, 0.0, 0.25, 0.001)
+    record.started(0.0004, 0.0, 0.0, 0.0)
+    record.needed = 2.5
+    text = page(m)
+    v = values(text)
+    here = (("location", "eu"), ("provider", "sim"))
+    assert v[("modelwatch_probe_start_delay_seconds_bucket", tuple(sorted(here + (("le", "0.001"),))))] == 1
+    assert v[("modelwatch_probe_start_delay_seconds_bucket", tuple(sorted(here + (("le", "0.25"),))))] == 1
+    assert v[("modelwatch_probe_start_delay_seconds_bucket", tuple(sorted(here + (("le", "0.5"),))))] == 2
+    assert v[("modelwatch_probe_start_delay_seconds_bucket", tuple(sorted(here + (("le", "300.0"),))))] == 2
+    assert v[("modelwatch_probe_start_delay_seconds_count", here)] == 2
+    for limit, total in (("target", 0.0), ("provider", 0.25), ("global", 0.001)):
+        labels = tuple(sorted(here + (("limit", limit),)))
+        assert v[("modelwatch_probe_slot_wait_seconds_count", labels)] == 2  # every start, once per limit
+        assert v[("modelwatch_probe_slot_wait_seconds_sum", labels)] == total
+    assert v[("modelwatch_provider_concurrency_needed", here)] == 2.5
+    assert v[("modelwatch_provider_max_concurrent_probes", here)] == 2
+    assert not any("target" in dict(k[1]) for k in v if "start_delay" in k[0] or "slot_wait" in k[0])
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -127,7 +127,9 @@ def probe(config_path: str | None, targets: tuple[str, ...], kind: str | None, a
           dry_run: bool) -> None:
     """Run the matching probes once, now, concurrently.
 
-    TARGET is a target name or a glob (e.g. 'gpt-*'); none means all.
+    Different targets run at once; the kinds of one target run one after
+    another, never overlapping (some servers end a running stream when another
+    request arrives). TARGET is a target name or a glob (e.g. 'gpt-*'); none means all.
     Exit 0 if every probe is ok, 1 if any failed, 2 on a config error.
     Example: modelwatch probe gpt-4o-mini --json
     """
@@ -142,10 +144,17 @@ def probe(config_path: str | None, targets: tuple[str, ...], kind: str | None, a
     from modelwatch.probes import prober_for
     from modelwatch.probes.base import new_http_session, run_probe
 
+    async def one_target(http, target_jobs: list[ProbeJob]) -> list[ProbeResult]:  # noqa: ANN001
+        return [await run_probe(j, http, prober_for(j.provider.type, j.probe.kind)) for j in target_jobs]
+
     async def all_once() -> list[ProbeResult]:
+        by_target: dict[str, list[ProbeJob]] = {}
+        for job in jobs:
+            by_target.setdefault(job.target, []).append(job)
         async with new_http_session() as http:
-            return await asyncio.gather(*(run_probe(j, http, prober_for(j.provider.type, j.probe.kind))
-                                          for j in jobs))
+            done = await asyncio.gather(*(one_target(http, group) for group in by_target.values()))
+        results = {(r.target, r.kind): r for group in done for r in group}
+        return [results[job.key] for job in jobs]  # in config order, as before
 
     results = loop.run(all_once())
     for r in results:
@@ -185,11 +194,18 @@ def check_config(config_path: str | None) -> None:
 
     Example: modelwatch check-config -c modelwatch.yaml
     Exit 0 if valid, 2 otherwise (each problem as file: key.path: reason).
+    Warns (still exit 0) when a max_concurrent_probes, a provider's or the
+    global one, is too small for the schedule: probes x expected duration /
+    interval above it means probes will start late.
     """
+    from modelwatch.capacity import shortfalls
+
     config = _load(config_path)
     targets = len({j.target for j in config.jobs})
     click.echo(f"{config.path}: ok, {len(config.providers)} providers, {targets} targets, "
                f"{len(config.jobs)} probes")
+    for shortfall in shortfalls(config):
+        click.echo(f"modelwatch: warning: {config.path}: {shortfall.message()}", err=True)
 
 
 @cli.command()

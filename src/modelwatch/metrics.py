@@ -6,7 +6,9 @@ in small slices that yield to the event loop in between. A thousand targets make
 took half a second, holding the GIL even from a worker thread) stalled the loop
 and put hundreds of milliseconds into the TTFTs being measured at that moment.
 
-The daemon's few self-metrics use prometheus_client on ``registry``, so tests can
+How each provider's probes kept to their schedule (start delay, slot waits,
+concurrency needed) is rendered the same way, a few series per provider. The
+daemon's few other self-metrics use prometheus_client on ``registry``, so tests can
 build a fresh ``CollectorRegistry``. Labels are ``target``, ``provider``, ``model``,
 ``kind`` (plus ``location`` when the config sets one); error codes and messages are
 never labels.
@@ -32,6 +34,11 @@ disable_created_metrics()
 
 LLM_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 13, 20, 30, 60)
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+# Start delays and slot waits: a millisecond (on time) to minutes (a schedule far behind).
+DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# What a probe waited for before it started, in the order it waits: the other kinds of its
+# target, its provider's max_concurrent_probes, the global max_concurrent_probes.
+WAIT_LIMITS = ("target", "provider", "global")
 BASE_LABELS = ("target", "provider", "model", "kind")
 OUTCOMES = tuple(o.value for o in Outcome)
 _OUTCOME_INDEX = {name: i for i, name in enumerate(OUTCOMES)}
@@ -149,8 +156,77 @@ PROBE_FAMILIES = (
             "USD the probes cost, from reported tokens and the target's price table (0 without one)",
             lambda s: iter((f"modelwatch_probe_cost_usd_total{{{s.labels}}} {_num(s.cost_usd)}\n",))),
     _family("modelwatch_skipped_runs_total", "counter",
-            "Scheduled runs skipped because the previous run was still going",
+            "Scheduled runs skipped because the previous run was still going (or, for a whole interval, "
+            "another kind of the same target)",
             lambda s: iter((f"modelwatch_skipped_runs_total{{{s.labels}}} {s.skipped}.0\n",))),
+)
+
+
+_DELAY_LE = tuple(_num(b) for b in DELAY_BUCKETS) + ("+Inf",)
+
+
+class _Delays:
+    """Bucket counts (not cumulative) and sum of one DELAY_BUCKETS histogram."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DELAY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(DELAY_BUCKETS, value)] += 1
+        self.total += value
+
+    def lines(self, name: str, labels: str) -> Iterator[str]:
+        cumulative = 0
+        for le, count in zip(_DELAY_LE, self.counts, strict=True):
+            cumulative += count
+            yield f'{name}_bucket{{{labels},le="{le}"}} {cumulative}.0\n'
+        yield f"{name}_count{{{labels}}} {cumulative}.0\n"
+        yield f"{name}_sum{{{labels}}} {_num(self.total)}\n"
+
+
+class ProviderSchedule:
+    """How one provider's probes kept to their schedule: what the scheduler records per start."""
+
+    __slots__ = ("labels", "start_delay", "waits", "needed", "limit")
+
+    def __init__(self, labels: str, limit: int) -> None:
+        self.labels = labels
+        self.start_delay = _Delays()
+        self.waits = tuple(_Delays() for _ in WAIT_LIMITS)
+        self.needed = 0.0  # slots the schedule needs on average (capacity.Saturation)
+        self.limit = limit
+
+    def started(self, delay_s: float, target_s: float, provider_s: float, global_s: float) -> None:
+        """Record one probe start: how late against its slot, and what it waited for."""
+        self.start_delay.observe(delay_s)
+        waits = self.waits
+        waits[0].observe(target_s)
+        waits[1].observe(provider_s)
+        waits[2].observe(global_s)
+
+
+def _wait_lines(p: ProviderSchedule) -> Iterator[str]:
+    for limit, hist in zip(WAIT_LIMITS, p.waits, strict=True):
+        yield from hist.lines("modelwatch_probe_slot_wait_seconds", f'{p.labels},limit="{limit}"')
+
+
+# Per provider, not per target: 10,000 probes on a few providers stay a few dozen series.
+SCHEDULE_FAMILIES = (
+    _family("modelwatch_probe_start_delay_seconds", "histogram",
+            "How late probes started against their planned slot",
+            lambda p: p.start_delay.lines("modelwatch_probe_start_delay_seconds", p.labels)),
+    _family("modelwatch_probe_slot_wait_seconds", "histogram",
+            "How long probes waited before starting, by what they waited for (limit: target, another "
+            "kind of the same target; provider or global, a max_concurrent_probes slot)", _wait_lines),
+    _family("modelwatch_provider_concurrency_needed", "gauge",
+            "Probes of the provider running at once on average for its schedule (starts per second times "
+            "measured duration): above modelwatch_provider_max_concurrent_probes the schedule slips",
+            lambda p: iter((f"modelwatch_provider_concurrency_needed{{{p.labels}}} {_num(p.needed)}\n",))),
+    _family("modelwatch_provider_max_concurrent_probes", "gauge", "The provider's max_concurrent_probes",
+            lambda p: iter((f"modelwatch_provider_max_concurrent_probes{{{p.labels}}} {_num(p.limit)}\n",))),
 )
 
 
@@ -203,10 +279,12 @@ class ProbeMetrics:
         self.build = Gauge("modelwatch_build_info", "Build information",
                            ("version", "python"), registry=r)
         self.build.labels(__version__, platform.python_version()).set(1)
+        # provider -> how its probes kept to their schedule (filled by the scheduler)
+        self.schedule: dict[str, ProviderSchedule] = {}
 
     def family_names(self) -> list[str]:
         """Every metric name this daemon exports (as it appears in samples)."""
-        names = [name for name, _, _ in PROBE_FAMILIES]
+        names = [name for name, _, _ in PROBE_FAMILIES + SCHEDULE_FAMILIES]
         for family in self.registry.collect():
             names.append(family.name + ("_total" if family.type == "counter" else ""))
         return names
@@ -218,6 +296,16 @@ class ProbeMetrics:
     def _labels(self, key: tuple[str, ...]) -> str:
         names = BASE_LABELS + (("location",) if self.location else ())
         return ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, key, strict=True))
+
+    def provider_schedule(self, provider: str, limit: int) -> ProviderSchedule:
+        """The schedule record of ``provider``, created (at 0) on first use."""
+        record = self.schedule.get(provider)
+        if record is None:
+            names = ("provider", "location") if self.location else ("provider",)
+            values = (provider, self.location) if self.location else (provider,)
+            labels = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
+            record = self.schedule[provider] = ProviderSchedule(labels, limit)
+        return record
 
     def _job_key(self, job: ProbeJob) -> tuple[str, ...]:
         return self._key(job.target, job.provider_name, job.model, job.probe.kind)
@@ -261,16 +349,18 @@ class ProbeMetrics:
         """The exposition text, built in slices that let the event loop run in between."""
         chunks: list[bytes] = []
         series = list(self._series.values())  # a reload may change the dict while we yield
+        providers = list(self.schedule.values())
         slice_start = time.perf_counter()
-        for _, header, lines in PROBE_FAMILIES:
-            parts = [header]
-            for s in series:
-                parts.extend(lines(s))
-                if time.perf_counter() - slice_start > RENDER_SLICE_S:
-                    chunks.append("".join(parts).encode())
-                    parts = []
-                    await asyncio.sleep(0)
-                    slice_start = time.perf_counter()
-            chunks.append("".join(parts).encode())
+        for families, items in ((PROBE_FAMILIES, series), (SCHEDULE_FAMILIES, providers)):
+            for _, header, lines in families:
+                parts = [header]
+                for s in items:
+                    parts.extend(lines(s))
+                    if time.perf_counter() - slice_start > RENDER_SLICE_S:
+                        chunks.append("".join(parts).encode())
+                        parts = []
+                        await asyncio.sleep(0)
+                        slice_start = time.perf_counter()
+                chunks.append("".join(parts).encode())
         chunks.append(generate_latest(self.registry))  # a dozen self-metric lines
         return chunks

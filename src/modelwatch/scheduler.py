@@ -21,6 +21,17 @@ keep wall-clock ``ts`` (stamped by the probe runner, not here).
 A probe whose previous run is still going is skipped and counted, and
 concurrency is bounded globally and per provider. Firing only creates a task,
 so a slow probe never delays another.
+
+The kinds of one target never run at once: a server such as llama-cpp-python
+ends a running stream when another request arrives, so a target's ``models``
+check would break its own REST probe. A probe whose target is busy with
+another kind waits for it (up to its own interval, then the run is skipped and
+counted); the kinds of a target are placed apart in their cadence so that this
+is rare. Before it starts, a probe waits in this order for its target, its
+provider's limit and the global limit; each wait, and how late the probe
+started against its planned slot, goes to the provider's schedule metrics
+(``metrics.ProviderSchedule``). When a limit cannot carry its schedule
+(``capacity.Saturation``) the log says so once, and once when it can again.
 """
 
 from __future__ import annotations
@@ -29,13 +40,14 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
 import schedule
 
+from modelwatch.capacity import Saturation
 from modelwatch.config import ProbeJob
-from modelwatch.metrics import ProbeMetrics
+from modelwatch.metrics import ProbeMetrics, ProviderSchedule
 
 log = logging.getLogger("modelwatch.scheduler")
 
@@ -57,18 +69,45 @@ class _Cadence:
     def period(self) -> dt.timedelta:
         return dt.timedelta(seconds=self.interval / max(len(self.members), 1))
 
-    def due(self, now: dt.datetime) -> list[Key]:
-        """The members whose slots have come, advancing the slot clock past ``now``."""
-        keys: list[Key] = []
+    def spread_kinds(self) -> None:
+        """Order members so that the kinds of one target are far apart in the cadence.
+
+        Every target's first kind comes first, then every second kind, and so
+        on (a stable sort): the kinds of a target then start about half an
+        interval apart instead of in neighbouring slots, where one would wait
+        for the other at every run. Members otherwise keep their order.
+        """
+        seen: Counter[str] = Counter()
+        rank = {}
+        for key in self.members:
+            rank[key] = seen[key[0]]
+            seen[key[0]] += 1
+        self.members.sort(key=rank.__getitem__)
+
+    def due(self, now: dt.datetime) -> list[tuple[Key, dt.datetime]]:
+        """The members whose slots have come, each with its slot, advancing the slot clock past ``now``."""
+        keys: list[tuple[Key, dt.datetime]] = []
         slot = self.next_slot or now
         while slot <= now and len(keys) < len(self.members):
-            keys.append(self.members[self.turn % len(self.members)])
+            keys.append((self.members[self.turn % len(self.members)], slot))
             self.turn = (self.turn + 1) % len(self.members)
             slot += self.period
         if slot <= now:  # more than a whole interval behind (a stall): skip, don't burst
             slot = now + self.period
         self.next_slot = slot
         return keys
+
+
+class _ProviderLimit:
+    """A provider's concurrency limit, the record of its starts and whether it carries its schedule."""
+
+    __slots__ = ("limit", "semaphore", "record", "saturation")
+
+    def __init__(self, limit: int, record: ProviderSchedule) -> None:
+        self.limit = limit
+        self.semaphore = asyncio.Semaphore(limit)
+        self.record = record
+        self.saturation = Saturation(limit)
 
 
 class Scheduler:
@@ -86,8 +125,11 @@ class Scheduler:
         self._sched = schedule.Scheduler()
         self._max_concurrent = max_concurrent
         self._global = asyncio.Semaphore(max_concurrent)
-        # provider -> (its limit, its semaphore): a reload that changes a limit gets a new one
-        self._per_provider: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self._global_saturation = Saturation(max_concurrent)
+        self._providers: dict[str, _ProviderLimit] = {}
+        # Targets with more than one kind: one lock each, so their kinds never overlap.
+        self._target_locks: dict[str, asyncio.Lock] = {}
+        self._holders: set[asyncio.Task] = set()
         self._jobs: dict[Key, ProbeJob] = {}
         self._cadences: dict[float, _Cadence] = {}
         self._running: dict[Key, asyncio.Task] = {}
@@ -118,9 +160,45 @@ class Scheduler:
             touched.add(job.probe.interval)
         now = self.now()
         for n, interval in enumerate(sorted(touched)):
+            self._cadences[interval].spread_kinds()
             self._retime(self._cadences[interval], now, offset=n / max(len(touched), 1))
+        self._plan_capacity()
         self._wake.set()
         return added, removed
+
+    def _plan_capacity(self) -> None:
+        """Planned starts per second behind each limit, and the locks of multi-kind targets."""
+        rates: dict[str, float] = {}
+        for job in self._jobs.values():
+            rates[job.provider_name] = rates.get(job.provider_name, 0.0) + 1.0 / job.probe.interval
+            self._provider_limit(job)
+        for name in [n for n in self._providers if n not in rates]:  # a reload removed the provider
+            del self._providers[name]
+            self._metrics.schedule.pop(name, None)
+        for name, rate in rates.items():
+            self._providers[name].saturation.rate = rate
+        self._global_saturation.rate = sum(rates.values())
+        self._plan_target_locks()
+
+    def _plan_target_locks(self) -> None:
+        """One lock per target with more than one kind, kept across reloads while it is held.
+
+        A target that a reload gives a second kind may have its first kind's
+        probe running without a lock: the new lock is taken on behalf of that
+        probe until it ends, so the new kind cannot start alongside it.
+        """
+        kinds = Counter(job.target for job in self._jobs.values())
+        old = self._target_locks
+        self._target_locks = {t: old.get(t) or asyncio.Lock() for t, n in kinds.items() if n > 1}
+        # A lock held by a probe still running stays, so what starts next for its target waits for it.
+        self._target_locks.update((t, lock) for t, lock in old.items() if lock.locked())
+        for target, lock in self._target_locks.items():
+            if target not in old:
+                running = [task for key, task in self._running.items() if key[0] == target]
+                if running:
+                    holder = asyncio.get_running_loop().create_task(_hold(lock, running))
+                    self._holders.add(holder)  # a reference, so the task is not collected while it runs
+                    holder.add_done_callback(self._holders.discard)
 
     def set_max_concurrent(self, max_concurrent: int) -> None:
         """Apply a new global limit (a reload) to the probes started from now on.
@@ -131,13 +209,18 @@ class Scheduler:
         if max_concurrent != self._max_concurrent:
             self._max_concurrent = max_concurrent
             self._global = asyncio.Semaphore(max_concurrent)
+            self._global_saturation.limit = max_concurrent
 
-    def _provider_limit(self, job: ProbeJob) -> asyncio.Semaphore:
+    def _provider_limit(self, job: ProbeJob) -> _ProviderLimit:
         limit = job.provider.max_concurrent_probes
-        held = self._per_provider.get(job.provider_name)
-        if held is None or held[0] != limit:  # first use, or a reload changed the limit
-            held = self._per_provider[job.provider_name] = (limit, asyncio.Semaphore(limit))
-        return held[1]
+        held = self._providers.get(job.provider_name)
+        if held is None:
+            record = self._metrics.provider_schedule(job.provider_name, limit)
+            held = self._providers[job.provider_name] = _ProviderLimit(limit, record)
+        elif held.limit != limit:  # a reload changed the limit: a new semaphore, the same history
+            held.limit = held.record.limit = held.saturation.limit = limit
+            held.semaphore = asyncio.Semaphore(limit)
+        return held
 
     def _retime(self, cadence: _Cadence, now: dt.datetime, offset: float) -> None:
         if cadence.sjob is not None:
@@ -190,27 +273,80 @@ class Scheduler:
                 cadence.sjob.next_run = cadence.next_slot
 
     def _fire(self, cadence: _Cadence) -> None:
-        for key in cadence.due(self.now()):
-            self._start(self._jobs[key])
+        for key, slot in cadence.due(self.now()):
+            self._start(self._jobs[key], slot)
 
-    def _start(self, job: ProbeJob) -> None:
+    def _start(self, job: ProbeJob, slot: dt.datetime) -> None:
         if job.key in self._running:
             self._metrics.skip(job)
             log.info("run skipped, previous still going target=%s kind=%s", job.target, job.probe.kind)
             return
-        task = asyncio.get_running_loop().create_task(self._guarded(job))
+        # The slot on the monotonic clock, so the start delay is a difference of two monotonic readings.
+        planned = self._mono_anchor + (slot - self._wall_anchor).total_seconds()
+        task = asyncio.get_running_loop().create_task(self._guarded(job, planned))
         self._running[job.key] = task
         task.add_done_callback(lambda _t, k=job.key: self._running.pop(k, None))
 
-    async def _guarded(self, job: ProbeJob) -> None:
-        async with self._global, self._provider_limit(job):
-            self._metrics.in_flight.inc()
-            try:
-                await self._run_job(job)
-            except Exception:  # noqa: BLE001 - one job's bug must not stop the schedule
-                log.exception("probe run failed target=%s kind=%s", job.target, job.probe.kind)
-            finally:
-                self._metrics.in_flight.dec()
+    async def _guarded(self, job: ProbeJob, planned: float) -> None:
+        """Wait for the target, then a provider slot, then a global slot; run the probe; record it all.
+
+        The provider slot comes before the global one, so that a probe queued
+        behind its provider's limit holds no global slot that other providers'
+        probes could use.
+        """
+        waited = time.perf_counter()
+        lock = self._target_locks.get(job.target)
+        if lock is not None and not await self._target_free(job, lock):
+            return
+        try:
+            provider = self._provider_limit(job)
+            target_at = time.perf_counter()
+            async with provider.semaphore:
+                provider_at = time.perf_counter()
+                async with self._global:
+                    started = time.perf_counter()
+                    provider.record.started(max(0.0, self._monotonic() - planned), target_at - waited,
+                                            provider_at - target_at, started - provider_at)
+                    await self._run(job)
+                    self._ran(job, provider, time.perf_counter() - started)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    async def _target_free(self, job: ProbeJob, lock: asyncio.Lock) -> bool:
+        """Take the target's lock, waiting at most one interval of the job (False: run skipped)."""
+        if not lock.locked():
+            await lock.acquire()  # free: returns at once
+            return True
+        try:
+            async with asyncio.timeout(job.probe.interval):  # by then the run's next slot has come
+                await lock.acquire()
+            return True
+        except TimeoutError:
+            self._metrics.skip(job)
+            log.info("run skipped, another kind of the target still going for a whole interval "
+                     "target=%s kind=%s", job.target, job.probe.kind)
+            return False
+
+    async def _run(self, job: ProbeJob) -> None:
+        self._metrics.in_flight.inc()
+        try:
+            await self._run_job(job)
+        except Exception:  # noqa: BLE001 - one job's bug must not stop the schedule
+            log.exception("probe run failed target=%s kind=%s", job.target, job.probe.kind)
+        finally:
+            self._metrics.in_flight.dec()
+
+    def _ran(self, job: ProbeJob, provider: _ProviderLimit, duration_s: float) -> None:
+        """Feed a probe's duration to its limits' saturation; log a limit that changed state."""
+        saturation = provider.saturation
+        changed = saturation.observe(duration_s)
+        provider.record.needed = saturation.needed
+        if changed is not None:
+            _log_saturation(job.provider_name, saturation, changed)
+        changed = self._global_saturation.observe(duration_s)
+        if changed is not None:
+            _log_saturation(None, self._global_saturation, changed)
 
     async def drain(self, grace_s: float) -> int:
         """Let running probes finish for up to ``grace_s``, then cancel the rest; return how many."""
@@ -223,6 +359,23 @@ class Scheduler:
         if pending:
             await asyncio.wait(pending)
         return len(pending)
+
+
+async def _hold(lock: asyncio.Lock, tasks: list[asyncio.Task]) -> None:
+    """Hold ``lock`` until ``tasks`` end (probes that started before their target had a lock)."""
+    async with lock:
+        await asyncio.wait(tasks)
+
+
+def _log_saturation(provider: str | None, saturation: Saturation, behind: bool) -> None:
+    """One line per change of state: a limit fell behind its schedule, or caught up again."""
+    event = ("concurrency limit cannot carry the schedule, probes start late" if behind else
+             "concurrency limit carries the schedule again")
+    where = "limit=global" if provider is None else "limit=provider provider=%s"
+    args = () if provider is None else (provider,)
+    log.log(logging.WARNING if behind else logging.INFO,
+            f"{event} {where} max_concurrent_probes=%d needed=%.1f probes_per_s=%.2f mean_probe_s=%.3f",
+            *args, saturation.limit, saturation.needed, saturation.rate, saturation.mean_s)
 
 
 class LoopLag:
