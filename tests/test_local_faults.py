@@ -132,3 +132,13 @@ def test_a_private_ca_in_ssl_cert_file_is_trusted(tmp_path, tls_server):
     text, stored, _ = _run(tmp_path, url, str(cert))
     assert metric(text, "modelwatch_probes_total", outcome="ok") >= 3
     assert stored and {r["outcome"] for r in stored} == {"ok"}
+
+
+def test_probe_command_says_a_local_fault_is_ours(tmp_path, tls_server):
+    url, _ = tls_server
+    cfg = write_config(tmp_path / "c.yaml", url, {"a": "m"}, ptype="openai-compatible")
+    env = {**os.environ, "SSL_CERT_FILE": str(tmp_path / "no-such-bundle.pem")}
+    proc = subprocess.run([sys.executable, "-m", "modelwatch", "probe", "-c", str(cfg), "--json"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 1 and proc.stdout == ""  # no provider outcome printed as a row
+    assert "a rest: not probed, a fault of our own (trust_store)" in proc.stderr

@@ -25,7 +25,7 @@ from modelwatch import __version__, loop
 from modelwatch.config import (PROBE_KINDS, ConfigError, ProbeJob, default_config_path, load_config,
                                parse_duration)
 from modelwatch.logs import LEVELS, setup_logging, stop_logging
-from modelwatch.outcomes import Outcome, ProbeResult
+from modelwatch.outcomes import LocalFault, Outcome, ProbeResult
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -144,22 +144,32 @@ def probe(config_path: str | None, targets: tuple[str, ...], kind: str | None, a
     from modelwatch.probes import prober_for
     from modelwatch.probes.base import new_http_session, run_probe
 
-    async def one_target(http, target_jobs: list[ProbeJob]) -> list[ProbeResult]:  # noqa: ANN001
-        return [await run_probe(j, http, prober_for(j.provider.type, j.probe.kind)) for j in target_jobs]
+    async def one(http, job: ProbeJob) -> ProbeResult | LocalFault:  # noqa: ANN001
+        try:
+            return await run_probe(job, http, prober_for(job.provider.type, job.probe.kind))
+        except LocalFault as fault:  # our own failure: no provider outcome to print
+            return fault
 
-    async def all_once() -> list[ProbeResult]:
+    async def one_target(http, target_jobs: list[ProbeJob]) -> list:  # noqa: ANN001
+        return [(j.key, await one(http, j)) for j in target_jobs]
+
+    async def all_once() -> list[ProbeResult | LocalFault]:
         by_target: dict[str, list[ProbeJob]] = {}
         for job in jobs:
             by_target.setdefault(job.target, []).append(job)
         async with new_http_session() as http:
             done = await asyncio.gather(*(one_target(http, group) for group in by_target.values()))
-        results = {(r.target, r.kind): r for group in done for r in group}
+        results = dict(pair for group in done for pair in group)
         return [results[job.key] for job in jobs]  # in config order, as before
 
     results = loop.run(all_once())
-    for r in results:
-        click.echo(json.dumps(r.as_row()) if as_json else format_result(r))
-    if any(r.outcome != Outcome.OK.value for r in results):
+    for job, r in zip(jobs, results, strict=True):
+        if isinstance(r, LocalFault):
+            click.echo(f"modelwatch: {job.target} {job.probe.kind}: not probed, a fault of our own "
+                       f"({r.reason}): {r}", err=True)
+        else:
+            click.echo(json.dumps(r.as_row()) if as_json else format_result(r))
+    if any(isinstance(r, LocalFault) or r.outcome != Outcome.OK.value for r in results):
         raise Failure("", 1)
 
 
