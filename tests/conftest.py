@@ -158,3 +158,16 @@ def sim_log(sim_url: str) -> dict[str, dict]:
 
     with urllib.request.urlopen(f"{sim_url}/_sim/requests") as resp:
         return {r["request_id"]: r for r in json.load(resp)}
+
+
+def ttft_reading_error(result, sim: dict) -> float:  # noqa: ANN001
+    """How much later than the truth a probe read its first token, in seconds.
+
+    The simulator times from the moment the request (or upgrade) reached it;
+    the probe's ``ttft_s`` counts from its own start, so it also holds the TCP
+    connect, which the simulator cannot see. Both read the same monotonic
+    clock, so ``ttft_s - connect_s - actual_ttft_s`` is the request's trip out,
+    the first token's trip back and our own reading delay: never negative, and
+    a few ms at most on loopback if the probe reads truthfully.
+    """
+    return result.ttft_s - (result.connect_s or 0.0) - sim["actual_ttft_s"]

@@ -197,7 +197,9 @@ def test_a_stalled_daemon_says_so_in_the_rows_it_measured(tmp_path, sim_url):
             t, "modelwatch_probes_total") >= before + 8 and t, 15)
         assert metric(text, "modelwatch_probes_lagged_total") >= 1
     stored = rows(db)
-    assert all(r["loop_lag_s"] is not None for r in stored)
+    # Every row but those of probes that finished in the stop grace, after the lag watch stopped.
+    assert sum(r["loop_lag_s"] is None for r in stored) <= len(targets)
+    stored = [r for r in stored if r["loop_lag_s"] is not None]
     late = [r for r in stored if r["ttft_s"] is not None and r["ttft_s"] > 0.3]
     assert late, "the stall delayed some first-token reading"
     for r in late:  # the simulator sent the first token at 250 ms: the rest was our own delay,

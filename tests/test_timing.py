@@ -2,15 +2,16 @@
 
 The simulator runs in its own process and reports, per request id, when it
 actually wrote the first token (its own perf_counter from handler entry). The
-probe's ttft_s additionally includes the TCP connect and sending the request,
-a fraction of a millisecond on loopback.
+probe's ttft_s additionally includes the TCP connect, which the simulator cannot
+see (1-5 ms on loopback on the 2-core CI machine), so the comparison leaves it
+out: what remains is the request's trip, the token's trip back and our reading.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from conftest import sim_log, write_config
+from conftest import sim_log, ttft_reading_error, write_config
 from modelwatch.config import load_config
 from modelwatch.probes import prober_for
 from modelwatch.probes.base import new_http_session, run_probe
@@ -46,6 +47,6 @@ def test_ttft_is_truthful_while_fifty_other_probes_stream(tmp_path, sim_url):
         assert r.outcome == "ok", r
         sim = log[r.request_id]
         assert sim["injected_ttft_s"] == INJECTED_S
-        error = r.ttft_s - sim["actual_ttft_s"]
+        error = ttft_reading_error(r, sim)
         assert 0 <= error < TOLERANCE_S, (r.target, r.ttft_s, sim["actual_ttft_s"])
         assert INJECTED_S <= r.ttft_s < INJECTED_S + 3 * TOLERANCE_S, r.ttft_s
