@@ -186,3 +186,15 @@ def test_run_names_the_database_it_cannot_open(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"cannot open the database {garbage}: file is not a database" in proc.stderr, proc.stderr
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path):
+    """Refusing duplicate keys must not refuse YAML's own override of a merged key."""
+    path = tmp_path / "c.yaml"
+    path.write_text("defaults: &base {interval: 30s, timeout: 5s}\n" + PROVIDER +
+                    "targets:\n  - {name: t, provider: p, model: m, probes: [{<<: *base, kind: rest, interval: 45s}]}\n")
+    probe = load_config(path).jobs[0].probe
+    assert (probe.interval, probe.timeout) == (45.0, 5.0)
+    path.write_text(PROVIDER + "targets:\n  - &t {name: t, provider: p, model: m, probes: [{kind: rest}]}\n"
+                    "  - {<<: *t, name: u}\n")
+    assert sorted(j.target for j in load_config(path).jobs) == ["t", "u"]
