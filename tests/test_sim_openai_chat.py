@@ -683,17 +683,27 @@ def test_every_scenario_key_is_documented():
 @pytest.mark.parametrize(
     ("listen", "expected"),
     [("127.0.0.1:0", ("127.0.0.1", 0)), (":8080", ("127.0.0.1", 8080)), ("[::1]:9", ("::1", 9)),
-     ("0.0.0.0:65535", ("0.0.0.0", 65535)), ("8080", ValueError), ("host:http", ValueError),
-     ("h:70000", ValueError)],
+     ("0.0.0.0:65535", ("0.0.0.0", 65535)), ("localhost:8080", ("localhost", 8080)),
+     (" 127.0.0.1:0 ", ("127.0.0.1", 0)), ("8080", ValueError), ("host:http", ValueError),
+     ("h:70000", ValueError), ("::1:9", ValueError), ("[]:9", ValueError)],
 )
-def test_parse_listen(listen, expected):
-    from modelwatch.sim.app import parse_listen
+def test_listen_address(listen, expected):
+    """The config's HOST:PORT rule (one parser), except that an empty host means loopback."""
+    from modelwatch.sim.app import listen_address
 
     if expected is ValueError:
-        with pytest.raises(ValueError):
-            parse_listen(listen)
+        with pytest.raises(ValueError, match=r"^listen address .* must be HOST:PORT, e\.g\. "):
+            listen_address(listen)
     else:
-        assert parse_listen(listen) == expected
+        assert listen_address(listen) == expected
+
+
+def test_sim_command_names_a_bad_listen_address():
+    result = subprocess.run([sys.executable, "-m", "modelwatch", "sim", "--listen", "8080"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == ("modelwatch: listen address '8080' must be HOST:PORT, "
+                             "e.g. 127.0.0.1:9477 or [::1]:9477\n")
 
 
 # ---------------------------------------------------------------- Azure routes, dialects, reasoning
