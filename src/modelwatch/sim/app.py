@@ -3,8 +3,14 @@
 Each wire protocol lives in its own module (``openai_chat``,
 ``openai_responses``, ``openai_realtime``, ``anthropic``, ``gemini``,
 ``gemini_live``, and ``models`` for every provider's model list) and registers
-its routes on the app with ``register(app, state)``. This module owns what
-they share:
+its routes on the app with ``register(app, state)``. A protocol too big for
+one file keeps its routes in that module and splits the rest by concern
+(``openai_chat_stream``; ``openai_realtime_session``, ``_response``,
+``_events``). What several protocols send lives in ``content`` (text, token
+estimates, audio) and ``openai_http`` (OpenAI's error table, bodies and
+headers). No module here imports from ``modelwatch.probes``: the simulator
+must not agree with the probes by construction. This module owns what the
+protocols share at run time:
 
 * ``SimState``: the scenario, the seeded RNG, the uptime clock and the log;
 * the request log, served as JSON on ``GET /_sim/requests`` (newest last,
@@ -42,7 +48,7 @@ from aiohttp import web
 from modelwatch import loop
 from modelwatch.validation import parse_listen
 
-from . import models, openai_chat, openai_realtime
+from . import models, openai_chat, openai_http, openai_realtime
 from . import openai_responses
 from . import anthropic
 from . import gemini
@@ -177,15 +183,15 @@ async def _openai_style_errors(request: web.Request, handler: Callable) -> web.S
     try:
         return await handler(request)
     except web.HTTPNotFound:
-        return openai_chat.plain_error(404, f"Invalid URL ({request.method} {request.path})")
+        return openai_http.plain_error(404, f"Invalid URL ({request.method} {request.path})")
     except web.HTTPMethodNotAllowed:
-        return openai_chat.plain_error(405, f"Invalid method for URL ({request.method} {request.path})")
+        return openai_http.plain_error(405, f"Invalid method for URL ({request.method} {request.path})")
     except web.HTTPException:
         raise
     except Exception:
         # A simulator bug must cost one request, not the server.
         log.exception("simulator handler failed on %s %s", request.method, request.path)
-        return openai_chat.plain_error(500, "The simulator failed while handling this request.", "server_error")
+        return openai_http.plain_error(500, "The simulator failed while handling this request.", "server_error")
 
 
 @dataclass

@@ -166,7 +166,7 @@ above map onto close codes there):
 Error kinds: auth_error, quota_exhausted, rate_limited, overloaded,
 server_error, bad_gateway, gateway_timeout, model_unavailable, bad_request,
 capacity_exceeded, content_blocked. Their statuses and bodies are defined by
-each protocol module (``openai_chat.ERRORS``).
+each protocol module (``openai_http.ERRORS`` for the OpenAI family).
 """
 
 from __future__ import annotations
