@@ -9,8 +9,8 @@ and ``POST /openai/deployments/{deployment}/chat/completions?api-version=V``
 bearer token) and answers failures with OpenAI's own bodies and headers, or
 with an OpenAI-compatible server's layout when the model's ``error_shape`` or
 ``dialect`` asks for one. All statuses, messages and retry hints live in
-``ERRORS``; Azure's own bodies (``AZURE_ERRORS``) replace them for a refused
-key (401 ``{"error": {"code": "401", ...}}``), an unknown deployment (404
+``openai_http.ERRORS``; Azure's own bodies (``AZURE_ERRORS``) replace them for
+a refused key (401 ``{"error": {"code": "401", ...}}``), an unknown deployment (404
 ``DeploymentNotFound``), a rate limit (429 with code ``"429"``) and a dated URL
 without ``api-version`` (404 ``Resource not found``); the other kinds keep
 OpenAI's bodies. Azure streams open with a ``prompt_filter_results`` chunk
@@ -27,9 +27,10 @@ reasoning deltas first. A ``reasoning_effort`` outside ``EFFORTS`` is a 400.
 A stream is: a role chunk sent with the headers at ``ttfb_ms``; optional
 ``: keep-alive`` comments; content chunks from ``ttft_ms`` on, one every
 ``inter_token_ms``; a chunk with an empty delta and ``finish_reason``; the usage
-chunk (``choices: []``) when asked for; ``data: [DONE]``. Every wait sleeps
-until an absolute deadline counted from the handler's entry, so slow writes
-never push later events back and the measured TTFT is the injected one.
+chunk (``choices: []``) when asked for; ``data: [DONE]`` (``openai_chat_stream``
+builds them). Every wait sleeps until an absolute deadline counted from the
+handler's entry, so slow writes never push later events back and the measured
+TTFT is the injected one.
 
 Non-streaming requests get the same auth, validation, error injection and
 timing (the JSON is sent when the last token would have been); the stream

@@ -100,7 +100,7 @@ class ChatStream(FaultyStream):
         if mode == "always_final":
             extra["usage"] = usage
         elif mode == "x_groq":
-            extra["x_groq"] = {"id": call.request_id, "usage": {**_groq_times(call), **_basicchat_usage(usage)}}
+            extra["x_groq"] = {"id": call.request_id, "usage": {**_groq_times(call), **_basic_usage(usage)}}
         events = [self._chunk({}, self.finish_reason, **extra)]
         if self.usage_chunk:
             events.append(self._chunk(None, usage=usage))
@@ -187,7 +187,7 @@ def _azure_prompt_filter_chunk() -> str:
                      "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": _AZURE_FILTER}]})
 
 
-def _basicchat_usage(usage: dict[str, Any]) -> dict[str, int]:
+def _basic_usage(usage: dict[str, Any]) -> dict[str, int]:
     """The three token counts, without the details objects (Groq's layout)."""
     return {key: usage[key] for key in ("prompt_tokens", "completion_tokens", "total_tokens")}
 
