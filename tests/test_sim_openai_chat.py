@@ -25,7 +25,7 @@ import openai
 import pytest
 
 from conftest import with_sim
-from modelwatch.sim import ScenarioError, default_scenario, load_scenario, start_sim
+from modelwatch.sim import default_scenario, start_sim
 from modelwatch.sim.scenario import ERROR_KINDS, Scenario
 
 KEY = {"Authorization": "Bearer sk-test"}
@@ -599,40 +599,6 @@ def test_request_log_lists_and_clears():
 # ---------------------------------------------------------------- scenario files
 
 
-@pytest.mark.parametrize(
-    ("yaml_text", "message"),
-    [
-        ("models:\n  m:\n    tokenz: 3\n", "models.m.tokenz: unknown key (did you mean 'tokens'?)"),
-        ("modles: {}\n", "modles: unknown key (did you mean 'models'?)"),
-        ("models: {m: {outages: [{every_s: 1, for_s: 2, error: overloaded}]}}\n",
-         "models.m.outages[0]: for_s (2) must not exceed every_s (1)"),
-        ("models: {m: {outages: [{every_s: 1, for_s: 1, error: meltdown}]}}\n",
-         "models.m.outages[0].error: Input should be 'auth_error', "),
-        ("models: {m: {errors: {server_error: 0.7, overloaded: 0.5}}}\n",
-         "models.m: errors probabilities sum to 1.2, more than 1"),
-        ("default: {ttfb_ms: 500}\n", "default: ttfb_ms (500) must not exceed ttft_ms (150)"),
-        ("models: {m: {stall_ms: 10}}\n", "models.m: stall_ms has no effect without stall_after"),
-        ("models: {m: {tokens: many}}\n", "models.m.tokens: Input should be a valid integer"),
-        ("models: [\n", "line 2: invalid YAML: "),
-        ("- just a list\n", "top level must be a mapping, got list"),
-    ],
-)
-def test_scenario_loader_errors_name_file_and_key_path(tmp_path, yaml_text, message):
-    path = tmp_path / "scenario.yaml"
-    path.write_text(yaml_text)
-    with pytest.raises(ScenarioError) as error:
-        load_scenario(path)
-    text = str(error.value)
-    assert isinstance(error.value, ValueError)
-    assert text.startswith(f"{path}: {message}")
-    assert "\n" not in text and "pydantic" not in text
-
-
-def test_missing_scenario_file_is_a_scenario_error(tmp_path):
-    with pytest.raises(ScenarioError, match=r"nope\.yaml: cannot read scenario"):
-        load_scenario(tmp_path / "nope.yaml")
-
-
 def test_bundled_demo_scenario():
     scenario = default_scenario()
     assert set(scenario.models) == {"gpt-4o-mini", "flaky-model", "slow-model", "gpt-4o-mini-realtime-preview",
@@ -683,17 +649,27 @@ def test_every_scenario_key_is_documented():
 @pytest.mark.parametrize(
     ("listen", "expected"),
     [("127.0.0.1:0", ("127.0.0.1", 0)), (":8080", ("127.0.0.1", 8080)), ("[::1]:9", ("::1", 9)),
-     ("0.0.0.0:65535", ("0.0.0.0", 65535)), ("8080", ValueError), ("host:http", ValueError),
-     ("h:70000", ValueError)],
+     ("0.0.0.0:65535", ("0.0.0.0", 65535)), ("localhost:8080", ("localhost", 8080)),
+     (" 127.0.0.1:0 ", ("127.0.0.1", 0)), ("8080", ValueError), ("host:http", ValueError),
+     ("h:70000", ValueError), ("::1:9", ValueError), ("[]:9", ValueError)],
 )
-def test_parse_listen(listen, expected):
-    from modelwatch.sim.app import parse_listen
+def test_listen_address(listen, expected):
+    """The config's HOST:PORT rule (one parser), except that an empty host means loopback."""
+    from modelwatch.sim.app import listen_address
 
     if expected is ValueError:
-        with pytest.raises(ValueError):
-            parse_listen(listen)
+        with pytest.raises(ValueError, match=r"^listen address .* must be HOST:PORT, e\.g\. "):
+            listen_address(listen)
     else:
-        assert parse_listen(listen) == expected
+        assert listen_address(listen) == expected
+
+
+def test_sim_command_names_a_bad_listen_address():
+    result = subprocess.run([sys.executable, "-m", "modelwatch", "sim", "--listen", "8080"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == ("modelwatch: listen address '8080' must be HOST:PORT, "
+                             "e.g. 127.0.0.1:9477 or [::1]:9477\n")
 
 
 # ---------------------------------------------------------------- Azure routes, dialects, reasoning

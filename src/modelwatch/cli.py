@@ -285,7 +285,7 @@ def _report_time(option: str, value: str, now: float) -> float:
 
 @cli.command()
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
-              help="Address to serve on (port 0 picks a free port).")
+              help="Address to serve on; an empty host (:8080) is 127.0.0.1, port 0 picks a free port.")
 @click.option("--scenario", "scenario_path", metavar="FILE",
               help="Scenario YAML (default: the bundled demo scenario).")
 @log_level_option

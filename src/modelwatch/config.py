@@ -21,11 +21,14 @@ import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
                       field_validator)
 
 from modelwatch.secrets import Secret, register_secret
+from modelwatch.validation import Problems as _Problems
+from modelwatch.validation import parse_listen
+# MAX_YAML_* stay importable from here, where they were defined.
+from modelwatch.yamlfile import MAX_YAML_DEPTH, MAX_YAML_VALUES, read_small_file, read_yaml  # noqa: F401
 
 DEFAULT_PATH = "/etc/modelwatch/modelwatch.yaml"
 # Request fields the probe sets itself: extra_body may add fields, never change what is measured or billed.
@@ -42,8 +45,6 @@ MAX_DURATION_S = 3650 * 86400.0  # ten years: beyond any retention, and finite
 MIN_DURATION_S = 0.001
 MAX_CONFIG_BYTES = 1_048_576  # a config or included file
 MAX_KEY_FILE_BYTES = 65_536
-MAX_YAML_VALUES = 100_000  # values after alias expansion: bounds a "billion laughs" file
-MAX_YAML_DEPTH = 64
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")  # an HTTP header name (RFC 9110 token)
 _HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -94,20 +95,6 @@ def format_duration(seconds: float) -> str:
         if seconds >= size and (seconds / size).is_integer():
             return f"{int(seconds / size)}{unit}"
     return f"{round(seconds * 1000)}ms"
-
-
-def parse_listen(value: Any) -> tuple[str, int]:
-    """``host:port`` (IPv6 as ``[::1]:9477``) into a (host, port) pair."""
-    text = str(value).strip()
-    match = re.match(r"^(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]*)):(\d{1,5})$", text)
-    if not match or int(match.group(3)) > 65535:
-        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9477 or [::1]:9477")
-    host = match.group(1) or match.group(2)
-    if not host:
-        # ":9477" would silently listen on every interface: say which one is meant.
-        raise ValueError("must name the host: 127.0.0.1:9477 for this machine only, "
-                         "0.0.0.0:9477 or [::]:9477 for every interface")
-    return host, int(match.group(3))
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -351,150 +338,8 @@ class _Pieces:
     visited: set[Path] = dataclasses.field(default_factory=set)
 
 
-class _Problems:
-    """Collects ``file: path: reason`` lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.unset: set[tuple[Path, str]] = set()  # values left empty by a missing variable
-
-    def add(self, file: Path | str, path: str, reason: str) -> None:
-        self.lines.append(f"{file}: {path}: {reason}" if path else f"{file}: {reason}")
-
-    def from_validation(self, file: Path, prefix: str, exc: ValidationError) -> None:
-        for err in exc.errors(include_url=False, include_input=False):
-            path = _join(prefix, err["loc"])
-            if (file, path) not in self.unset:  # already reported as a missing variable
-                self.add(file, path, _reason(err))
-
-
-def _join(prefix: str, loc: tuple) -> str:
-    path = prefix
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif str(part).startswith(("function-", "constrained-")):
-            continue
-        else:
-            path = f"{path}.{part}" if path else str(part)
-    return path
-
-
-def _reason(err: dict) -> str:
-    kind, msg = err["type"], err["msg"]
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "literal_error":
-        expected = err.get("ctx", {}).get("expected", "")
-        return "must be one of " + expected.replace("'", "")
-    if kind == "string_pattern_mismatch":
-        return "must be letters, digits and . _ : / - (at most 128, starting with a letter or digit)"
-    if kind in ("too_short",) and "list" in msg.lower():
-        return "must not be empty"
-    return msg.removeprefix("Value error, ").rstrip(".").replace("Input should", "must")
-
-
-def read_small_file(path: Path, limit: int) -> bytes:
-    """A regular file's bytes, refusing anything else (a FIFO, /dev/zero) and anything over ``limit``.
-
-    Raises OSError, or ValueError with a reason that names no content.
-    """
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError("is not a regular file")
-    if st.st_size > limit:
-        raise ValueError(f"is larger than {limit // 1024} KiB")
-    with open(path, "rb") as f:  # the size may change between stat and read: read one past
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"is larger than {limit // 1024} KiB")
-    return data
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing duplicate keys instead of keeping the last."""
-
-
-def _mapping(loader: _Loader, node: yaml.MappingNode) -> dict:
-    seen: dict = {}
-    for key_node, _ in node.value:  # the keys written here: "<<" merges may be overridden
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=False)
-        try:
-            hash(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a plain value",
-                                                    key_node.start_mark) from None
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {str(key)[:64]!r} (first on line {seen[key] + 1})",
-                key_node.start_mark)
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep=True)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
-
-
-def _too_big(value: Any) -> str | None:
-    """Why a parsed tree is too large once its aliases are expanded, or None.
-
-    YAML aliases share one object, so a few lines can stand for billions of values
-    (a "billion laughs") or for a value containing itself; walking them, as every
-    later step does, would never end. The walk stops at the first limit reached.
-    """
-    budget = MAX_YAML_VALUES
-    stack = [(value, 0)]
-    while stack:
-        node, depth = stack.pop()
-        budget -= 1
-        if budget < 0:
-            return f"too many values once its aliases are expanded (at most {MAX_YAML_VALUES})"
-        if depth > MAX_YAML_DEPTH:
-            return f"nested too deeply (at most {MAX_YAML_DEPTH} levels)"
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
-    return None
-
-
 def _read_yaml(file: Path, problems: _Problems) -> dict | None:
-    try:
-        text = read_small_file(file, MAX_CONFIG_BYTES).decode("utf-8")
-    except OSError as exc:
-        problems.add(file, "", f"cannot read file: {exc.strerror or exc}")
-        return None
-    except UnicodeDecodeError as exc:
-        problems.add(file, "", f"is not UTF-8 text (byte {exc.start})")
-        return None
-    except ValueError as exc:
-        problems.add(file, "", str(exc))
-        return None
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        # Never str(exc): PyYAML quotes the file's lines, and the file may be any file at all.
-        problems.add(file, "", f"invalid YAML: {where}{getattr(exc, 'problem', None) or 'cannot parse'}")
-        return None
-    except RecursionError:
-        problems.add(file, "", f"invalid YAML: nested too deeply (at most {MAX_YAML_DEPTH} levels)")
-        return None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        problems.add(file, "", "must be a YAML mapping at the top level")
-        return None
-    reason = _too_big(data)
-    if reason:
-        problems.add(file, "", reason)
-        return None
-    return data
+    return read_yaml(file, problems, MAX_CONFIG_BYTES)
 
 
 def _expand_env(value: Any, file: Path, path: str, problems: _Problems) -> Any:

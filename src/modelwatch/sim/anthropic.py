@@ -53,8 +53,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .common import FaultyStream, LoggedExchange, base62, sleep_until, to_json
-from .openai_chat import SSE_CONTENT_TYPE, content_piece, estimate_prompt_tokens
-from .openai_chat import error_response as openai_error_response
+from .content import SSE_CONTENT_TYPE, content_piece, estimate_prompt_tokens
+from .openai_http import error_response as openai_error_response
 from .scenario import ModelBehaviour
 
 if TYPE_CHECKING:

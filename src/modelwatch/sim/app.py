@@ -3,8 +3,14 @@
 Each wire protocol lives in its own module (``openai_chat``,
 ``openai_responses``, ``openai_realtime``, ``anthropic``, ``gemini``,
 ``gemini_live``, and ``models`` for every provider's model list) and registers
-its routes on the app with ``register(app, state)``. This module owns what
-they share:
+its routes on the app with ``register(app, state)``. A protocol too big for
+one file keeps its routes in that module and splits the rest by concern
+(``openai_chat_stream``; ``openai_realtime_session``, ``_response``,
+``_events``). What several protocols send lives in ``content`` (text, token
+estimates, audio) and ``openai_http`` (OpenAI's error table, bodies and
+headers). No module here imports from ``modelwatch.probes``: the simulator
+must not agree with the probes by construction. This module owns what the
+protocols share at run time:
 
 * ``SimState``: the scenario, the seeded RNG, the uptime clock and the log;
 * the request log, served as JSON on ``GET /_sim/requests`` (newest last,
@@ -40,19 +46,24 @@ from typing import Any
 from aiohttp import web
 
 from modelwatch import loop
+from modelwatch.validation import parse_listen
 
-from . import models, openai_chat, openai_realtime
+from . import models, openai_chat, openai_http, openai_realtime
 from . import openai_responses
 from . import anthropic
 from . import gemini
 from . import gemini_live
 from .scenario import Scenario
 
-__all__ = ["RequestDraws", "RequestRecord", "SimServer", "SimState", "create_app", "serve", "start_sim"]
+__all__ = ["RequestDraws", "RequestRecord", "SimServer", "SimState", "create_app", "listen_address", "serve",
+           "start_sim"]
 
 log = logging.getLogger("modelwatch.sim")
 
 LOG_SIZE = 10_000
+# What an empty host means to the simulator (``--listen :8080``): a rehearsal
+# server stays on this machine unless its user names another interface.
+LOOPBACK = "127.0.0.1"
 # A simulator has nothing worth waiting for at shutdown; stalled streams would
 # otherwise hold ``close()`` for aiohttp's default 60 s.
 SHUTDOWN_TIMEOUT_S = 0.25
@@ -172,15 +183,15 @@ async def _openai_style_errors(request: web.Request, handler: Callable) -> web.S
     try:
         return await handler(request)
     except web.HTTPNotFound:
-        return openai_chat.plain_error(404, f"Invalid URL ({request.method} {request.path})")
+        return openai_http.plain_error(404, f"Invalid URL ({request.method} {request.path})")
     except web.HTTPMethodNotAllowed:
-        return openai_chat.plain_error(405, f"Invalid method for URL ({request.method} {request.path})")
+        return openai_http.plain_error(405, f"Invalid method for URL ({request.method} {request.path})")
     except web.HTTPException:
         raise
     except Exception:
         # A simulator bug must cost one request, not the server.
         log.exception("simulator handler failed on %s %s", request.method, request.path)
-        return openai_chat.plain_error(500, "The simulator failed while handling this request.", "server_error")
+        return openai_http.plain_error(500, "The simulator failed while handling this request.", "server_error")
 
 
 @dataclass
@@ -217,7 +228,7 @@ class SimServer:
 
 
 async def start_sim(
-    scenario: Scenario, host: str = "127.0.0.1", port: int = 0, *, clock: Callable[[], float] | None = None
+    scenario: Scenario, host: str = LOOPBACK, port: int = 0, *, clock: Callable[[], float] | None = None
 ) -> SimServer:
     """Serve ``scenario`` on ``host:port`` in the running loop; port 0 picks a free port."""
     runner = web.AppRunner(
@@ -241,15 +252,27 @@ def serve(listen: str, scenario: Scenario, on_ready: Callable[[str], Any] | None
     """Run the simulator on ``listen`` (``host:port``) until SIGINT or SIGTERM.
 
     ``on_ready(url)`` is called once the socket is bound, which is how a caller
-    learns the port when ``listen`` ends in ``:0``. Raises OSError if the address
-    cannot be bound; returns normally on a signal.
+    learns the port when ``listen`` ends in ``:0``. Raises ValueError for a malformed
+    ``listen``, OSError if the address cannot be bound; returns normally on a signal.
     """
-    host, port = parse_listen(listen)
+    host, port = listen_address(listen)
     try:
         loop.run(_serve_until_signal(host, port, scenario, on_ready))
     except KeyboardInterrupt:
         # Only reachable if Ctrl-C lands before the signal handlers are installed.
         pass
+
+
+def listen_address(listen: str) -> tuple[str, int]:
+    """``host:port`` by the config's ``server.listen`` rule, except that an empty host is loopback.
+
+    The daemon refuses ``:9477`` (a server would read it as every interface);
+    the simulator has always read ``:8080`` as loopback, where it belongs.
+    """
+    try:
+        return parse_listen(listen, default_host=LOOPBACK)
+    except ValueError as exc:
+        raise ValueError(f"listen address {listen!r} {exc}") from None
 
 
 async def _serve_until_signal(
@@ -270,15 +293,3 @@ async def _serve_until_signal(
         await stop.wait()
     finally:
         await server.close()
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """Split ``host:port``, ``:port`` or ``[::1]:port``; an empty host means loopback."""
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ValueError(f"listen address must look like host:port, got {listen!r}")
-    host = host.strip("[]") or "127.0.0.1"
-    port = int(port_text)
-    if port > 65535:
-        raise ValueError(f"port out of range in listen address {listen!r}")
-    return host, port

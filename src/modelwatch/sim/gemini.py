@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from aiohttp import web
 
 from .common import FaultyStream, LoggedExchange, sleep_until, to_json
-from .openai_chat import content_piece
+from .content import content_piece
 from .scenario import ModelBehaviour
 
 if TYPE_CHECKING:

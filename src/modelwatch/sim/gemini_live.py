@@ -62,8 +62,7 @@ from aiohttp import WSMsgType, web
 
 from .common import LoggedExchange, reset_connection, sleep_until, to_json
 from .gemini import BAD_KEY, NO_KEY, thinking_problem
-from .openai_chat import content_piece
-from .openai_realtime import SAMPLE_RATE, pcm_tone, text_tokens
+from .content import SAMPLE_RATE, content_piece, pcm_tone, text_tokens
 from .scenario import ModelBehaviour
 
 if TYPE_CHECKING:

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from . import anthropic, gemini
 from .common import to_json
-from .openai_chat import MISSING_AUTH, error_response, openai_headers, plain_error
+from .openai_http import MISSING_AUTH, error_response, openai_headers, plain_error
 
 if TYPE_CHECKING:
     from .app import SimState

@@ -60,9 +60,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .common import FaultyStream, LoggedExchange, sleep_until, to_json
-from .openai_chat import (
-    EFFORTS, ERRORS, MISSING_AUTH, SSE_CONTENT_TYPE, content_piece, error_response, estimate_prompt_tokens,
-    openai_headers, plain_error, reasoning_active)
+from .content import SSE_CONTENT_TYPE, content_piece, estimate_prompt_tokens
+from .openai_http import (EFFORTS, ERRORS, MISSING_AUTH, error_response, openai_headers, plain_error,
+                          reasoning_active)
 from .scenario import ModelBehaviour
 
 if TYPE_CHECKING:

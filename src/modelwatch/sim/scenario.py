@@ -2,7 +2,10 @@
 
 A scenario says, for each model name, how the simulator answers: how long it
 waits, how many tokens it streams, and which failures it injects. Unknown keys
-anywhere are errors, so a typo cannot silently turn a fault off.
+anywhere are errors, so a typo cannot silently turn a fault off. A file is read
+like a config file (``yamlfile``: at most 1 MiB, duplicate keys refused) and
+every problem is reported at once, one ``file: key.path: reason`` a line
+(``validation``), an unknown key with the known key it is closest to.
 
 Top-level keys
     seed            int, default 1. Seeds the RNG, so request ids, error draws and
@@ -163,17 +166,19 @@ above map onto close codes there):
 Error kinds: auth_error, quota_exhausted, rate_limited, overloaded,
 server_error, bad_gateway, gateway_timeout, model_unavailable, bad_request,
 capacity_exceeded, content_blocked. Their statuses and bodies are defined by
-each protocol module (``openai_chat.ERRORS``).
+each protocol module (``openai_http.ERRORS`` for the OpenAI family).
 """
 
 from __future__ import annotations
 
-import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from modelwatch.validation import Problems
+from modelwatch.yamlfile import MAX_YAML_FILE_BYTES, parse_yaml, read_yaml
 
 __all__ = [
     "ERROR_KINDS",
@@ -211,16 +216,32 @@ Dialect = Literal["openai", "ollama", "litellm"]
 NonNegative = Annotated[float, Field(ge=0)]
 Count = Annotated[int, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
-ErrorCode = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+_ERROR_CODE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _error_code(value: str) -> str:
+    # Not Field(pattern=...): the shared formatter words a pattern mismatch for config names.
+    if not _ERROR_CODE.match(value):
+        raise ValueError("must be an error code such as server_error (lowercase letters, digits and _)")
+    return value
+
+
+ErrorCode = Annotated[str, AfterValidator(_error_code)]
 CloseCode = Annotated[int, Field(ge=1000, le=4999)]
 # Codes a close frame may not carry (RFC 6455 7.4.1); 1006 is what drop_after_deltas is for.
 _UNSENDABLE_CLOSE_CODES = (1004, 1005, 1006, 1015)
+
+MAX_SCENARIO_BYTES = MAX_YAML_FILE_BYTES
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class ScenarioError(ValueError):
-    """A scenario file that cannot be used; the message is one line for humans."""
+    """A scenario file that cannot be used: every problem, one ``file: key.path: reason`` a line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 class Outage(BaseModel):
@@ -368,58 +389,22 @@ _KNOWN_KEYS = sorted({*Scenario.model_fields, *ModelBehaviour.model_fields, *Out
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario YAML file, raising ScenarioError on any problem."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read scenario: {exc.strerror or exc}") from exc
-    return parse_scenario(text, source=str(path))
+    """Read and validate a scenario YAML file, raising ScenarioError with every problem."""
+    problems = Problems()
+    return _validated(read_yaml(Path(path), problems, MAX_SCENARIO_BYTES), str(path), problems)
 
 
 def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
     """Validate scenario YAML text; ``source`` names the file in error messages."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ScenarioError(f"{source}: {where}invalid YAML: {problem}") from exc
-    if not isinstance(data, dict):
-        raise ScenarioError(f"{source}: top level must be a mapping, got {type(data).__name__}")
-    try:
-        return Scenario.model_validate(data)
-    except ValidationError as exc:
-        raise ScenarioError(_describe(exc, source)) from None
+    problems = Problems()
+    return _validated(parse_yaml(text, source, problems), source, problems)
 
 
-def _describe(exc: ValidationError, source: str) -> str:
-    """One line naming the file, the key path and the reason of the first error."""
-    first = exc.errors()[0]
-    loc = [part for part in first["loc"] if part != "[key]"]
-    path = _key_path(loc) or "(top level)"
-    reason = _reason(first, loc)
-    more = exc.error_count() - 1
-    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{source}: {path}: {reason}{suffix}"
-
-
-def _key_path(loc: list[str | int]) -> str:
-    """Render a pydantic location as ``models.gpt-4o.outages[0].error``."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _reason(error: dict, loc: list[str | int]) -> str:
-    """A short human reason for one pydantic error, without pydantic's URL dump."""
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        hint = difflib.get_close_matches(str(loc[-1]), _KNOWN_KEYS, n=1)
-        return "unknown key" + (f" (did you mean '{hint[0]}'?)" if hint else "")
-    if kind == "missing":
-        return "required key is missing"
-    message = error["msg"]
-    # model_validator errors arrive as "Value error, <our message>".
-    return message.removeprefix("Value error, ")
+def _validated(data: dict | None, source: str, problems: Problems) -> Scenario:
+    """The scenario in ``data``; None (unreadable) or any invalid key raises every problem at once."""
+    if data is not None:
+        try:
+            return Scenario.model_validate(data)
+        except ValidationError as exc:
+            problems.from_validation(source, "", exc, known_keys=_KNOWN_KEYS, key_marker=False)
+    raise ScenarioError(problems.lines)

@@ -1,0 +1,53 @@
+"""What every protocol of the simulator generates: content text, token estimates, audio.
+
+Chat, Responses, Anthropic, Gemini and both realtime APIs stream the same
+content ("OK", then words) so tests can compare them; they estimate prompt
+tokens the same rough way, and the realtime APIs speak the same PCM16 tone.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+__all__ = ["SAMPLE_RATE", "SSE_CONTENT_TYPE", "WORDS", "content_piece", "estimate_prompt_tokens", "pcm_tone",
+           "text_tokens"]
+
+WORDS = (" from", " the", " modelwatch", " simulator", ",", " streaming", " one", " token", " at", " a", " time", ".")
+SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+SAMPLE_RATE = 24_000
+
+# A quiet 400 Hz tone: exactly 60 samples a period at 24 kHz, so one period tiles seamlessly.
+_TONE_PERIOD = 60
+_TONE = b"".join(struct.pack("<h", round(1000 * math.sin(2 * math.pi * i / _TONE_PERIOD)))
+                 for i in range(_TONE_PERIOD))
+
+
+def content_piece(index: int) -> str:
+    """The text of content chunk ``index``: "OK", then words."""
+    return "OK" if index == 0 else WORDS[(index - 1) % len(WORDS)]
+
+
+def estimate_prompt_tokens(messages: list[Any]) -> int:
+    """Roughly count prompt tokens: ~4 characters a token plus OpenAI's per-message overhead."""
+    total = 3  # every reply is primed with <|start|>assistant<|message|>
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            content = " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+        # Odd content types are the client's problem, not a reason to fail the count.
+        total += 4 + math.ceil(len(content if isinstance(content, str) else "") / 4)
+    return total
+
+
+def text_tokens(text: str) -> int:
+    """Rough token count: about four characters a token."""
+    return math.ceil(len(text) / 4)
+
+
+def pcm_tone(offset_samples: int, samples: int) -> bytes:
+    """``samples`` of the tone starting at ``offset_samples``, phase-continuous across chunks."""
+    start = (offset_samples % _TONE_PERIOD) * 2
+    repeats = (start + 2 * samples) // len(_TONE) + 1
+    return (_TONE * repeats)[start:start + 2 * samples]
