@@ -592,6 +592,70 @@ DAEMON_ALERTS = r'''  # --------------------------------------------------------
           summary: "modelwatch on {{ $labels.instance }} keeps failing to write SQLite"
           description: "SQLite writes on {{ $labels.instance }} have failed for 15 minutes; results wait in memory (modelwatch_store_pending_rows) and are lost if the daemon stops. Check disk space and permissions of storage.path."
           runbook: docs/alerts.md#modelwatchstoreerrors
+
+      - alert: ModelwatchLocalFaults
+        # Probes that fail inside modelwatch (no file descriptor left, a TLS
+        # trust store without a CA) reach no provider and record no outcome:
+        # the provider alerts cannot see them, and the probes' series just go
+        # stale. Page: the monitor is (partly) blind. At least 2 in 5 minutes,
+        # for 5 minutes: one exhausted moment does not page, a fault that keeps
+        # killing probes does. That is before ModelwatchAllProbesOverdue (3
+        # intervals, then 5 minutes) for probes every 15 s or slower, so the
+        # inhibition example holds the overdue alerts back, whose advice
+        # (restart, a stuck probe) would be wrong.
+        expr: increase(modelwatch_probes_local_failures_total[5m]) >= 2
+        for: 5m
+        labels:
+          severity: page
+          attribution: modelwatch
+        annotations:
+          summary: "modelwatch on {{ $labels.instance }}: probes fail inside modelwatch ({{ $labels.reason }}), {{ $value | printf \"%.0f\" }} in 5 minutes"
+          description: "Probes on {{ $labels.instance }} keep failing before they reach the provider, reason {{ $labels.reason }} (open_files: no file descriptor left for a socket; trust_store: the TLS trust store holds no CA certificate). They record no outcome, so no provider alert can fire for them. The journal names the first failure of each reason."
+          runbook: docs/alerts.md#modelwatchlocalfaults
+
+      - alert: ModelwatchScheduleSlipping
+        # The provider's probes need more slots at once than its
+        # max_concurrent_probes: planned starts per second times the measured
+        # duration (a running average over about 20 probes, so a few slow
+        # answers do not move it). They queue, start late and get skipped,
+        # while ModelwatchProbesOverdue stays silent (every probe still runs).
+        expr: modelwatch_provider_concurrency_needed > modelwatch_provider_max_concurrent_probes
+        for: 15m
+        labels:
+          severity: ticket
+          attribution: modelwatch
+          signal: concurrency
+        annotations:
+          summary: "{{ $labels.provider }} on {{ $labels.instance }}: its probes need {{ $value | printf \"%.1f\" }} slots at once, more than its max_concurrent_probes"
+          description: "The schedule of {{ $labels.provider }} probes on {{ $labels.instance }}{{ with $labels.location }} ({{ . }}){{ end }} needs more concurrent probes than the provider's max_concurrent_probes allows (modelwatch_provider_concurrency_needed): probes queue for a slot, start late and runs are skipped. Raise max_concurrent_probes (about 1.5 x the need) or lengthen intervals."
+          runbook: docs/alerts.md#modelwatchscheduleslipping
+      - alert: ModelwatchScheduleSlipping
+        # Whatever the cause (the provider's limit, the global one, kinds of one
+        # target meeting): 90 % of the provider's probes over 10 minutes started
+        # less than a quarter interval late, or this fires. The start delay
+        # histogram is per provider, not per target, so "interval" is the
+        # harmonic mean of the provider's probe intervals: the interval of an
+        # average start, as dense probes start more often. At least 10 starts,
+        # so a sparse provider's one late start is not a p90. `for` outlasts
+        # the window, so a burst of late starts under about 7 minutes (a
+        # reload, a provider slow for a moment) does not open a ticket. The
+        # delay buckets end at 300 s: this covers mean intervals up to 20 minutes.
+        expr: |
+          histogram_quantile(0.9, rate(modelwatch_probe_start_delay_seconds_bucket[10m]))
+            > 0.25 * (
+                count without (target, model, kind) (modelwatch_probe_interval_seconds)
+                / sum without (target, model, kind) (1 / modelwatch_probe_interval_seconds)
+              )
+          and increase(modelwatch_probe_start_delay_seconds_count[10m]) >= 10
+        for: 15m
+        labels:
+          severity: ticket
+          attribution: modelwatch
+          signal: start_delay
+        annotations:
+          summary: "{{ $labels.provider }} on {{ $labels.instance }}: probes start {{ $value | humanizeDuration }} late (p90)"
+          description: "Over 10 minutes, more than a tenth of the {{ $labels.provider }} probes on {{ $labels.instance }}{{ with $labels.location }} ({{ . }}){{ end }} started more than a quarter of their (mean) interval after their planned slot: the schedule is not kept, so results are fewer and later than configured (their timings are still true). modelwatch_probe_slot_wait_seconds says what they waited for: limit=provider or global, a max_concurrent_probes too small; limit=target, kinds of one target that run longer than the distance between them."
+          runbook: docs/alerts.md#modelwatchscheduleslipping
 '''
 
 _MARKER = re.compile(r"<<(\w+)>>")

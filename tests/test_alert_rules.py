@@ -264,10 +264,16 @@ def inhibit_rules() -> list[dict]:
 
 
 def matched_alerts(matchers: list[str]) -> set[str]:
-    """Alert names whose static labels satisfy every ``name="value"`` matcher."""
-    wanted = dict(re.fullmatch(r'(\w+)="([^"]*)"', m).groups() for m in matchers)
+    """Alert names whose static labels satisfy every ``name="value"`` or ``name=~"regex"`` matcher."""
+    wanted = [re.fullmatch(r'(\w+)(=~?)"([^"]*)"', m).groups() for m in matchers]
+
+    def matches(labels: dict, name: str, op: str, value: str) -> bool:
+        if op == "=~":
+            return re.fullmatch(value, labels.get(name, "")) is not None
+        return labels.get(name) == value
+
     return {r["alert"] for r in alert_rules()
-            if all({"alertname": r["alert"], **r["labels"]}.get(k) == v for k, v in wanted.items())}
+            if all(matches({"alertname": r["alert"], **r["labels"]}, *m) for m in wanted)}
 
 
 @pytest.mark.parametrize("rule", inhibit_rules(), ids=lambda r: r["source_matchers"][0])
@@ -415,4 +421,43 @@ def test_provider_failing_inhibits_the_fast_burn_page_of_the_same_probe_only(ale
         ("ModelwatchErrorBudgetBurnFast", "mw:9477", "gpt"): "suppressed",
         ("ModelwatchErrorBudgetBurnFast", "mw:9477", "gpt-4o"): "active",   # another target
         ("ModelwatchErrorBudgetBurnFast", "other:9477", "gpt"): "active",   # another daemon
+    }
+
+
+def test_local_faults_inhibit_only_their_own_daemons_overdue_alerts(alertmanager):
+    overdue = {"alertname": "ModelwatchProbesOverdue", "severity": "ticket", "attribution": "modelwatch",
+               **PROBE}
+    states = states_once_suppressed(alertmanager, [
+        {**daemon_alert("ModelwatchLocalFaults", "mw:9477", "page", "modelwatch"), "reason": "open_files"},
+        {**overdue, "instance": "mw:9477", "target": "gpt"},
+        daemon_alert("ModelwatchAllProbesOverdue", "mw:9477", "page", "modelwatch"),
+        {**overdue, "instance": "other:9477", "target": "gpt"},
+        provider_alert("ModelwatchProviderFailing", "mw:9477", "claude"),
+    ], ("ModelwatchProbesOverdue", "mw:9477", "gpt"))
+    assert states == {
+        ("ModelwatchLocalFaults", "mw:9477", ""): "active",
+        ("ModelwatchProbesOverdue", "mw:9477", "gpt"): "suppressed",
+        ("ModelwatchAllProbesOverdue", "mw:9477", ""): "suppressed",
+        ("ModelwatchProbesOverdue", "other:9477", "gpt"): "active",   # another daemon
+        ("ModelwatchProviderFailing", "mw:9477", "claude"): "active",   # not a local fault's doing
+    }
+
+
+def test_schedule_slipping_inhibits_the_overdue_tickets_of_its_provider_only(alertmanager):
+    overdue = {"alertname": "ModelwatchProbesOverdue", "severity": "ticket", "attribution": "modelwatch",
+               **PROBE}
+    states = states_once_suppressed(alertmanager, [
+        {**daemon_alert("ModelwatchScheduleSlipping", "mw:9477", "ticket", "modelwatch"),
+         "provider": "openai", "signal": "concurrency"},
+        {**overdue, "instance": "mw:9477", "target": "gpt"},
+        {**overdue, "instance": "mw:9477", "target": "claude", "provider": "anthropic"},
+        {**overdue, "instance": "other:9477", "target": "gpt"},
+        provider_alert("ModelwatchTTFTAboveBaseline", "mw:9477", "gpt-4o", "ticket"),
+    ], ("ModelwatchProbesOverdue", "mw:9477", "gpt"))
+    assert states == {
+        ("ModelwatchScheduleSlipping", "mw:9477", ""): "active",
+        ("ModelwatchProbesOverdue", "mw:9477", "gpt"): "suppressed",
+        ("ModelwatchProbesOverdue", "mw:9477", "claude"): "active",   # another provider
+        ("ModelwatchProbesOverdue", "other:9477", "gpt"): "active",   # another daemon
+        ("ModelwatchTTFTAboveBaseline", "mw:9477", "gpt-4o"): "active",   # the wait is not in the timings
     }
