@@ -171,6 +171,14 @@ def test_the_docs_table_of_what_counts_lists_the_derived_sets():
     assert set().union(*(v for k, v in rows.items() if k.startswith("left out"))) == outcomes.NOT_PROVIDER_JUDGED
 
 
+def test_the_docs_formula_from_report_counts_uses_the_derived_sets():
+    """The SLO section's "from the report's counts" formula names the same outcomes."""
+    formula = re.search(r"`1 - \(([\w +]+)\) /\s+\(probes - ([\w\s-]+)\)`", ALERTS_DOC)
+    assert formula, "docs/alerts.md lost the availability formula"
+    assert set(formula.group(1).split(" + ")) == outcomes.PROVIDER_OUTCOMES
+    assert set(re.split(r"\s+-\s+", formula.group(2).strip())) == outcomes.NOT_PROVIDER_JUDGED
+
+
 DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
 
