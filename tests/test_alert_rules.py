@@ -10,11 +10,13 @@ which alerts it suppresses.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +26,7 @@ import yaml
 
 from conftest import free_port
 from daemon_helpers import http_get, wait_for
+from modelwatch import outcomes
 
 ROOT = Path(__file__).parent.parent
 PROM = ROOT / "prometheus"
@@ -68,6 +71,112 @@ def test_promtool_unit_tests_pass(promtool, path):
     result = run(promtool, "test", "rules", path.name, cwd=path.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def load_generator():
+    """prometheus/rules.py, imported by path (prometheus/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("modelwatch_rules_generator", PROM / "rules.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+generator = load_generator()
+OUTCOME_MATCHER = re.compile(r'outcome(=~|!~|!=|=)"([^"]*)"')
+
+
+def test_committed_rules_are_what_the_generator_writes():
+    assert RULES.read_text() == generator.render(), (
+        "prometheus/rules/modelwatch.rules.yml is stale: run .venv/bin/python prometheus/rules.py")
+
+
+def test_the_generated_sets_are_the_ones_outcomes_py_defines():
+    sets = generator.outcome_sets(generator.DEFAULT_ATTRIBUTION)
+    assert set(sets.provider) == outcomes.PROVIDER_OUTCOMES
+    assert set(sets.not_judged) == outcomes.NOT_PROVIDER_JUDGED
+    for who in ("configuration", "capacity"):
+        assert set(sets.by_attribution[who]) == {o.value for o, w in outcomes.ATTRIBUTION.items() if w == who}
+    assert set(sets.unreachable) <= outcomes.PROVIDER_OUTCOMES
+
+
+def outcome_selections(text: str) -> set[tuple[str, frozenset[str]]]:
+    """Every ``outcome`` matcher in rules text, as (operator, the values it names)."""
+    return {(op, frozenset(values.split("|")))
+            for op, values in OUTCOME_MATCHER.findall(text)}
+
+
+def test_every_outcome_matcher_in_the_rules_is_a_derived_set():
+    """No set is restated by hand: each matcher is one of the generator's sets, each set is used."""
+    sets = generator.outcome_sets(generator.DEFAULT_ATTRIBUTION)
+    derived = {("=~", frozenset(sets.provider)), ("!~", frozenset(sets.not_judged)),
+               ("=~", frozenset(sets.by_attribution["configuration"])),
+               ("=", frozenset(sets.by_attribution["capacity"])), ("=~", frozenset(sets.unreachable))}
+    assert outcome_selections(RULES.read_text()) == derived
+
+
+def rules_with(attribution_changes: dict[str, str]) -> dict[str, dict]:
+    """The generated rules, by record or alert name (first of each), after changing the table."""
+    table = {**generator.DEFAULT_ATTRIBUTION, **attribution_changes}
+    groups = yaml.safe_load(generator.render(table))["groups"]
+    found: dict[str, dict] = {}
+    for rule in (r for g in groups for r in g["rules"]):
+        found.setdefault(rule.get("record") or rule["alert"], rule)
+    return found
+
+
+def test_a_new_provider_outcome_reaches_every_failure_ratio_and_count():
+    """DESIGN's `wrong_answer` (content checks, attributed to the provider), added to the table."""
+    rules = rules_with({"wrong_answer": "provider"})
+    failure_rules = [name for name in rules if name.startswith("modelwatch:probe_provider_errors:")]
+    assert len(failure_rules) == 12
+    for name in failure_rules:
+        numerator = OUTCOME_MATCHER.search(rules[name]["expr"])
+        assert numerator.group(1) == "=~" and "wrong_answer" in numerator.group(2).split("|"), name
+    assert "wrong_answer" not in rules["modelwatch:probe_valid:increase15m"]["expr"]   # it is judged
+    assert "server_error, protocol_error or wrong_answer." in rules["ModelwatchProviderFailing"]["annotations"]["description"]
+    assert generator.render({**generator.DEFAULT_ATTRIBUTION, "wrong_answer": "provider"}) != RULES.read_text()
+
+
+def test_a_new_configuration_outcome_is_a_configuration_problem_and_leaves_the_provider_unjudged():
+    rules = rules_with({"region_unavailable": "configuration"})
+    assert 'bad_request|region_unavailable"}[30m]' in rules["ModelwatchConfigurationProblem"]["expr"]
+    judged = OUTCOME_MATCHER.search(rules["modelwatch:probe_valid:increase15m"]["expr"])
+    assert judged.group(1) == "!~" and "region_unavailable" in judged.group(2).split("|")
+    assert "region_unavailable" not in rules["modelwatch:probe_provider_errors:ratio_rate5m"]["expr"].split("/")[0]
+
+
+def test_a_second_capacity_outcome_turns_the_rate_limit_matcher_into_a_regex():
+    rules = rules_with({"concurrency_limited": "capacity"})
+    assert 'outcome=~"rate_limited|concurrency_limited"' in rules["modelwatch:probe_rate_limited:ratio_rate30m"]["expr"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"dns_error": "local"}, "attribution local is unknown"),
+    ({"connect_error": "configuration"}, "connect_error must be provider failures"),
+])
+def test_the_generator_refuses_what_the_rules_cannot_count(change, message):
+    with pytest.raises(ValueError, match=message):
+        generator.render({**generator.DEFAULT_ATTRIBUTION, **change})
+
+
+def test_the_docs_table_of_what_counts_lists_the_derived_sets():
+    """docs/alerts.md's "What counts as a provider failure" must follow a new outcome too."""
+    section = ALERTS_DOC.split("## What counts as a provider failure", 1)[1].split("\n## ", 1)[0]
+    rows = {row.split("|")[2].strip(): set(re.findall(r"`(\w+)`", row.split("|")[1]))
+            for row in section.splitlines() if row.startswith("| `")}
+    assert rows.pop("provider failures") == outcomes.PROVIDER_OUTCOMES
+    assert next(v for k, v in rows.items() if k.startswith("served")) == {
+        o.value for o, who in outcomes.ATTRIBUTION.items() if who == "none"}
+    assert set().union(*(v for k, v in rows.items() if k.startswith("left out"))) == outcomes.NOT_PROVIDER_JUDGED
+
+
+def test_the_docs_formula_from_report_counts_uses_the_derived_sets():
+    """The SLO section's "from the report's counts" formula names the same outcomes."""
+    formula = re.search(r"`1 - \(([\w +]+)\) /\s+\(probes - ([\w\s-]+)\)`", ALERTS_DOC)
+    assert formula, "docs/alerts.md lost the availability formula"
+    assert set(formula.group(1).split(" + ")) == outcomes.PROVIDER_OUTCOMES
+    assert set(re.split(r"\s+-\s+", formula.group(2).strip())) == outcomes.NOT_PROVIDER_JUDGED
 
 
 DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
@@ -163,10 +272,16 @@ def inhibit_rules() -> list[dict]:
 
 
 def matched_alerts(matchers: list[str]) -> set[str]:
-    """Alert names whose static labels satisfy every ``name="value"`` matcher."""
-    wanted = dict(re.fullmatch(r'(\w+)="([^"]*)"', m).groups() for m in matchers)
+    """Alert names whose static labels satisfy every ``name="value"`` or ``name=~"regex"`` matcher."""
+    wanted = [re.fullmatch(r'(\w+)(=~?)"([^"]*)"', m).groups() for m in matchers]
+
+    def matches(labels: dict, name: str, op: str, value: str) -> bool:
+        if op == "=~":
+            return re.fullmatch(value, labels.get(name, "")) is not None
+        return labels.get(name) == value
+
     return {r["alert"] for r in alert_rules()
-            if all({"alertname": r["alert"], **r["labels"]}.get(k) == v for k, v in wanted.items())}
+            if all(matches({"alertname": r["alert"], **r["labels"]}, *m) for m in wanted)}
 
 
 @pytest.mark.parametrize("rule", inhibit_rules(), ids=lambda r: r["source_matchers"][0])
@@ -314,4 +429,43 @@ def test_provider_failing_inhibits_the_fast_burn_page_of_the_same_probe_only(ale
         ("ModelwatchErrorBudgetBurnFast", "mw:9477", "gpt"): "suppressed",
         ("ModelwatchErrorBudgetBurnFast", "mw:9477", "gpt-4o"): "active",   # another target
         ("ModelwatchErrorBudgetBurnFast", "other:9477", "gpt"): "active",   # another daemon
+    }
+
+
+def test_local_faults_inhibit_only_their_own_daemons_overdue_alerts(alertmanager):
+    overdue = {"alertname": "ModelwatchProbesOverdue", "severity": "ticket", "attribution": "modelwatch",
+               **PROBE}
+    states = states_once_suppressed(alertmanager, [
+        {**daemon_alert("ModelwatchLocalFaults", "mw:9477", "page", "modelwatch"), "reason": "open_files"},
+        {**overdue, "instance": "mw:9477", "target": "gpt"},
+        daemon_alert("ModelwatchAllProbesOverdue", "mw:9477", "page", "modelwatch"),
+        {**overdue, "instance": "other:9477", "target": "gpt"},
+        provider_alert("ModelwatchProviderFailing", "mw:9477", "claude"),
+    ], ("ModelwatchProbesOverdue", "mw:9477", "gpt"))
+    assert states == {
+        ("ModelwatchLocalFaults", "mw:9477", ""): "active",
+        ("ModelwatchProbesOverdue", "mw:9477", "gpt"): "suppressed",
+        ("ModelwatchAllProbesOverdue", "mw:9477", ""): "suppressed",
+        ("ModelwatchProbesOverdue", "other:9477", "gpt"): "active",   # another daemon
+        ("ModelwatchProviderFailing", "mw:9477", "claude"): "active",   # not a local fault's doing
+    }
+
+
+def test_schedule_slipping_inhibits_the_overdue_tickets_of_its_provider_only(alertmanager):
+    overdue = {"alertname": "ModelwatchProbesOverdue", "severity": "ticket", "attribution": "modelwatch",
+               **PROBE}
+    states = states_once_suppressed(alertmanager, [
+        {**daemon_alert("ModelwatchScheduleSlipping", "mw:9477", "ticket", "modelwatch"),
+         "provider": "openai", "signal": "concurrency"},
+        {**overdue, "instance": "mw:9477", "target": "gpt"},
+        {**overdue, "instance": "mw:9477", "target": "claude", "provider": "anthropic"},
+        {**overdue, "instance": "other:9477", "target": "gpt"},
+        provider_alert("ModelwatchTTFTAboveBaseline", "mw:9477", "gpt-4o", "ticket"),
+    ], ("ModelwatchProbesOverdue", "mw:9477", "gpt"))
+    assert states == {
+        ("ModelwatchScheduleSlipping", "mw:9477", ""): "active",
+        ("ModelwatchProbesOverdue", "mw:9477", "gpt"): "suppressed",
+        ("ModelwatchProbesOverdue", "mw:9477", "claude"): "active",   # another provider
+        ("ModelwatchProbesOverdue", "other:9477", "gpt"): "active",   # another daemon
+        ("ModelwatchTTFTAboveBaseline", "mw:9477", "gpt-4o"): "active",   # the wait is not in the timings
     }
