@@ -99,11 +99,13 @@ def tls_server(tmp_path_factory):
     loop.call_soon_threadsafe(loop.stop)
 
 
-def _run(tmp_path: Path, url: str, bundle: str) -> tuple[str, list[dict], str]:
+def _run(tmp_path: Path, url: str, bundle: str, ca_dir: str | None = None) -> tuple[str, list[dict], str]:
     port = free_port()
     cfg = write_config(tmp_path / "c.yaml", url, {"a": "m"}, interval="300ms", listen=f"127.0.0.1:{port}",
                        ptype="openai-compatible", key=TEST_KEY)
     env = {**os.environ, "SSL_CERT_FILE": bundle}
+    if ca_dir is not None:
+        env["SSL_CERT_DIR"] = ca_dir
     proc = subprocess.Popen([sys.executable, "-m", "modelwatch", "run", "-c", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -120,11 +122,20 @@ def _run(tmp_path: Path, url: str, bundle: str) -> tuple[str, list[dict], str]:
 
 def test_an_empty_trust_store_is_our_fault_not_the_providers(tmp_path, tls_server):
     url, _ = tls_server
-    text, stored, log = _run(tmp_path, url, str(tmp_path / "no-such-bundle.pem"))
+    text, stored, log = _run(tmp_path, url, str(tmp_path / "no-such-bundle.pem"), str(tmp_path / "no-such-dir"))
     assert metric(text, "modelwatch_probes_local_failures_total", reason="trust_store") >= 3
     assert metric(text, "modelwatch_probes_total") == 0  # no provider outcome at all
     assert stored == []
     assert log.count("probes fail inside modelwatch") == 1  # once, not per probe
+
+
+def test_an_untrusted_certificate_with_a_working_trust_store_is_no_local_fault(tmp_path, tls_server):
+    """SSL_CERT_FILE alone missing leaves the system CA directory in use: the server's
+    certificate is simply not trusted, which the provider's side must answer for."""
+    url, _ = tls_server
+    text, stored, _ = _run(tmp_path, url, str(tmp_path / "no-such-bundle.pem"))
+    assert metric(text, "modelwatch_probes_local_failures_total") == 0
+    assert stored and {(r["outcome"], r["error_code"]) for r in stored} == {("connect_error", "tls")}
 
 
 def test_a_private_ca_in_ssl_cert_file_is_trusted(tmp_path, tls_server):
@@ -137,7 +148,8 @@ def test_a_private_ca_in_ssl_cert_file_is_trusted(tmp_path, tls_server):
 def test_probe_command_says_a_local_fault_is_ours(tmp_path, tls_server):
     url, _ = tls_server
     cfg = write_config(tmp_path / "c.yaml", url, {"a": "m"}, ptype="openai-compatible")
-    env = {**os.environ, "SSL_CERT_FILE": str(tmp_path / "no-such-bundle.pem")}
+    env = {**os.environ, "SSL_CERT_FILE": str(tmp_path / "no-such-bundle.pem"),
+           "SSL_CERT_DIR": str(tmp_path / "no-such-dir")}
     proc = subprocess.run([sys.executable, "-m", "modelwatch", "probe", "-c", str(cfg), "--json"],
                           capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 1 and proc.stdout == ""  # no provider outcome printed as a row

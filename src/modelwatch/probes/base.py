@@ -20,7 +20,8 @@ Exceptions a prober may let through, and what they become::
 except a fault of our own, which is raised as :class:`~modelwatch.outcomes.LocalFault`
 instead of becoming a provider outcome: no file descriptor left for the socket
 (EMFILE/ENFILE), or a certificate that failed verification while our trust store
-holds no CA at all (``SSL_CERT_FILE`` naming a missing or empty bundle).
+holds no CA at all (no CA file, no CA directory: ``SSL_CERT_FILE`` and
+``SSL_CERT_DIR`` naming missing paths, or no ca-certificates installed).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import asyncio
 import errno
 import functools
 import logging
+import os
 import re
 import ssl
 import time
@@ -368,7 +370,7 @@ def local_fault(exc: BaseException) -> LocalFault | None:
         if isinstance(cause, (ssl.SSLCertVerificationError, aiohttp.ClientConnectorCertificateError)) \
                 and not trust_store_has_cas():
             return LocalFault("trust_store", "modelwatch's TLS trust store holds no CA certificate "
-                              "(check SSL_CERT_FILE)")
+                              "(check SSL_CERT_FILE, SSL_CERT_DIR and the ca-certificates package)")
         cause = getattr(cause, "os_error", None) or getattr(cause, "certificate_error", None) \
             or cause.__cause__
     return None
@@ -376,9 +378,17 @@ def local_fault(exc: BaseException) -> LocalFault | None:
 
 @functools.cache
 def trust_store_has_cas() -> bool:
-    """Whether the default TLS context (the one aiohttp verifies with) loaded any CA."""
+    """Whether the default TLS context (the one aiohttp verifies with) can trust any CA.
+
+    A CA file is loaded up front and counted; a CA directory (``SSL_CERT_DIR``,
+    or the system's) is read lazily, certificate by certificate, so a directory
+    holding any file counts as a trust store too.
+    """
     try:
-        return ssl.create_default_context().cert_store_stats().get("x509_ca", 0) > 0
+        if ssl.create_default_context().cert_store_stats().get("x509_ca", 0) > 0:
+            return True
+        capath = ssl.get_default_verify_paths().capath
+        return bool(capath) and any(os.scandir(capath))
     except (ssl.SSLError, OSError):
         return False
 
