@@ -149,7 +149,7 @@ def test_sigkill_during_the_rollup_backfill_migration_leaves_it_to_be_redone(sim
         kill(proc)
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    done = {r[0] for r in conn.execute("SELECT name FROM _migrations")}
+    done = {r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")}
     has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", [rollups.TABLE]).fetchone()
     conn.close()
     assert not any(n.startswith("m004") for n in done) and has_table is None  # rolled back whole

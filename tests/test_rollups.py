@@ -53,8 +53,7 @@ def rollup_table(conn: sqlite3.Connection) -> dict[tuple, dict]:
 def backfilled(rows: list[dict]) -> dict[tuple, dict]:
     """What a back-fill of these raw rows produces, in an in-memory database."""
     db = sqlite_utils.Database(sqlite3.connect(":memory:", isolation_level=None))
-    for _, fn in MIGRATIONS:  # an empty database: m004 back-fills nothing
-        fn(db)
+    MIGRATIONS.apply(db)  # an empty database: m004 back-fills nothing
     db["probe_results"].insert_all(rows)
     rollups.backfill(db.conn)
     return rollup_table(db.conn)
@@ -129,12 +128,7 @@ def database_before_rollups(path, rows: list[dict]) -> None:
     """A database as a version before the rollups (m004) left it, holding ``rows``."""
     conn = sqlite3.connect(path, isolation_level=None)
     old = sqlite_utils.Database(conn)
-    old.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
-    for name, fn in MIGRATIONS:
-        if name.startswith("m004"):
-            break
-        fn(old)
-        old.execute("INSERT INTO _migrations VALUES (?, 0)", [name])
+    MIGRATIONS.apply(old, stop_before="m004_hourly_rollups")
     columns = [c for c in old["probe_results"].columns_dict if c != "id"]  # rows carry later columns
     with conn:
         conn.execute("BEGIN")

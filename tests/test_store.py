@@ -14,7 +14,11 @@ from test_rollups import backfilled, rollup_table
 
 from modelwatch import rollups
 from modelwatch.outcomes import COLUMNS, ProbeResult
-from modelwatch.store import MIGRATIONS, Store, migrate, open_db
+from modelwatch.store import LEGACY_MIGRATIONS_TABLE, MIGRATIONS, Store, migrate, open_db
+
+# Every migration, as databases record it: a rename would make old databases run one again.
+MIGRATION_NAMES = ["m001_probe_results", "m002_audio_tokens", "m003_cost", "m004_hourly_rollups",
+                   "m005_loop_lag"]
 
 
 def result(target: str = "t", ts: float | None = None, **kw) -> ProbeResult:
@@ -33,8 +37,8 @@ def count(db_path) -> int:
 def test_migrations_apply_once_and_create_the_design_columns(db_path):
     db = open_db(db_path)
     assert migrate(db) == []  # already applied by open_db
-    names = [r[0] for r in db.execute("SELECT name FROM _migrations").fetchall()]
-    assert names == [name for name, _ in MIGRATIONS]
+    assert [m.name for m in MIGRATIONS.applied(db)] == MIGRATION_NAMES
+    assert not db[LEGACY_MIGRATIONS_TABLE].exists()  # a new database has sqlite-utils' record alone
     assert set(COLUMNS) <= set(db["probe_results"].columns_dict)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.conn.close()

@@ -1,22 +1,22 @@
-"""Probe cadence: ``schedule`` decides when, asyncio runs the probes.
+"""Probe cadence: slots on the monotonic clock decide when, asyncio runs the probes.
 
-Probes that share an interval form one *cadence*: a single ``schedule`` job
-that fires every ``interval / n`` seconds and starts the next of its ``n``
-probes in turn. So start times are spread evenly over the interval (no
-thundering herd, at start-up or ever), each probe still runs once per
+Probes that share an interval form one *cadence*: a slot every
+``interval / n`` seconds that starts the next of its ``n`` probes in turn.
+So start times are spread evenly over the interval (no thundering herd, at
+start-up or ever), each probe still runs once per
 interval, and the scheduler's own work per wake-up depends on the number of
 distinct intervals, not on the number of targets. Slots keep their phase (the
 next slot is the planned one plus the period, not "now" plus the period); a
 loop that wakes late starts the slots it missed, and one that fell more than
 a whole interval behind skips ahead instead of bursting.
 
-Timing runs on the monotonic clock. ``schedule`` itself reads the wall clock
-(``datetime.now()``) in ``run_pending``, ``idle_seconds`` and ``Job.run``, so an
-NTP step back would stall every cadence and a step forward would burst them.
-The scheduler therefore keeps ``schedule`` as the registry of jobs and their
-``next_run`` but does the due-check itself against :meth:`Scheduler.now`: a
-wall-clock anchor taken once plus the monotonic time elapsed since. Results
-keep wall-clock ``ts`` (stamped by the probe runner, not here).
+Timing runs on the monotonic clock: each cadence keeps its next slot as a
+monotonic reading, and the loop sleeps until the earliest one (at most
+``MAX_SLEEP_S``). An NTP step of the wall clock therefore neither stalls nor
+bursts a cadence. (A job library such as ``schedule`` reads the wall clock,
+``datetime.now()``, to decide what is due: it would do both, and here it would
+only duplicate the slot the cadence keeps; see the README's dependency table.)
+Results keep wall-clock ``ts`` (stamped by the probe runner, not here).
 
 A probe whose previous run is still going is skipped and counted, and
 concurrency is bounded globally and per provider. Firing only creates a task,
@@ -39,11 +39,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-
-import schedule
 
 from modelwatch.capacity import Saturation
 from modelwatch.config import ProbeJob
@@ -56,18 +55,17 @@ Key = tuple[str, str]
 
 
 class _Cadence:
-    """The probes sharing one interval, started in turn by one schedule job."""
+    """The probes sharing one interval, started in turn, one per slot."""
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self.members: list[Key] = []
         self.turn = 0
-        self.next_slot: dt.datetime | None = None
-        self.sjob: schedule.Job | None = None
+        self.next_slot: float | None = None  # monotonic seconds
 
     @property
-    def period(self) -> dt.timedelta:
-        return dt.timedelta(seconds=self.interval / max(len(self.members), 1))
+    def period(self) -> float:
+        return self.interval / max(len(self.members), 1)
 
     def spread_kinds(self) -> None:
         """Order members so that the kinds of one target are far apart in the cadence.
@@ -84,10 +82,10 @@ class _Cadence:
             seen[key[0]] += 1
         self.members.sort(key=rank.__getitem__)
 
-    def due(self, now: dt.datetime) -> list[tuple[Key, dt.datetime]]:
+    def due(self, now: float) -> list[tuple[Key, float]]:
         """The members whose slots have come, each with its slot, advancing the slot clock past ``now``."""
-        keys: list[tuple[Key, dt.datetime]] = []
-        slot = self.next_slot or now
+        keys: list[tuple[Key, float]] = []
+        slot = now if self.next_slot is None else self.next_slot
         while slot <= now and len(keys) < len(self.members):
             keys.append((self.members[self.turn % len(self.members)], slot))
             self.turn = (self.turn + 1) % len(self.members)
@@ -122,7 +120,6 @@ class Scheduler:
         self._monotonic = monotonic
         self._mono_anchor = monotonic()
         self._metrics = metrics
-        self._sched = schedule.Scheduler()
         self._max_concurrent = max_concurrent
         self._global = asyncio.Semaphore(max_concurrent)
         self._global_saturation = Saturation(max_concurrent)
@@ -136,7 +133,7 @@ class Scheduler:
         self._wake = asyncio.Event()
 
     def now(self) -> dt.datetime:
-        """The scheduler's clock: the wall anchor plus monotonic time elapsed (never jumps)."""
+        """The scheduler's clock as a date: the wall anchor plus monotonic time elapsed (never jumps)."""
         return self._wall_anchor + dt.timedelta(seconds=self._monotonic() - self._mono_anchor)
 
     @property
@@ -147,6 +144,10 @@ class Scheduler:
     def set_jobs(self, jobs: tuple[ProbeJob, ...] | list[ProbeJob]) -> tuple[list, list]:
         """Schedule exactly these jobs; unchanged ones keep their place. Returns (added, removed)."""
         wanted = {job.key: job for job in jobs}
+        for job in wanted.values():  # checked before anything changes: a refused set leaves the old one
+            if not 0 < job.probe.interval < math.inf:
+                raise ValueError(f"interval of {job.target}/{job.probe.kind} is not a finite positive "
+                                 f"number of seconds: {job.probe.interval!r}")
         removed = [job for key, job in self._jobs.items() if wanted.get(key) != job]
         added = [job for key, job in wanted.items() if self._jobs.get(key) != job]
         touched = set()
@@ -158,7 +159,7 @@ class Scheduler:
             self._jobs[job.key] = job
             self._cadences.setdefault(job.probe.interval, _Cadence(job.probe.interval)).members.append(job.key)
             touched.add(job.probe.interval)
-        now = self.now()
+        now = self._monotonic()
         for n, interval in enumerate(sorted(touched)):
             self._cadences[interval].spread_kinds()
             self._retime(self._cadences[interval], now, offset=n / max(len(touched), 1))
@@ -222,19 +223,13 @@ class Scheduler:
             held.semaphore = asyncio.Semaphore(limit)
         return held
 
-    def _retime(self, cadence: _Cadence, now: dt.datetime, offset: float) -> None:
-        if cadence.sjob is not None:
-            self._sched.cancel_job(cadence.sjob)
-            cadence.sjob = None
+    def _retime(self, cadence: _Cadence, now: float, offset: float) -> None:
+        """Drop a cadence left empty; give a new one its first slot (a kept one keeps its next)."""
         if not cadence.members:
             del self._cadences[cadence.interval]
             return
         if cadence.next_slot is None:  # a new cadence: stagger it against the others
             cadence.next_slot = now + cadence.period * offset
-        sjob = self._sched.every(cadence.period.total_seconds()).seconds
-        sjob.do(self._fire, cadence)
-        sjob.next_run = cadence.next_slot
-        cadence.sjob = sjob
 
     async def run(self) -> None:
         """Fire due slots until cancelled."""
@@ -251,38 +246,30 @@ class Scheduler:
             self._run_pending()
 
     def _idle_seconds(self) -> float | None:
-        """Seconds until the next job is due on the scheduler's clock (schedule's own reads wall time)."""
-        runs = [job.next_run for job in self._sched.jobs if job.next_run is not None]
-        return None if not runs else (min(runs) - self.now()).total_seconds()
+        """Seconds until the earliest slot of any cadence, on the monotonic clock (None: no cadence)."""
+        slots = [c.next_slot for c in self._cadences.values() if c.next_slot is not None]
+        return None if not slots else min(slots) - self._monotonic()
 
     def _run_pending(self) -> None:
-        """Fire the jobs due on the scheduler's clock.
-
-        Calls each due job's function directly: ``Job.run`` would stamp and
-        reschedule from the wall clock. The cadence keeps the next slot.
-        """
-        now = self.now()
-        due = [job for job in self._sched.jobs if job.next_run is not None and job.next_run <= now]
-        for job in sorted(due, key=lambda j: j.next_run):
+        """Start the probes of every cadence whose slot has come, earliest slot first."""
+        now = self._monotonic()
+        due = [c for c in self._cadences.values() if c.next_slot is not None and c.next_slot <= now]
+        for cadence in sorted(due, key=lambda c: c.next_slot):
             try:
-                job.job_func()
+                self._fire(cadence)
             except Exception:  # noqa: BLE001 - the schedule must outlive any one bad run
                 log.exception("scheduler run failed")
-        for cadence in self._cadences.values():
-            if cadence.sjob is not None:
-                cadence.sjob.next_run = cadence.next_slot
 
     def _fire(self, cadence: _Cadence) -> None:
-        for key, slot in cadence.due(self.now()):
+        for key, slot in cadence.due(self._monotonic()):
             self._start(self._jobs[key], slot)
 
-    def _start(self, job: ProbeJob, slot: dt.datetime) -> None:
+    def _start(self, job: ProbeJob, planned: float) -> None:
+        """Start a probe for its slot ``planned`` (monotonic), unless its previous run still goes."""
         if job.key in self._running:
             self._metrics.skip(job)
             log.info("run skipped, previous still going target=%s kind=%s", job.target, job.probe.kind)
             return
-        # The slot on the monotonic clock, so the start delay is a difference of two monotonic readings.
-        planned = self._mono_anchor + (slot - self._wall_anchor).total_seconds()
         task = asyncio.get_running_loop().create_task(self._guarded(job, planned))
         self._running[job.key] = task
         task.add_done_callback(lambda _t, k=job.key: self._running.pop(k, None))

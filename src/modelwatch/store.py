@@ -1,5 +1,9 @@
 """SQLite storage of probe results: named migrations and a writer thread.
 
+Schema changes are sqlite-utils migrations (:data:`MIGRATIONS`, recorded in its
+``_sqlite_migrations`` table); :func:`migrate` first adopts the records of
+releases up to 0.1.0, which kept their own ``_migrations`` table.
+
 The event loop only ever calls :meth:`Store.submit`, which appends to a queue.
 One writer thread owns the connection, batches rows and commits at least every
 ``COMMIT_EVERY_S`` (so a crash loses at most that much and never a committed
@@ -16,6 +20,7 @@ the writer is still running, for ``/-/healthy`` and the systemd watchdog.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import queue
@@ -26,6 +31,7 @@ from pathlib import Path
 from collections.abc import Callable
 
 import sqlite_utils
+from sqlite_utils import Migrations
 
 from modelwatch import rollups
 from modelwatch.outcomes import COLUMNS, ProbeResult, storable_text
@@ -38,17 +44,13 @@ MAX_PENDING_ROWS = 100_000  # held in memory while the database refuses writes
 MAX_CLOCK_STEP_S = 3600.0  # a wall clock this far ahead of elapsed time pauses pruning
 DEFAULT_ROLLUP_RETENTION_S = 400 * 86400.0
 
-Migration = Callable[[sqlite_utils.Database], None]
-MIGRATIONS: list[tuple[str, Migration]] = []
+# Applied once per database, in definition order, each in one transaction with its record.
+# The names are what databases record: never rename one (0.1.0's records are adopted by name).
+MIGRATIONS = Migrations("modelwatch")
+LEGACY_MIGRATIONS_TABLE = "_migrations"  # the record of releases up to 0.1.0
 
 
-def migration(fn: Migration) -> Migration:
-    """Register a named migration; it runs once per database, in definition order."""
-    MIGRATIONS.append((fn.__name__, fn))
-    return fn
-
-
-@migration
+@MIGRATIONS()
 def m001_probe_results(db: sqlite_utils.Database) -> None:
     """The raw results table, one row per probe."""
     db["probe_results"].create({
@@ -61,20 +63,20 @@ def m001_probe_results(db: sqlite_utils.Database) -> None:
     db["probe_results"].create_index(["target", "kind", "ts"])
 
 
-@migration
+@MIGRATIONS()
 def m002_audio_tokens(db: sqlite_utils.Database) -> None:
     """Audio token details of realtime probes."""
     db["probe_results"].add_column("input_audio_tokens", int)
     db["probe_results"].add_column("output_audio_tokens", int)
 
 
-@migration
+@MIGRATIONS()
 def m003_cost(db: sqlite_utils.Database) -> None:
     """What each probe cost, from its tokens and the target's price table."""
     db["probe_results"].add_column("cost_usd", float)
 
 
-@migration
+@MIGRATIONS()
 def m004_hourly_rollups(db: sqlite_utils.Database) -> None:
     """Hourly rollups for long ranges, back-filled from the raw rows already stored."""
     rollups.create_table(db.conn)
@@ -86,7 +88,7 @@ def m004_hourly_rollups(db: sqlite_utils.Database) -> None:
         log.info("rolled up stored probe results rollup_rows=%d", rows)
 
 
-@migration
+@MIGRATIONS()
 def m005_loop_lag(db: sqlite_utils.Database) -> None:
     """The daemon's own event-loop lag while each probe ran (docs/metrics.md)."""
     db["probe_results"].add_column("loop_lag_s", float)
@@ -107,18 +109,45 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
 
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply pending migrations; return the names applied now."""
-    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
-    done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
-    applied = []
-    for name, fn in MIGRATIONS:
-        if name in done:
-            continue
-        with db.conn:
-            db.execute("BEGIN")
-            fn(db)
-            db.execute("INSERT INTO _migrations VALUES (?, ?)", [name, time.time()])
-        applied.append(name)
-    return applied
+    adopt_legacy_records(db)
+    pending = [m.name for m in MIGRATIONS.pending(db)]
+    MIGRATIONS.apply(db)
+    return pending
+
+
+def adopt_legacy_records(db: sqlite_utils.Database) -> int:
+    """Move the records of a database from 0.1.0 or before into sqlite-utils' table; return how many.
+
+    Those releases recorded each applied migration as a row (name, unix time)
+    of ``_migrations``, under the names :data:`MIGRATIONS` still has. The rows
+    become records of the ``modelwatch`` set, in the order they were applied,
+    and the old table goes, in one transaction: a kill leaves either the old
+    record or the new one, never both or neither, so no migration runs twice.
+    Taken under the write lock, so that of two processes opening the same old
+    database only one adopts it.
+    """
+    if not db[LEGACY_MIGRATIONS_TABLE].exists():
+        return 0
+    conn = db.conn
+    try:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            if not db[LEGACY_MIGRATIONS_TABLE].exists():  # adopted meanwhile by another process
+                return 0
+            MIGRATIONS.ensure_migrations_table(db)
+            legacy = conn.execute(
+                f"SELECT name, applied_at FROM {LEGACY_MIGRATIONS_TABLE} ORDER BY rowid").fetchall()
+            conn.executemany(
+                f"INSERT OR IGNORE INTO {MIGRATIONS.migrations_table} (migration_set, name, applied_at) "
+                "VALUES (?, ?, ?)",
+                [(MIGRATIONS.name, name, str(dt.datetime.fromtimestamp(applied_at or 0, dt.timezone.utc)))
+                 for name, applied_at in legacy])
+            conn.execute(f"DROP TABLE {LEGACY_MIGRATIONS_TABLE}")
+    finally:
+        if conn.in_transaction:  # a failed COMMIT can leave the transaction open
+            conn.execute("ROLLBACK")
+    log.info("adopted the migration records of an older release migrations=%d", len(legacy))
+    return len(legacy)
 
 
 def cost_since(path: str | Path, since_ts: float) -> float:
