@@ -34,7 +34,7 @@ from typing import Any, TextIO
 from modelwatch.secrets import redact
 
 LEVELS = ("debug", "info", "warning", "error")
-_NOISY = ("aiohttp", "asyncio", "urllib3", "httpx", "httpcore", "websockets", "openai", "schedule")
+_NOISY = ("aiohttp", "asyncio", "urllib3", "httpx", "httpcore", "websockets", "openai")
 # syslog priorities (RFC 5424) journald reads from a "<N>" line prefix
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
