@@ -195,7 +195,7 @@ def test_a_provider_that_cannot_carry_its_schedule_is_logged_once_and_shows_in_t
     caplog.set_level(logging.INFO, logger="modelwatch.scheduler")
     spans, metrics = run_scheduler(jobs, 2.0, {"rest": 0.1})
     behind = [r for r in caplog.records if "cannot carry" in r.getMessage()]
-    assert len(behind) == 1 and "provider=p" in behind[0].getMessage(), caplog.text
+    assert len(behind) == 1 and behind[0].fields["provider"] == "p", caplog.text
     record = metrics.schedule["p"]
     assert record.needed > 1.5 and record.limit == 1
     delays = record.start_delay
@@ -218,8 +218,8 @@ def test_a_reload_that_raises_the_limit_is_logged_once_as_carrying_the_schedule_
     roomy = [_job(f"t{i}", "rest", 0.3, limit=4) for i in range(6)]
     caplog.set_level(logging.INFO, logger="modelwatch.scheduler")
     _, metrics = run_scheduler(slow, 3.5, {"rest": 0.1}, reload=(1.5, roomy))
-    changes = [r.getMessage() for r in caplog.records if "the schedule" in r.getMessage()]
+    changes = [(r.getMessage(), r.fields) for r in caplog.records if "the schedule" in r.getMessage()]
     assert len(changes) == 2, changes
-    assert "cannot carry" in changes[0] and "max_concurrent_probes=1" in changes[0]
-    assert "carries the schedule again" in changes[1] and "max_concurrent_probes=4" in changes[1]
+    assert "cannot carry" in changes[0][0] and changes[0][1]["max_concurrent_probes"] == 1
+    assert "carries the schedule again" in changes[1][0] and changes[1][1]["max_concurrent_probes"] == 4
     assert metrics.schedule["p"].limit == 4

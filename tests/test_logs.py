@@ -24,7 +24,7 @@ from aiohttp import web
 
 from conftest import free_port, write_config
 from daemon_helpers import http_get, rows, wait_for
-from modelwatch.logs import KeyValueFormatter, journald_stream, setup_logging, stop_logging
+from modelwatch.logs import KeyValueFormatter, fields, journald_stream, setup_logging, stop_logging
 from modelwatch.secrets import REDACTED, Secret
 
 # key=value, where a quoted value uses JSON's escapes: what a logfmt reader (Loki, humanlog) parses.
@@ -38,8 +38,13 @@ def parse(line: str) -> dict[str, str]:
     return {k: json.loads(v) if v.startswith('"') else v for k, v in pairs}
 
 
-def record(msg: str, *args: object, level: int = logging.INFO, exc_info=None) -> logging.LogRecord:  # noqa: ANN001
-    return logging.LogRecord("modelwatch.daemon", level, "daemon.py", 1, msg, args, exc_info)
+def record(msg: str, *args: object, level: int = logging.INFO, exc_info=None,  # noqa: ANN001
+           **values: object) -> logging.LogRecord:
+    """A record as ``log.info(msg, *args, extra=fields(**values))`` makes it."""
+    rec = logging.LogRecord("modelwatch.daemon", level, "daemon.py", 1, msg, args, exc_info)
+    if values:
+        rec.__dict__.update(fields(**values))
+    return rec
 
 
 def fmt(msg: str, *args: object, journald: bool = False, **kw) -> str:  # noqa: ANN003
@@ -52,40 +57,47 @@ def fmt(msg: str, *args: object, journald: bool = False, **kw) -> str:  # noqa: 
     (logging.CRITICAL, "critical", "<2>"),
 ])
 def test_levels_and_journald_priority_prefix(level, name, prefix):
-    plain = fmt("started url=%s", "http://x", level=level)
+    plain = fmt("started", url="http://x", level=level)
     assert re.match(r"ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=", plain), plain
     assert not plain.startswith("<")
     assert parse(plain) == {"ts": plain[3:27], "level": name, "logger": "modelwatch.daemon",
                             "msg": "started", "url": "http://x"}
-    journal = fmt("started url=%s", "http://x", level=level, journald=True)
+    journal = fmt("started", url="http://x", level=level, journald=True)
     assert journal.startswith(prefix + "level=") and "ts=" not in journal
     assert parse(journal[len(prefix):])["level"] == name
 
 
 def test_values_are_quoted_logfmt_style_never_python_repr():
-    line = fmt("probe failed target=%s outcome=%s http_status=%s error=%r first=%r spent_usd=%.4f",
-               "gpt 4o", "auth_error", 401, "Incorrect key 'x' \"y\" a=b c\\d", "", 1.5)
+    line = fmt("probe failed", target="gpt 4o", outcome="auth_error", http_status=401,
+               error="Incorrect key 'x' \"y\" a=b c\\d", first="", spent_usd=f"{1.5:.4f}")
     assert "error='" not in line and "first=''" not in line
     assert ' target="gpt 4o" outcome=auth_error http_status=401 ' in line
     assert r' error="Incorrect key ' + "'x'" + r' \"y\" a=b c\\d"' in line
-    fields = parse(line)
-    assert fields["msg"] == "probe failed"
-    assert fields["error"] == "Incorrect key 'x' \"y\" a=b c\\d"
-    assert fields["first"] == "" and fields["spent_usd"] == "1.5000"
+    parsed = parse(line)
+    assert parsed["msg"] == "probe failed"
+    assert parsed["error"] == "Incorrect key 'x' \"y\" a=b c\\d"
+    assert parsed["first"] == "" and parsed["spent_usd"] == "1.5000"
 
 
-def test_non_string_values_and_literal_pairs():
-    fields = parse(fmt("reload failed problems=%d first=%r tags=%s mode=fast", 2, ["a b"], None))
-    assert fields == {**fields, "problems": "2", "first": "['a b']", "tags": "None", "mode": "fast"}
+def test_fields_keep_their_order_and_non_strings_print_as_str():
+    line = fmt("reload failed", problems=2, first=["a b"], tags=None, mode="fast")
+    assert parse(line) == {**parse(line), "problems": "2", "first": "['a b']", "tags": "None", "mode": "fast"}
+    assert line.index("problems=") < line.index("first=") < line.index("tags=") < line.index("mode=")
+
+
+def test_the_message_is_never_parsed_for_fields():
+    """Fields are explicit at the call site: "key=value" words in a message stay in the message."""
+    parsed = parse(fmt("limit=%d reached for %s", 8, "p"))
+    assert parsed["msg"] == "limit=8 reached for p" and "limit" not in parsed
 
 
 @pytest.mark.parametrize("value", ["two\nlines", "cr\rlf", "tab\there", "sep\u2028line", "nul\x00c1\x85",
                                    "trailing\n"])
 def test_one_line_per_record_whatever_the_values(value):
-    line = fmt("probe failed error=%s words %s", value, value)
+    line = fmt("probe failed words %s", value, error=value)
     assert len(line.splitlines()) == 1 and "\n" not in line and "\r" not in line
-    fields = parse(line)
-    assert fields["error"] == value and fields["msg"] == f"probe failed words {value}"
+    parsed = parse(line)
+    assert parsed["error"] == value and parsed["msg"] == f"probe failed words {value}"
 
 
 def test_exceptions_render_on_one_line_with_where_they_were_raised():
@@ -95,16 +107,16 @@ def test_exceptions_render_on_one_line_with_where_they_were_raised():
     try:
         fail()
     except ValueError:
-        line = fmt("probe run failed target=%s", "t", level=logging.ERROR, exc_info=sys.exc_info())
+        line = fmt("probe run failed", target="t", level=logging.ERROR, exc_info=sys.exc_info())
     assert len(line.splitlines()) == 1 and "Traceback" not in line
-    fields = parse(line)
-    assert fields["exception"] == "ValueError: boom\n  on a second line"
-    assert re.fullmatch(r"test_logs\.py:\d+", fields["exception_at"]), fields
+    parsed = parse(line)
+    assert parsed["exception"] == "ValueError: boom\n  on a second line"
+    assert re.fullmatch(r"test_logs\.py:\d+", parsed["exception_at"]), parsed
 
 
-def test_a_template_that_does_not_fit_its_arguments_still_gives_one_line():
-    for msg, args in (("bad %d", ("x",)), ("too few %s %s", ("a",)), ("too many %s", ("a", "b")),
-                      ("width %*d", (3, 4)), ("100% sure %s", ("x",))):
+def test_a_message_that_does_not_fit_its_arguments_still_gives_one_line():
+    """A third-party record with a broken template: one line, never a traceback."""
+    for msg, args in (("bad %d", ("x",)), ("too few %s %s", ("a",)), ("too many %s", ("a", "b"))):
         line = fmt(msg, *args)
         assert len(line.splitlines()) == 1 and parse(line)["msg"], line
 
@@ -112,8 +124,8 @@ def test_a_template_that_does_not_fit_its_arguments_still_gives_one_line():
 def test_every_value_and_the_message_are_redacted():
     key = "sk-proj-LogCanary0123456789abcdefQZLG"
     Secret(key)
-    line = fmt("probe failed error=%r request=%s echo %s", f"bad key {key}",
-               f"req_1 {key[:6]}…{key[-4:]}", key.upper())
+    line = fmt("probe failed echo %s", key.upper(), error=f"bad key {key}",
+               request=f"req_1 {key[:6]}…{key[-4:]}")
     assert "LogCanary".lower() not in line.lower() and "QZLG" not in line, line
     assert line.count(REDACTED) == 3
 
@@ -139,7 +151,7 @@ def log_to(path: Path, journal_stream: str | None, monkeypatch, level: str = "in
         setup_logging(level, stream)
         log = logging.getLogger("modelwatch.test")
         for name in ("debug", "info", "warning", "error"):
-            getattr(log, name)("event %s level=%s", "x", name)
+            getattr(log, name)("event", extra=fields(at=name))
         stop_logging()
     return path.read_text().splitlines()
 

@@ -63,8 +63,8 @@ def test_a_database_of_release_0_1_0_upgrades_in_place(tmp_path, caplog):
     assert not db[LEGACY_MIGRATIONS_TABLE].exists()
     assert migrate(db) == [] and MIGRATIONS.applied(db) == records  # and a second open does nothing
     db.conn.close()
-    assert [r.getMessage() for r in caplog.records if "adopted" in r.getMessage()] == [
-        "adopted the migration records of an older release migrations=5"]
+    assert [(r.getMessage(), r.fields) for r in caplog.records if "adopted" in r.getMessage()] == [
+        ("adopted the migration records of an older release", {"migrations": 5})]
 
     after = snapshot(path)
     assert after["schema"] == before["schema"]  # tables, columns and indexes unchanged

@@ -23,6 +23,7 @@ from modelwatch.scheduler import LoopLag, Scheduler
 from modelwatch.server import create_app, start_server
 from modelwatch.store import Store, cost_since
 from modelwatch.systemd import notify, reloading_message, watchdog, watchdog_interval
+from modelwatch.logs import fields
 
 log = logging.getLogger("modelwatch.daemon")
 
@@ -82,8 +83,9 @@ class Daemon:
         ping_every = watchdog_interval()
         if ping_every:
             tasks.append(loop.create_task(watchdog(ping_every, alive=lambda: self.problem() is None)))
-        log.info("started url=%s targets=%d probes=%d db=%s open_files_limit=%d", self.url,
-                 len({j.target for j in cfg.jobs}), len(cfg.jobs), cfg.storage.path, self._fd_limit)
+        log.info("started", extra=fields(url=self.url, targets=len({j.target for j in cfg.jobs}),
+                                         probes=len(cfg.jobs), db=cfg.storage.path,
+                                         open_files_limit=self._fd_limit))
         notify(f"READY=1\nSTATUS=probing {len(cfg.jobs)} probes, serving {self.url}")
         if on_ready:
             on_ready(self.url)
@@ -101,7 +103,7 @@ class Daemon:
             await runner.cleanup()
             await self._http.close()
             await loop.run_in_executor(None, self.store.close)
-            log.info("stopped cancelled_probes=%d", dropped)
+            log.info("stopped", extra=fields(cancelled_probes=dropped))
 
     def problem(self) -> str | None:
         """What stops the daemon from doing its job, or None: for /-/healthy and the watchdog."""
@@ -151,11 +153,11 @@ class Daemon:
         if paused != self._paused:
             self._paused = paused
             if paused:
-                log.warning("daily budget used up, paid probes paused until UTC midnight "
-                            "spent_usd=%.4f daily_usd=%.4f", budget.spent_usd, budget.daily_usd)
+                log.warning("daily budget used up, paid probes paused until UTC midnight",
+                            extra=fields(spent_usd=f"{budget.spent_usd:.4f}", daily_usd=f"{budget.daily_usd:.4f}"))
             else:
-                log.info("paid probes resumed spent_usd=%.4f daily_usd=%.4f", budget.spent_usd,
-                         budget.daily_usd)
+                log.info("paid probes resumed", extra=fields(spent_usd=f"{budget.spent_usd:.4f}",
+                                                             daily_usd=f"{budget.daily_usd:.4f}"))
         self.metrics.budget_paused.set(1 if paused else 0)
 
     async def _probe(self, job: ProbeJob) -> None:
@@ -172,11 +174,11 @@ class Daemon:
             if fault.reason not in self._local_faults:
                 self._local_faults.add(fault.reason)
                 log.error("probes fail inside modelwatch, not at the provider; not recorded as "
-                          "provider outcomes reason=%s error=%r", fault.reason, str(fault))
+                          "provider outcomes", extra=fields(reason=fault.reason, error=str(fault)))
             return
         if self._local_faults and result.connect_s is not None:
-            log.warning("probes reach providers again after a local fault reasons=%s",
-                        ",".join(sorted(self._local_faults)))
+            log.warning("probes reach providers again after a local fault",
+                        extra=fields(reasons=",".join(sorted(self._local_faults))))
             self._local_faults.clear()
         lag = self._lag.worst_since(since)
         result = dataclasses.replace(result, loop_lag_s=None if lag is None else round(lag, 4))
@@ -242,7 +244,8 @@ class Daemon:
         try:
             ok, message = await self._reload()
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, the running config stays
-            log.error("reload failed, keeping the running config error=%r", f"{type(exc).__name__}: {exc}")
+            log.error("reload failed, keeping the running config",
+                      extra=fields(error=f"{type(exc).__name__}: {exc}"))
             message = f"reload failed: {type(exc).__name__}"
         finally:  # whatever happened, systemd must not be left thinking we are still reloading
             if not ok:
@@ -257,8 +260,8 @@ class Daemon:
         try:
             new = await loop.run_in_executor(None, load_config, self.config.path)
         except ConfigError as exc:
-            log.error("reload failed, keeping the running config problems=%d first=%r",
-                      len(exc.problems), exc.problems[0])
+            log.error("reload failed, keeping the running config",
+                      extra=fields(problems=len(exc.problems), first=exc.problems[0]))
             return False, "reload failed: " + "; ".join(exc.problems)
         if new.location != self.config.location or new.storage != self.config.storage \
                 or new.server != self.config.server:
@@ -279,7 +282,7 @@ class Daemon:
         self._scheduler.set_max_concurrent(new.max_concurrent_probes)
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())
-        log.info("reloaded probes=%d", len(new.jobs))
+        log.info("reloaded", extra=fields(probes=len(new.jobs)))
         return True, f"reloaded {len(new.jobs)} probes"
 
 
@@ -303,8 +306,8 @@ def raise_fd_limit(want: int = 65536) -> int:
 
 def _scheduler_ended(task: asyncio.Task) -> None:
     if not task.cancelled():  # it only ever ends by cancellation: anything else is a bug
-        log.error("scheduler stopped, no probe will start; the watchdog goes silent error=%r",
-                  str(task.exception()))
+        log.error("scheduler stopped, no probe will start; the watchdog goes silent",
+                  extra=fields(error=str(task.exception())))
 
 
 def _keep_static(new: Config, old: Config) -> Config:
@@ -314,11 +317,11 @@ def _keep_static(new: Config, old: Config) -> Config:
 
 def _log_result(r: ProbeResult) -> None:
     if r.outcome == Outcome.OK.value:
-        log.debug("probe ok target=%s kind=%s ttft_s=%s duration_s=%s", r.target, r.kind,
-                  r.ttft_s, r.duration_s)
+        log.debug("probe ok", extra=fields(target=r.target, kind=r.kind, ttft_s=r.ttft_s, duration_s=r.duration_s))
     else:
-        log.info("probe failed target=%s kind=%s outcome=%s error_code=%s http_status=%s loop_lag_s=%s "
-                 "error=%r", r.target, r.kind, r.outcome, r.error_code, r.http_status, r.loop_lag_s, r.error)
+        log.info("probe failed", extra=fields(target=r.target, kind=r.kind, outcome=r.outcome,
+                                              error_code=r.error_code, http_status=r.http_status,
+                                              loop_lag_s=r.loop_lag_s, error=r.error))
 
 
 def install_signal_handlers(stop: asyncio.Event, daemon: Daemon | None = None) -> None:

@@ -8,10 +8,10 @@ escapes) only when it holds a space, a quote, ``=`` or a control character, so
 one event is always one line, exceptions included (type, message and where it
 was raised; never a multi-line traceback).
 
-Call sites log ``"event words key=%s key=%r"``. The formatter reads that
-template, not the finished message, so each argument becomes one value however
-many spaces it holds, and ``%r`` of a string gives the string itself, not
-Python's ``'...'``.
+Call sites say the event in words and pass its fields explicitly:
+``log.info("reloaded", extra=fields(probes=12))``. A string value is written as
+it is (quoted only when it must be), anything else as ``str(value)``; records
+without fields (a third-party library's) are one message.
 
 Under journald (stderr is the stream ``JOURNAL_STREAM`` names, compared by
 device and inode as systemd.exec(5) says) each line starts with its syslog
@@ -38,8 +38,6 @@ _NOISY = ("aiohttp", "asyncio", "urllib3", "httpx", "httpcore", "websockets", "o
 # syslog priorities (RFC 5424) journald reads from a "<N>" line prefix
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
-_FIELD = re.compile(r"([A-Za-z_][A-Za-z0-9_.\-]*)=(.*)", re.S)
-_CONVERSION = re.compile(r"%(?:\(\w+\))?[#0\- +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[hlL]?([diouxXeEfFgGcrsa%])")
 # Characters that force quotes: space, quote, '=', backslash, C0/C1 controls, Unicode line breaks.
 _NEEDS_QUOTES = re.compile(r'[\s"=\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -62,10 +60,11 @@ class KeyValueFormatter(logging.Formatter):
         self.journald = journald
 
     def format(self, record: logging.LogRecord) -> str:
-        message, fields = render_message(record)
         parts = [f"level={record.levelname.lower()}", f"logger={quote(record.name)}",
-                 "msg=" + quote(redact(message), always=True)]
-        parts += [f"{key}={quote(redact(value))}" for key, value in fields]
+                 "msg=" + quote(redact(_message(record)), always=True)]
+        values = getattr(record, "fields", None)
+        if isinstance(values, dict):
+            parts += [f"{key}={quote(redact(_text(value)))}" for key, value in values.items()]
         parts += [f"{key}={quote(redact(value))}" for key, value in exception_fields(record)]
         if self.journald:
             return f"<{_PRIORITY.get(record.levelno, 6)}>" + " ".join(parts)
@@ -73,55 +72,16 @@ class KeyValueFormatter(logging.Formatter):
         return f"ts={stamp}.{int(record.msecs):03d}Z " + " ".join(parts)
 
 
-def render_message(record: logging.LogRecord) -> tuple[str, list[tuple[str, str]]]:
-    """The event words and the ``key=value`` fields of a record's template and arguments.
-
-    A template it cannot pair with its arguments (a mapping, a ``*`` width, a
-    count that does not match) becomes one message, as ``getMessage`` gives it.
-    """
-    args = record.args if isinstance(record.args, tuple) else None
-    template = str(record.msg)
-    if args is None or any("*" in m.group(0) for m in _CONVERSION.finditer(template)):
-        return _whole_message(record), []
-    words, fields, rest = [], [], list(args)
-    try:
-        for token in template.split(" "):
-            match = _FIELD.fullmatch(token)
-            if match:
-                fields.append((match.group(1), _value(match.group(2), rest, bool(args))))
-            else:
-                words.append(_format(token, rest, bool(args)))
-    except (TypeError, ValueError, IndexError):
-        return _whole_message(record), []
-    if rest:
-        return _whole_message(record), []
-    return " ".join(words), fields
+def fields(**values: Any) -> dict[str, dict[str, Any]]:
+    """The ``extra=`` of a log call: the line's ``key=value`` fields, in this order."""
+    return {"fields": values}
 
 
-def _value(spec: str, rest: list[Any], formatted: bool) -> str:
-    """One field's value: a lone ``%s``/``%r`` of a string is the string itself, unquoted by repr."""
-    match = _CONVERSION.fullmatch(spec) if formatted else None
-    if match and match.group(1) in "sr":
-        value = rest.pop(0)
-        if isinstance(value, str):
-            return value
-        return str(value) if match.group(1) == "s" else repr(value)
-    return _format(spec, rest, formatted)
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
 
 
-def _format(text: str, rest: list[Any], formatted: bool) -> str:
-    """``text % (its share of the arguments)``, taking them off the front of ``rest``."""
-    if not formatted:
-        return text
-    count = sum(1 for m in _CONVERSION.finditer(text) if m.group(1) != "%")
-    if count > len(rest):
-        raise IndexError("more conversions than arguments")
-    share = tuple(rest[:count])
-    del rest[:count]
-    return text % share
-
-
-def _whole_message(record: logging.LogRecord) -> str:
+def _message(record: logging.LogRecord) -> str:
     try:
         return record.getMessage()
     except Exception:  # noqa: BLE001 - a bad call site must still give a line, not a traceback

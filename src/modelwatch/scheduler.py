@@ -47,6 +47,7 @@ from collections.abc import Awaitable, Callable
 from modelwatch.capacity import Saturation
 from modelwatch.config import ProbeJob
 from modelwatch.metrics import ProbeMetrics, ProviderSchedule
+from modelwatch.logs import fields
 
 log = logging.getLogger("modelwatch.scheduler")
 
@@ -268,7 +269,7 @@ class Scheduler:
         """Start a probe for its slot ``planned`` (monotonic), unless its previous run still goes."""
         if job.key in self._running:
             self._metrics.skip(job)
-            log.info("run skipped, previous still going target=%s kind=%s", job.target, job.probe.kind)
+            log.info("run skipped, previous still going", extra=fields(target=job.target, kind=job.probe.kind))
             return
         task = asyncio.get_running_loop().create_task(self._guarded(job, planned))
         self._running[job.key] = task
@@ -311,8 +312,8 @@ class Scheduler:
             return True
         except TimeoutError:
             self._metrics.skip(job)
-            log.info("run skipped, another kind of the target still going for a whole interval "
-                     "target=%s kind=%s", job.target, job.probe.kind)
+            log.info("run skipped, another kind of the target still going for a whole interval",
+                     extra=fields(target=job.target, kind=job.probe.kind))
             return False
 
     async def _run(self, job: ProbeJob) -> None:
@@ -320,7 +321,7 @@ class Scheduler:
         try:
             await self._run_job(job)
         except Exception:  # noqa: BLE001 - one job's bug must not stop the schedule
-            log.exception("probe run failed target=%s kind=%s", job.target, job.probe.kind)
+            log.exception("probe run failed", extra=fields(target=job.target, kind=job.probe.kind))
         finally:
             self._metrics.in_flight.dec()
 
@@ -358,11 +359,10 @@ def _log_saturation(provider: str | None, saturation: Saturation, behind: bool) 
     """One line per change of state: a limit fell behind its schedule, or caught up again."""
     event = ("concurrency limit cannot carry the schedule, probes start late" if behind else
              "concurrency limit carries the schedule again")
-    where = "limit=global" if provider is None else "limit=provider provider=%s"
-    args = () if provider is None else (provider,)
-    log.log(logging.WARNING if behind else logging.INFO,
-            f"{event} {where} max_concurrent_probes=%d needed=%.1f probes_per_s=%.2f mean_probe_s=%.3f",
-            *args, saturation.limit, saturation.needed, saturation.rate, saturation.mean_s)
+    where = {"limit": "global"} if provider is None else {"limit": "provider", "provider": provider}
+    log.log(logging.WARNING if behind else logging.INFO, event, extra=fields(
+        **where, max_concurrent_probes=saturation.limit, needed=f"{saturation.needed:.1f}",
+        probes_per_s=f"{saturation.rate:.2f}", mean_probe_s=f"{saturation.mean_s:.3f}"))
 
 
 class LoopLag:

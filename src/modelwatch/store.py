@@ -35,6 +35,7 @@ from sqlite_utils import Migrations
 
 from modelwatch import rollups
 from modelwatch.outcomes import COLUMNS, ProbeResult, storable_text
+from modelwatch.logs import fields
 
 log = logging.getLogger("modelwatch.store")
 
@@ -82,10 +83,10 @@ def m004_hourly_rollups(db: sqlite_utils.Database) -> None:
     rollups.create_table(db.conn)
     stored = db.execute("SELECT count(*) FROM probe_results").fetchone()[0]
     if stored:  # about 6 s per million rows (docs/benchmarks.md): say why start-up waits
-        log.info("rolling up stored probe results into hourly rollups rows=%d", stored)
+        log.info("rolling up stored probe results into hourly rollups", extra=fields(rows=stored))
     rows = rollups.backfill(db.conn)
     if stored:
-        log.info("rolled up stored probe results rollup_rows=%d", rows)
+        log.info("rolled up stored probe results", extra=fields(rollup_rows=rows))
 
 
 @MIGRATIONS()
@@ -146,7 +147,7 @@ def adopt_legacy_records(db: sqlite_utils.Database) -> int:
     finally:
         if conn.in_transaction:  # a failed COMMIT can leave the transaction open
             conn.execute("ROLLBACK")
-    log.info("adopted the migration records of an older release migrations=%d", len(legacy))
+    log.info("adopted the migration records of an older release", extra=fields(migrations=len(legacy)))
     return len(legacy)
 
 
@@ -222,10 +223,10 @@ class Store:
                     last_prune = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - the writer must outlive any surprise
                 self._on_error()
-                log.error("store writer error, carrying on error=%r rows=%d", _describe(exc), len(pending))
+                log.error("store writer error, carrying on", extra=fields(error=_describe(exc), rows=len(pending)))
                 self._closing.wait(COMMIT_EVERY_S)  # no busy loop if it repeats
         if pending:
-            log.error("store stopped with unwritten rows rows=%d path=%s", len(pending), self.path)
+            log.error("store stopped with unwritten rows", extra=fields(rows=len(pending), path=self.path))
         self._db.conn.close()
 
     def _collect(self, pending: list[dict]) -> bool:
@@ -249,8 +250,8 @@ class Store:
         pending.pop(0)
         self._on_dropped()
         if not self._dropping:
-            log.error("store cannot keep up, dropping the oldest unwritten rows limit=%d path=%s",
-                      self.max_pending_rows, self.path)
+            log.error("store cannot keep up, dropping the oldest unwritten rows",
+                      extra=fields(limit=self.max_pending_rows, path=self.path))
             self._dropping = True
 
     def _write(self, pending: list[dict]) -> None:
@@ -262,14 +263,13 @@ class Store:
         except sqlite3.Error as exc:
             self._on_error()
             if not self._failing:
-                log.error("store write failed, keeping rows to retry error=%r rows=%d", str(exc),
-                          len(pending))
+                log.error("store write failed, keeping rows to retry", extra=fields(error=str(exc), rows=len(pending)))
             self._failing = True
             if (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_READONLY:
                 self._reopen()
         else:
             if self._failing:
-                log.warning("store writes resumed rows=%d", len(pending))
+                log.warning("store writes resumed", extra=fields(rows=len(pending)))
             self._failing = self._dropping = False
             pending.clear()
         self._on_pending(len(pending))
@@ -292,8 +292,8 @@ class Store:
             except (UnicodeError, ValueError, OverflowError, TypeError, sqlite3.InterfaceError) as exc:
                 self._on_error()
                 self._on_dropped()
-                log.error("store dropped a row it cannot write error=%r target=%r", _describe(exc),
-                          storable({"target": row.get("target")})["target"])
+                log.error("store dropped a row it cannot write",
+                          extra=fields(error=_describe(exc), target=storable({"target": row.get("target")})["target"]))
             except sqlite3.Error:
                 kept.append(row)  # the database, not the row: retried with the rest
         pending[:] = kept
@@ -323,7 +323,7 @@ class Store:
                 self._db.execute("DELETE FROM probe_results WHERE ts < ?", [now - self.retention_s])
                 rollups.prune(self._db.conn, now - self.rollup_retention_s)
         except sqlite3.Error as exc:
-            log.warning("store prune failed error=%r", str(exc))
+            log.warning("store prune failed", extra=fields(error=str(exc)))
 
 
     def _clock_ahead(self, now: float) -> bool:
@@ -337,7 +337,7 @@ class Store:
         ahead = step > MAX_CLOCK_STEP_S
         if ahead and not self._clock_stepped:
             log.warning("wall clock stepped ahead since start, pruning paused so a wrong clock cannot "
-                        "delete history; restart once the clock is right step_s=%.0f", step)
+                        "delete history; restart once the clock is right", extra=fields(step_s=f"{step:.0f}"))
         self._clock_stepped = ahead
         return ahead
 

@@ -19,6 +19,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
+from modelwatch.logs import fields
 
 log = logging.getLogger("modelwatch.systemd")
 
@@ -41,7 +42,7 @@ def notify(message: str, env: Mapping[str, str] = os.environ) -> bool:
     except (OSError, ValueError) as exc:
         if not _failure_logged:
             _failure_logged = True
-            log.debug("sd_notify failed socket=%s error=%s", env.get("NOTIFY_SOCKET"), exc)
+            log.debug("sd_notify failed", extra=fields(socket=env.get("NOTIFY_SOCKET"), error=exc))
         return False
 
 

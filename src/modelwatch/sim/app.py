@@ -57,6 +57,7 @@ from .scenario import Scenario
 
 __all__ = ["RequestDraws", "RequestRecord", "SimServer", "SimState", "create_app", "listen_address", "serve",
            "start_sim"]
+from modelwatch.logs import fields
 
 log = logging.getLogger("modelwatch.sim")
 
@@ -190,7 +191,7 @@ async def _openai_style_errors(request: web.Request, handler: Callable) -> web.S
         raise
     except Exception:
         # A simulator bug must cost one request, not the server.
-        log.exception("simulator handler failed on %s %s", request.method, request.path)
+        log.exception("simulator handler failed", extra=fields(method=request.method, path=request.path))
         return openai_http.plain_error(500, "The simulator failed while handling this request.", "server_error")
 
 

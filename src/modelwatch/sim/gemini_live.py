@@ -69,6 +69,7 @@ if TYPE_CHECKING:
     from .app import RequestDraws, RequestRecord, SimState
 
 __all__ = ["CLOSES", "VERSIONS", "register"]
+from modelwatch.logs import fields
 
 log = logging.getLogger("modelwatch.sim")
 
@@ -285,7 +286,7 @@ class _Session:
             self.end(_End(), None)
         except Exception:
             # A simulator bug must cost one session, not the server.
-            log.exception("simulator live session failed on %s", self.conn.request.path)
+            log.exception("simulator live session failed", extra=fields(path=self.conn.request.path))
             self.end(_End(1011, "simulator error"), None)
 
     def end(self, how: _End, outcome: str | None) -> None:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .openai_realtime import RealtimeConnection
 
 __all__ = ["RealtimeSession"]
+from modelwatch.logs import fields
 
 log = logging.getLogger("modelwatch.sim")
 
@@ -118,7 +119,7 @@ class RealtimeSession(ResponseFlow):
             self.end(SessionEnd(), None)
         except Exception:
             # A simulator bug must cost one session, not the server.
-            log.exception("simulator realtime session failed on %s", self.conn.request.path)
+            log.exception("simulator realtime session failed", extra=fields(path=self.conn.request.path))
             self.end(SessionEnd(1011, "simulator error"), None)
 
     def end(self, how: SessionEnd, outcome: str | None) -> None:
