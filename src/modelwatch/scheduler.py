@@ -46,7 +46,7 @@ from collections.abc import Awaitable, Callable
 import schedule
 
 from modelwatch.capacity import Saturation
-from modelwatch.config import ProbeJob
+from modelwatch.job import ProbeJob
 from modelwatch.metrics import ProbeMetrics, ProviderSchedule
 
 log = logging.getLogger("modelwatch.scheduler")
