@@ -96,6 +96,13 @@ def test_every_spec_is_documented_and_classifies_a_bad_key_as_auth_error(spec):
     assert spec.classify(401, {"error": {"message": "bad key"}})[0] is Outcome.AUTH_ERROR
 
 
+@pytest.mark.parametrize("spec", registry.SPECS, ids=lambda s: f"{s.kind}-{s.api}-{'+'.join(s.provider_types)}")
+def test_a_spec_names_the_transport_its_module_uses(spec):
+    imports = runtime_imports(module_file(spec.prober.__module__))
+    assert ("modelwatch.probes.websocket" in imports) is (spec.transport == "websocket")
+    assert ("modelwatch.probes.http" in imports) is (spec.transport == "http")
+
+
 def test_config_cost_and_the_daemon_read_every_spec(tmp_path):
     """One provider of every type with every kind it has: all load, and cost reads each spec."""
     providers = "\n".join(f"  p{i}: {{type: {t}, base_url: 'http://127.0.0.1:9/v1', api_key: k}}"

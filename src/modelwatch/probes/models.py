@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -32,14 +31,14 @@ from modelwatch.probes.spec import ProbeSpec, ProviderType, no_tokens
 OFF_LOOP_BYTES = 256 * 1024
 
 
-def models_request(job: ProbeJob, auth: Callable[[ProbeJob], dict[str, str]]) -> tuple[str, dict[str, str]]:
+def models_request(job: ProbeJob, ptype: ProviderType) -> tuple[str, dict[str, str]]:
     """URL and headers of the model list request."""
     provider = job.provider
     url = f"{provider.base_url}/models"
-    if provider.type == "azure-openai" and provider.api_version:
+    if ptype.api_version_in_query and provider.api_version:
         url += f"?api-version={quote(provider.api_version)}"
     headers = {"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": "modelwatch",
-               **provider.headers, **auth(job)}
+               **provider.headers, **ptype.auth(job)}
     return url, headers
 
 
@@ -86,7 +85,7 @@ def models_spec(provider: ProviderType) -> ProbeSpec:
 
 async def probe_models(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement, provider: ProviderType) -> None:
     """One model-list request: reachable, authorised, and the model still listed."""
-    url, headers = models_request(job, provider.auth)
+    url, headers = models_request(job, provider)
     async with http.get(url, headers=headers, allow_redirects=False) as resp:
         m.ttfb_s = m.elapsed()
         m.http_status = resp.status
@@ -109,6 +108,6 @@ async def probe_models(job: ProbeJob, http: aiohttp.ClientSession, m: Measuremen
         raise ProbeFailure(Outcome.PROTOCOL_ERROR, "not_a_model_list", "the answer is not a model list")
     ids, complete = listing
     # Azure lists base models, not deployments, so its list says nothing about the target.
-    if complete and job.provider.type != "azure-openai" and not is_listed(job.model, ids):
+    if complete and provider.lists_models_by_target_name and not is_listed(job.model, ids):
         raise ProbeFailure(Outcome.MODEL_UNAVAILABLE, "not_listed",
                            f"model {job.model} is not in the provider's model list ({len(ids)} listed)")

@@ -101,7 +101,8 @@ def openai_auth(job: ProbeJob) -> dict[str, str]:
 
 OPENAI = ProviderType("openai", bearer_auth, classify_openai_error, "OpenAI's own API")
 AZURE_OPENAI = ProviderType("azure-openai", azure_auth, classify_openai_error,
-                            "Azure OpenAI: deployments as models, api-version dated or v1")
+                            "Azure OpenAI: deployments as models, api-version dated or v1",
+                            api_version_in_query=True, lists_models_by_target_name=False)
 OPENAI_COMPATIBLE = ProviderType("openai-compatible", bearer_auth, classify_openai_error,
                                  "any server speaking OpenAI's wire format (vLLM, Ollama, OpenRouter, Groq, ...)",
                                  needs_key=False)

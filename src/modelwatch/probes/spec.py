@@ -44,6 +44,9 @@ class ProviderType:
     needs_key: bool = True  # openai-compatible servers may run without one
     provider_keys: frozenset[str] = frozenset()  # provider settings only this type accepts
     probe_options: frozenset[str] = frozenset()  # restricted probe options all its probes honour
+    api_version_in_query: bool = False  # ``api_version`` travels as ``?api-version=`` (Azure)
+    # Its model list names what targets call ``model`` (Azure's lists base models, not deployments).
+    lists_models_by_target_name: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
