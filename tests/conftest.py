@@ -108,7 +108,7 @@ def with_sim(scenario, body, **sim_options):
 
 
 def feed_capture(stream, pieces: list[bytes]):  # noqa: ANN001, ANN201 - any EventStream
-    """Feed SSE bytes to a stream decoder as the probe does (``read_event_stream``).
+    """Feed SSE bytes to a stream decoder as the probe does (``probes.http.read_stream``).
 
     Returns (index of the event that carried the first content or -1, the
     failure the stream amounts to or None).

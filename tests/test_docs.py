@@ -71,3 +71,15 @@ def test_every_scenario_key_and_error_kind_is_documented(key):
 def test_readme_links_resolve():
     for link in re.findall(r"\]\((docs/[^)]+)\)", README):
         assert (ROOT / link).exists(), link
+
+
+def test_the_contributing_guide_names_every_probes_module_and_spec_field():
+    import dataclasses
+
+    from modelwatch.probes.spec import ProbeSpec
+    guide = DOCS["contributing.md"]
+    for module in sorted((ROOT / "src" / "modelwatch" / "probes").glob("*.py")):
+        assert f"`{module.name}`" in guide, module.name
+    for field in dataclasses.fields(ProbeSpec):
+        assert f"`{field.name}`" in guide, field.name
+    assert "docs/contributing.md" in README

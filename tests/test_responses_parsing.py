@@ -10,9 +10,10 @@ import pytest
 from conftest import feed_capture
 from modelwatch.config import ProbeConfig, ProbeJob, ProviderConfig
 from modelwatch.outcomes import Outcome, ProbeFailure
-from modelwatch.probes import prober_for
+from modelwatch.probes import spec_for
+from modelwatch.probes.openai_chat import probe_openai_chat
 from modelwatch.probes.openai_responses import (
-    MIN_OUTPUT_TOKENS, ResponsesStream, build_request, classify_response_error, probe_openai_rest)
+    MIN_OUTPUT_TOKENS, ResponsesStream, build_request, classify_response_error, probe_openai_responses)
 from modelwatch.secrets import Secret
 from modelwatch.sse import SSEDecoder
 
@@ -192,4 +193,5 @@ def test_azure_uses_the_api_key_header(api_version, url):
 
 @pytest.mark.parametrize("ptype", ["openai", "openai-compatible", "azure-openai"])
 def test_the_registry_dispatches_rest_by_api(ptype):
-    assert prober_for(ptype, "rest") is probe_openai_rest
+    assert spec_for(ptype, "rest", "responses").prober is probe_openai_responses
+    assert spec_for(ptype, "rest").prober is probe_openai_chat

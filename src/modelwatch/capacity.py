@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from modelwatch.config import Config, ProbeConfig, ProbeJob
+from modelwatch.config import Config, ProbeConfig
+from modelwatch.job import ProbeJob
 
 # What a healthy probe of each kind typically takes against a hosted API (a tiny prompt, a
 # 16-token cap): a streamed REST answer well under a second, a realtime session with its

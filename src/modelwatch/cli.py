@@ -22,8 +22,8 @@ from pathlib import Path
 import click
 
 from modelwatch import __version__, loop
-from modelwatch.config import (PROBE_KINDS, ConfigError, ProbeJob, default_config_path, load_config,
-                               parse_duration)
+from modelwatch.config import PROBE_KINDS, ConfigError, default_config_path, load_config, parse_duration
+from modelwatch.job import ProbeJob
 from modelwatch.logs import LEVELS, setup_logging, stop_logging
 from modelwatch.outcomes import LocalFault, Outcome, ProbeResult
 

@@ -6,6 +6,9 @@ expands ``${VAR}`` (and ``${VAR:-default}``) in string values, applies
 errors) and then checks what spans pieces: providers that targets name, probe
 kinds the provider type supports, duplicate names. Problems are collected as
 ``file: key.path: reason`` lines and raised together as :class:`ConfigError`.
+
+Provider types, kinds and which options apply to which probes are not listed
+here: they are read from the probe registry (:mod:`modelwatch.probes`).
 """
 
 from __future__ import annotations
@@ -19,11 +22,15 @@ import re
 import stat
 import urllib.parse
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
                       field_validator)
 
+from modelwatch.job import ProbeJob
+from modelwatch.probes import (PROBE_APIS, PROBE_KINDS, PROVIDER_TYPES, PROVIDERS, api_problem, option_problem,
+                               spec_for, supported_kinds)
+from modelwatch.probes.audio import DEFAULT_VOICE
 from modelwatch.secrets import Secret, register_secret
 from modelwatch.validation import Problems as _Problems
 from modelwatch.validation import parse_listen
@@ -36,7 +43,6 @@ EXTRA_BODY_RESERVED = frozenset({
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n",
     "reasoning_effort", "input", "max_output_tokens"})
 EXTRA_BODY_MAX_BYTES = 2048
-PROVIDER_TYPES = ("openai", "azure-openai", "anthropic", "gemini", "openai-compatible")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -180,8 +186,8 @@ class ProbeSettings(_Strict):
     enabled: bool = True
     modality: Literal["text", "audio"] = "text"
     interface: Literal["ga", "beta"] = "ga"
-    voice: str = Field("alloy", min_length=1, max_length=64)
-    api: Literal["chat", "responses"] = "chat"
+    voice: str = Field(DEFAULT_VOICE, min_length=1, max_length=64)
+    api: Literal[PROBE_APIS] = "chat"  # type: ignore[valid-type] - the registry's wire APIs
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     thinking_budget: int | None = Field(None, ge=0, le=32768)
     thinking_level: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
@@ -205,8 +211,7 @@ class ProbeSettings(_Strict):
         return v
 
 
-ProbeKind = Literal["rest", "realtime", "models"]
-PROBE_KINDS: tuple[str, ...] = get_args(ProbeKind)
+ProbeKind = Literal[PROBE_KINDS]  # type: ignore[valid-type] - the registry's kinds
 
 
 class ProbeConfig(ProbeSettings):
@@ -218,7 +223,7 @@ class ProbeConfig(ProbeSettings):
 class ProviderConfig(_Strict):
     """An API endpoint and its credentials."""
 
-    type: Literal["openai", "azure-openai", "anthropic", "gemini", "openai-compatible"]
+    type: Literal[PROVIDER_TYPES]  # type: ignore[valid-type] - the registry's provider types
     base_url: str
     api_key: Secret | None = None
     api_key_file: Path | None = None
@@ -289,25 +294,6 @@ class TargetConfig(_Strict):
     model: str = Field(min_length=1)
     price: PriceConfig | None = None
     probes: list[ProbeConfig] = Field(min_length=1)
-
-
-@dataclasses.dataclass(frozen=True)
-class ProbeJob:
-    """One scheduled probe: a target's probe with its provider resolved."""
-
-    target: str
-    provider_name: str
-    provider: ProviderConfig
-    api_key: Secret | None
-    model: str
-    probe: ProbeConfig
-    location: str | None
-    price: PriceConfig | None = None
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """(target, kind): unique in a config, the identity of a series."""
-        return (self.target, self.probe.kind)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -439,13 +425,14 @@ def _provider(name: str, file: Path, raw: Any, problems: _Problems
     if provider.api_key and provider.api_key_file:
         problems.add(file, path, "set api_key or api_key_file, not both")
         return None
-    if provider.auth_style is not None and provider.type != "anthropic":
-        problems.add(file, f"{path}.auth_style", "applies to anthropic providers only")
+    if provider.auth_style is not None and "auth_style" not in PROVIDERS[provider.type].provider_keys:
+        owners = [p.name for p in PROVIDERS.values() if "auth_style" in p.provider_keys]
+        problems.add(file, f"{path}.auth_style", f"applies to {', '.join(owners)} providers only")
         return None
     key = provider.api_key
     if provider.api_key_file:
         key = _read_key_file(file, path, provider.api_key_file, problems)
-    elif key is None and provider.type != "openai-compatible":
+    elif key is None and PROVIDERS[provider.type].needs_key:
         problems.add(file, path, f"provider type {provider.type} needs api_key or api_key_file")
         return None
     return provider, key
@@ -480,8 +467,6 @@ def _read_key_file(file: Path, path: str, key_file: Path, problems: _Problems) -
 
 def load_config(path: str | os.PathLike) -> Config:
     """Load, expand, validate and resolve a config file and its includes."""
-    from modelwatch.probes import supported_kinds  # the probe registry is the source of kinds
-
     file = Path(path)
     problems = _Problems()
     data = _read_yaml(file, problems)
@@ -511,7 +496,7 @@ def load_config(path: str | os.PathLike) -> Config:
         if resolved:
             providers[name] = resolved
 
-    jobs = _resolve_targets(pieces, providers, default_values, location, supported_kinds, problems)
+    jobs = _resolve_targets(pieces, providers, default_values, location, problems)
     if problems.lines:
         raise ConfigError(problems.lines)
     return Config(path=file, storage=storage, server=server, location=location,
@@ -520,7 +505,7 @@ def load_config(path: str | os.PathLike) -> Config:
 
 
 def _resolve_targets(pieces: _Pieces, providers: dict, default_values: dict, location: str | None,
-                     supported_kinds: Any, problems: _Problems) -> list[ProbeJob]:
+                     problems: _Problems) -> list[ProbeJob]:
     jobs: list[ProbeJob] = []
     seen: dict[str, Path] = {}
     for file, index, raw in pieces.targets:
@@ -555,15 +540,15 @@ def _resolve_targets(pieces: _Pieces, providers: dict, default_values: dict, loc
                 problems.add(file, f"{ppath}.kind",
                              f"provider type {provider.type} has no {probe.kind} probe (supported: {have})")
                 continue
-            problem = _probe_problem(provider.type, probe)
+            problem = api_problem(provider.type, probe.kind, probe.api)
             if problem and "api" not in explicit[i]:
                 probe = probe.model_copy(update={"api": "chat"})  # a default that does not apply here
             elif problem:
-                problems.add(file, ppath + problem[0], problem[1])
+                problems.add(file, f"{ppath}.api", problem)
                 continue
             problem = _option_problem(provider.type, probe)
             if problem:
-                problems.add(file, ppath + problem[0], problem[1])
+                problems.add(file, f"{ppath}.{problem[0]}", problem[1])
                 continue
             if probe.enabled:
                 jobs.append(ProbeJob(target.name, target.provider, provider, key, target.model,
@@ -571,26 +556,11 @@ def _resolve_targets(pieces: _Pieces, providers: dict, default_values: dict, loc
     return jobs
 
 
-_OPENAI_FAMILY = ("openai", "azure-openai", "openai-compatible")
-
-
-def _probe_problem(provider_type: str, probe: ProbeConfig) -> tuple[str, str] | None:
-    """A setting that the probe's provider type or kind cannot honour, as (key suffix, reason)."""
-    if probe.api == "responses" and (probe.kind != "rest" or provider_type not in _OPENAI_FAMILY):
-        return ".api", "api: responses is for rest probes of openai, azure-openai and openai-compatible providers"
-    return None
-
-
 def _option_problem(provider_type: str, probe: ProbeConfig) -> tuple[str, str] | None:
-    """A thinking or extra_body setting that does not fit the probe, as (key suffix, reason)."""
+    """An option the probe cannot honour, as (option, reason): the spec says where each applies."""
     if probe.thinking_level is not None and probe.thinking_budget is not None:
-        return ".thinking_level", "set thinking_level or thinking_budget, not both (Gemini refuses both)"
-    if probe.thinking_level is not None and provider_type != "gemini":
-        return ".thinking_level", "applies to gemini providers only"
-    if probe.extra_body is not None and (provider_type != "openai-compatible" or probe.kind != "rest"
-                                         or probe.api != "chat"):
-        return ".extra_body", "applies to rest probes of openai-compatible providers with api: chat"
-    return None
+        return "thinking_level", "set thinking_level or thinking_budget, not both (Gemini refuses both)"
+    return option_problem(spec_for(provider_type, probe.kind, probe.api), provider_type, probe)
 
 
 def default_config_path() -> str:

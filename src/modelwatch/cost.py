@@ -1,9 +1,10 @@
-"""What probing costs: per-probe cost, the daily budget, and the ``probe --dry-run`` estimate.
+"""What probing costs: the daily budget, and the ``probe --dry-run`` estimate.
 
-Prices come from ``targets[].price`` in USD per million tokens. Audio tokens
-(realtime audio probes) are charged at ``audio_input`` / ``audio_output`` when
-set, else at the text rates, which underestimates: catalogs set both. The
-free ``models`` check has no tokens and costs nothing.
+Prices come from ``targets[].price`` in USD per million tokens; a probe's
+reported tokens are priced by :func:`modelwatch.pricing.probe_cost_usd`.
+Whether a probe is paid and how many tokens it spends at most are its spec's
+(:mod:`modelwatch.probes`): the free ``models`` check has no tokens and costs
+nothing.
 
 The budget counts UTC days: once the day's spend reaches ``budget.daily_usd``
 the daemon stops starting paid probes (see :func:`is_paid`) until the next UTC
@@ -18,36 +19,12 @@ import datetime as dt
 import time
 from collections.abc import Callable
 
-from modelwatch.config import PriceConfig, ProbeJob
+from modelwatch.job import ProbeJob
+from modelwatch.pricing import probe_cost_usd
+from modelwatch.probes import job_spec
+from modelwatch.probes.spec import Tokens
 
 DAY_S = 86400.0
-PROMPT_OVERHEAD_TOKENS = 8  # chat framing around the prompt
-REALTIME_INSTRUCTION_TOKENS = 12  # "Reply with one word." plus session framing
-PROMPT_AUDIO_S = 70286 / 48000  # the bundled spoken prompt: 70,286 bytes of PCM16 at 24 kHz
-# Input audio tokens per second: Google documents 32; OpenAI's realtime models bill about 10 [MEM].
-AUDIO_TOKENS_PER_S = {"gemini": 32}
-DEFAULT_AUDIO_TOKENS_PER_S = 10
-FREE_KINDS = frozenset({"models"})
-# The Responses API rejects max_output_tokens below 16 [PROTOCOLS MEM]; its probe never asks for less.
-RESPONSES_MIN_OUTPUT_TOKENS = 16
-
-
-def probe_cost_usd(price: PriceConfig | None, input_tokens: int | None, output_tokens: int | None,
-                   input_audio: int | None = None, output_audio: int | None = None) -> float | None:
-    """USD for one probe's reported tokens, or None without a price or any token count."""
-    if price is None or (input_tokens is None and output_tokens is None):
-        return None
-    audio_in, audio_out = input_audio or 0, output_audio or 0
-    text_in = max((input_tokens or 0) - audio_in, 0)
-    text_out = max((output_tokens or 0) - audio_out, 0)
-    micro = (text_in * price.input + text_out * price.output
-             + audio_in * _rate(price.audio_input, price.input)
-             + audio_out * _rate(price.audio_output, price.output))
-    return round(micro / 1e6, 9)
-
-
-def _rate(audio: float | None, text: float) -> float:
-    return text if audio is None else audio
 
 
 def utc_day_start(ts: float) -> float:
@@ -96,23 +73,12 @@ def is_paid(job: ProbeJob) -> bool:
     price = job.price
     free_price = price is not None and not any((price.input, price.output, price.audio_input,
                                                 price.audio_output))
-    return job.probe.kind not in FREE_KINDS and not free_price
+    return job_spec(job).paid and not free_price
 
 
-def tokens_per_probe(job: ProbeJob) -> tuple[int, int, int, int]:
-    """Upper-bound (text in, text out, audio in, audio out) tokens of one probe."""
-    p = job.probe
-    if p.kind in FREE_KINDS:
-        return 0, 0, 0, 0
-    text_in = PROMPT_OVERHEAD_TOKENS + max(1, len(p.prompt) // 4)
-    if p.kind == "realtime":
-        text_in += REALTIME_INSTRUCTION_TOKENS
-        if p.modality == "audio":  # the spoken prompt replaces the text one; the reply is audio
-            rate = AUDIO_TOKENS_PER_S.get(job.provider.type, DEFAULT_AUDIO_TOKENS_PER_S)
-            return REALTIME_INSTRUCTION_TOKENS, 0, round(PROMPT_AUDIO_S * rate), p.max_tokens
-    if p.api == "responses":
-        return text_in, max(p.max_tokens, RESPONSES_MIN_OUTPUT_TOKENS), 0, 0
-    return text_in, p.max_tokens, 0, 0
+def tokens_per_probe(job: ProbeJob) -> Tokens:
+    """Upper-bound (text in, text out, audio in, audio out) tokens of one probe, by its spec."""
+    return job_spec(job).estimate(job)
 
 
 def daily_cost_usd(job: ProbeJob) -> float | None:

@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
-from modelwatch.config import Config, ConfigError, ProbeJob, load_config, parse_listen
+from modelwatch.config import Config, ConfigError, load_config, parse_listen
 from modelwatch.cost import DailyBudget, is_paid, utc_day_start
+from modelwatch.job import ProbeJob
 from modelwatch.metrics import ProbeMetrics
 from modelwatch.outcomes import LocalFault, Outcome, ProbeResult
 from modelwatch.probes import prober_for

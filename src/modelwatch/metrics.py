@@ -26,7 +26,7 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, dis
                                generate_latest)
 
 from modelwatch import __version__
-from modelwatch.config import ProbeJob
+from modelwatch.job import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeResult
 
 # The *_created series would double what every scrape renders and say nothing useful here.

@@ -45,7 +45,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
 from modelwatch.capacity import Saturation
-from modelwatch.config import ProbeJob
+from modelwatch.job import ProbeJob
 from modelwatch.metrics import ProbeMetrics, ProviderSchedule
 from modelwatch.logs import fields
 

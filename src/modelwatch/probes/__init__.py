@@ -1,41 +1,110 @@
-"""The probe registry: one prober per (provider type, kind).
+"""The probe registry: every provider type and every prober, each declared once as a spec.
 
-Config validation reads the valid kinds from here, so adding a provider means
-one new module and one line below.
+Config validation (provider types, kinds, which options apply where),
+``check-config``, the cost estimate of ``probe --dry-run``, the daily budget
+and the daemon all read their answers here; none keeps a list of its own.
+A provider module declares its :class:`~modelwatch.probes.spec.ProbeSpec`
+(and, for a new wire family, its :class:`~modelwatch.probes.spec.ProviderType`);
+adding one is a line below. See docs/contributing.md.
 """
 
 from __future__ import annotations
 
-from modelwatch.probes.anthropic import probe_anthropic
-from modelwatch.probes.base import Prober
-from modelwatch.probes.gemini import probe_gemini
-from modelwatch.probes.gemini_live import probe_gemini_live
-from modelwatch.probes.models import probe_models
-from modelwatch.probes.openai_realtime import probe_openai_realtime
-from modelwatch.probes.openai_responses import probe_openai_rest
+from collections.abc import Iterable
 
-PROBERS: dict[tuple[str, str], Prober] = {
-    # Chat Completions, or the Responses API with ``api: responses``
-    ("openai", "rest"): probe_openai_rest,
-    ("openai-compatible", "rest"): probe_openai_rest,
-    ("azure-openai", "rest"): probe_openai_rest,
-    ("openai", "realtime"): probe_openai_realtime,
-    ("openai-compatible", "realtime"): probe_openai_realtime,
-    ("azure-openai", "realtime"): probe_openai_realtime,
-    ("gemini", "rest"): probe_gemini,  # streamGenerateContent (SSE)
-    ("gemini", "realtime"): probe_gemini_live,
-    ("anthropic", "rest"): probe_anthropic,  # Messages streaming
-    # the free check: no tokens, so a spent budget does not pause it
-    **{(ptype, "models"): probe_models
-       for ptype in ("openai", "openai-compatible", "azure-openai", "anthropic", "gemini")},
-}
+import aiohttp
+
+from modelwatch.job import ProbeJob
+from modelwatch.probes import anthropic, gemini, gemini_live, openai_chat, openai_realtime, openai_responses
+from modelwatch.probes.base import Measurement, Prober
+from modelwatch.probes.google_family import GEMINI
+from modelwatch.probes.models import models_spec
+from modelwatch.probes.openai_family import AZURE_OPENAI, OPENAI, OPENAI_COMPATIBLE
+from modelwatch.probes.spec import RESTRICTED_OPTIONS, ProbeSpec, ProviderType
+
+# In the order config messages list them.
+PROVIDERS: dict[str, ProviderType] = {p.name: p for p in (
+    OPENAI, AZURE_OPENAI, anthropic.ANTHROPIC, GEMINI, OPENAI_COMPATIBLE)}
+
+SPECS: tuple[ProbeSpec, ...] = (
+    openai_chat.SPEC,  # Chat Completions; openai_responses with ``api: responses``
+    openai_responses.SPEC,
+    anthropic.SPEC,
+    gemini.SPEC,
+    openai_realtime.SPEC,
+    gemini_live.SPEC,
+    *(models_spec(p) for p in PROVIDERS.values()),  # the free check, every provider type
+)
+
+PROVIDER_TYPES: tuple[str, ...] = tuple(PROVIDERS)
+PROBE_KINDS: tuple[str, ...] = tuple(dict.fromkeys(spec.kind for spec in SPECS))
+PROBE_APIS: tuple[str, ...] = tuple(dict.fromkeys(spec.api for spec in SPECS))  # the ``api`` setting's values
+_BY_KEY: dict[tuple[str, str, str], ProbeSpec] = {
+    (ptype, spec.kind, spec.api): spec for spec in SPECS for ptype in spec.provider_types}
+
+
+def spec_for(provider_type: str, kind: str, api: str = "chat") -> ProbeSpec | None:
+    """The spec of a provider type's kind (and ``api``), or None if it has none."""
+    return _BY_KEY.get((provider_type, kind, api))
+
+
+def job_spec(job: ProbeJob) -> ProbeSpec:
+    """The spec a valid job runs (config validation guarantees it exists)."""
+    return _BY_KEY[(job.provider.type, job.probe.kind, job.probe.api)]
 
 
 def supported_kinds(provider_type: str) -> set[str]:
     """The probe kinds a provider type has."""
-    return {kind for (ptype, kind) in PROBERS if ptype == provider_type}
+    return {kind for (ptype, kind, _) in _BY_KEY if ptype == provider_type}
+
+
+def _by_api(variants: dict[str, Prober]) -> Prober:
+    """One prober for a kind with several wire APIs: the job's ``api`` picks one."""
+    async def probe(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
+        await variants[job.probe.api](job, http, m)
+    return probe
+
+
+def _probers() -> dict[tuple[str, str], Prober]:
+    variants: dict[tuple[str, str], dict[str, Prober]] = {}
+    for (ptype, kind, api), spec in _BY_KEY.items():
+        variants.setdefault((ptype, kind), {})[api] = spec.prober
+    return {key: by_api["chat"] if len(by_api) == 1 else _by_api(by_api) for key, by_api in variants.items()}
+
+
+PROBERS: dict[tuple[str, str], Prober] = _probers()
 
 
 def prober_for(provider_type: str, kind: str) -> Prober:
     """The prober for a provider type and kind (config validation guarantees it exists)."""
     return PROBERS[(provider_type, kind)]
+
+
+def _and(names: Iterable[str]) -> str:
+    names = list(dict.fromkeys(names))
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def api_problem(provider_type: str, kind: str, api: str) -> str | None:
+    """Why ``api`` does not fit a provider type's kind, or None if a spec speaks it."""
+    if spec_for(provider_type, kind, api) is not None:
+        return None
+    specs = [s for s in SPECS if s.api == api]
+    return (f"api: {api} is for {_and(s.kind for s in specs)} probes of "
+            f"{_and(t for s in specs for t in PROVIDER_TYPES if t in s.provider_types)} providers")
+
+
+def option_problem(spec: ProbeSpec, provider_type: str, probe: object) -> tuple[str, str] | None:
+    """The first restricted option set on a probe that neither its spec nor its provider type
+    honours, as (option, reason)."""
+    provider = PROVIDERS[provider_type]
+    for option, reason in RESTRICTED_OPTIONS.items():
+        if getattr(probe, option) is None or option in provider.probe_options \
+                or provider_type in spec.options.get(option, ()):
+            continue
+        specs = [s for s in SPECS if s.options.get(option)]
+        types = [t for t in PROVIDER_TYPES if option in PROVIDERS[t].probe_options
+                 or any(t in s.options[option] for s in specs)]
+        return option, reason.format(kinds=_and(s.kind for s in specs) if specs else "all",
+                                     types=_and(types), apis=_and(s.api for s in specs) if specs else "any")
+    return None

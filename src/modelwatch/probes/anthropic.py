@@ -24,12 +24,15 @@ from typing import Any
 
 import aiohttp
 
-from modelwatch.config import ProbeJob
+from modelwatch.job import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure, outcome_for_status
-from modelwatch.probes.auth import auth_headers
-from modelwatch.probes.base import Measurement, read_body, read_event_stream, request_id_from
-from modelwatch.probes.openai_chat import (ENDPOINT_NOT_FOUND, ERROR_BODY_LIMIT, GATEWAY_COOLDOWN, error_fields,
-                                          is_gateway_cooldown, is_missing_endpoint, parse_body, status_failure)
+from modelwatch.probes.base import Measurement
+from modelwatch.probes.http import ErrorReading, stream_request
+from modelwatch.probes.parsing import (ENDPOINT_NOT_FOUND, GATEWAY_COOLDOWN, as_int, error_fields, is_gateway_cooldown,
+                                       is_missing_endpoint)
+from modelwatch.probes.spec import ProbeSpec, ProviderType, text_tokens
+
+ANTHROPIC_VERSION = "2026-10-21"  # what the official SDK sends (PROTOCOLS.md section 5.1)
 
 # error.details.error_code values that say more than error.type (SDK ``_error_classes.py``).
 _DETAIL_OUTCOMES = {
@@ -62,6 +65,18 @@ _STATUS_OUTCOMES = {401: Outcome.AUTH_ERROR, 403: Outcome.AUTH_ERROR, 402: Outco
 _CREDIT_TOO_LOW = "credit balance is too low"
 
 
+def anthropic_auth(job: ProbeJob) -> dict[str, str]:
+    """``anthropic-version`` always; the key as ``Authorization: Bearer`` (what the SDK sends) or,
+    with ``auth_style: x-api-key``, as ``x-api-key``."""
+    headers = {"anthropic-version": job.provider.api_version or ANTHROPIC_VERSION}
+    if job.api_key is not None:
+        if job.provider.auth_style == "x-api-key":
+            headers["x-api-key"] = job.api_key.reveal()
+        else:
+            headers["Authorization"] = f"Bearer {job.api_key.reveal()}"
+    return headers
+
+
 def build_request(job: ProbeJob) -> tuple[str, dict[str, str], bytes]:
     """URL, headers and JSON body of the probe request."""
     p = job.probe
@@ -73,7 +88,7 @@ def build_request(job: ProbeJob) -> tuple[str, dict[str, str], bytes]:
     }
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
                "Accept-Encoding": "identity", "User-Agent": "modelwatch", **job.provider.headers,
-               **auth_headers(job)}
+               **anthropic_auth(job)}
     return f"{job.provider.base_url}/messages", headers, json.dumps(body).encode()
 
 
@@ -203,7 +218,7 @@ class MessageStream:
         if not isinstance(usage, dict):
             return
         for name in ("input_tokens", "output_tokens"):
-            value = _int(usage.get(name))
+            value = as_int(usage.get(name))
             if value is not None:
                 setattr(self, name, value)
 
@@ -241,34 +256,22 @@ def _json_object(data: str, event: str) -> dict:
     return obj
 
 
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _is_error(body: Any) -> bool:
+    return isinstance(body, dict) and body.get("type") == "error"
+
+
+# The request id comes as ``request-id``, and in error bodies when a proxy drops the header.
+ERRORS = ErrorReading(classify_anthropic_error, is_error=_is_error, request_id_header="request-id",
+                      request_id_in_body=True, byte_capped=True)
 
 
 async def probe_anthropic(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
     """One streamed Messages request, timed phase by phase."""
-    url, headers, body = build_request(job)
-    async with http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
-        m.ttfb_s = m.elapsed()
-        m.http_status = resp.status
-        m.request_id = request_id_from(resp.headers, first="request-id")
-        m.enter("ttft")
-        await _refuse_non_stream(job, resp, m)
-        await read_event_stream(resp, m, MessageStream(require_stop=job.provider.finish_reason == "required"))
+    stream = MessageStream(require_stop=job.provider.finish_reason == "required")
+    await stream_request(http, m, build_request(job), stream, ERRORS)
 
 
-async def _refuse_non_stream(job: ProbeJob, resp: aiohttp.ClientResponse, m: Measurement) -> None:
-    """Classify an error status, or a 200 that is not an event stream."""
-    if resp.status == 200 and "text/event-stream" in resp.headers.get("Content-Type", ""):
-        return
-    body = parse_body(await read_body(resp, min(ERROR_BODY_LIMIT, job.probe.max_response_bytes)))
-    if isinstance(body, dict) and m.request_id is None and isinstance(body.get("request_id"), str):
-        m.request_id = body["request_id"]  # a proxy may drop the header; the body keeps it
-    if 300 <= resp.status < 400:
-        raise ProbeFailure(Outcome.PROTOCOL_ERROR, "redirect", f"HTTP {resp.status} redirect (not followed)")
-    if resp.status != 200:
-        raise status_failure(classify_anthropic_error(resp.status, body), resp.status, resp.request_info)
-    if isinstance(body, dict) and body.get("type") == "error":
-        raise ProbeFailure(*classify_anthropic_error(None, body))
-    raise ProbeFailure(Outcome.PROTOCOL_ERROR, "not_event_stream",
-                       f"expected text/event-stream, got {resp.headers.get('Content-Type')}")
+ANTHROPIC = ProviderType("anthropic", anthropic_auth, classify_anthropic_error, "Anthropic's Messages API",
+                         provider_keys=frozenset({"auth_style"}))
+SPEC = ProbeSpec("rest", ("anthropic",), probe_anthropic, classify_anthropic_error, text_tokens,
+                 "Messages streaming")

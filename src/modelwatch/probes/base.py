@@ -34,18 +34,16 @@ import os
 import re
 import ssl
 import time
-import zlib
-from contextvars import ContextVar
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from contextvars import ContextVar
 
 import aiohttp
 
-from modelwatch.config import ProbeJob
-from modelwatch.cost import probe_cost_usd
+from modelwatch.job import ProbeJob
 from modelwatch.outcomes import LocalFault, Outcome, ProbeFailure, ProbeResult, storable_text
+from modelwatch.pricing import probe_cost_usd
+from modelwatch.probes.http import read_body, request_id_from
 from modelwatch.secrets import redact, short_error
-from modelwatch.sse import SSEDecoder
 
 log = logging.getLogger("modelwatch.probe")
 
@@ -166,152 +164,6 @@ def _result(job: ProbeJob, ts: float, m: Measurement, outcome: Outcome, code: st
         cost_usd=probe_cost_usd(job.price, m.input_tokens, m.output_tokens, m.input_audio_tokens,
                                 m.output_audio_tokens),
     )
-
-
-class EventStream(Protocol):
-    """A provider's stream decoder, fed one SSE event at a time (sans-I/O)."""
-
-    @property
-    def finished(self) -> bool:
-        """The terminator arrived: nothing more is to be read."""
-
-    def feed(self, data: str, event: str) -> bool:
-        """Consume one event; True if it carried the first kind of content that counts."""
-
-    def tokens(self) -> tuple[int | None, int | None]:
-        """(input, output) tokens reported so far."""
-
-    def verdict(self) -> ProbeFailure | None:
-        """The failure the stream amounts to, or None for a success."""
-
-
-async def read_event_stream(resp: aiohttp.ClientResponse, m: Measurement, stream: EventStream) -> None:
-    """Feed a response's SSE events to ``stream`` until it finishes or the body ends.
-
-    Stamps ``ttft_s`` with the arrival of the read that carried the first
-    content and ``duration_s`` with the last read; caps the bytes read; keeps
-    the tokens reported even when the stream then fails.
-    """
-    decoder, body = SSEDecoder(), BodyReader(resp, m)
-    try:
-        while not stream.finished:
-            chunk = await body.read()
-            now = body.arrived
-            if not chunk:
-                break
-            for event in decoder.feed(chunk):
-                if stream.feed(event.data, event.event) and m.ttft_s is None:
-                    m.ttft_s = now - m.start
-                    m.enter("total")
-                if stream.finished:
-                    break
-        m.duration_s = now - m.start
-    finally:
-        m.input_tokens, m.output_tokens = stream.tokens()
-    failure = stream.verdict()
-    if failure is not None:
-        raise failure
-
-
-async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The body, or its first ``limit`` bytes (``read(n)`` alone stops at the first network chunk).
-
-    A gzip/deflate body is inflated, to at most ``limit`` bytes; one that does not
-    inflate is returned as it came (it is only ever an error body to classify).
-    """
-    parts, size = [], 0
-    while size < limit:
-        chunk = await resp.content.read(limit - size)
-        if not chunk:
-            break
-        parts.append(chunk)
-        size += len(chunk)
-    raw = b"".join(parts)
-    if _encoding(resp) in _INFLATABLE and raw:
-        try:
-            return zlib.decompressobj(_WBITS).decompress(raw, limit)
-        except zlib.error:
-            return raw
-    return raw
-
-
-# Probes ask for ``Accept-Encoding: identity``; some servers and gateways compress anyway.
-_INFLATABLE = ("gzip", "x-gzip", "deflate")
-_WBITS = 32 + zlib.MAX_WBITS  # a gzip or zlib header, detected
-
-
-def _encoding(resp: aiohttp.ClientResponse) -> str:
-    return resp.headers.get("Content-Encoding", "").strip().lower()
-
-
-def too_large(limit: int, how: str = "") -> ProbeFailure:
-    """The failure of a probe stopped by its byte cap."""
-    return ProbeFailure(Outcome.PROTOCOL_ERROR, "response_too_large", f"response exceeded {limit} bytes{how}")
-
-
-class BodyReader:
-    """A streamed body as the server meant it, within the probe's byte cap.
-
-    Counts the bytes on the wire into ``m.bytes_read`` and, when the server
-    compressed the body anyway, inflates it step by step, never to more than
-    the cap: a decompression bomb ends as ``response_too_large`` like a flood.
-    ``arrived`` is the ``perf_counter()`` time the last read returned.
-    """
-
-    __slots__ = ("_resp", "_m", "_inflater", "_encoding", "inflated", "arrived")
-
-    def __init__(self, resp: aiohttp.ClientResponse, m: Measurement) -> None:
-        self._resp, self._m = resp, m
-        self._encoding = _encoding(resp)
-        if self._encoding not in ("", "identity", *_INFLATABLE):
-            raise ProbeFailure(Outcome.PROTOCOL_ERROR, "unsupported_encoding",
-                               f"Content-Encoding {self._encoding[:40]} (the probe asked for identity)")
-        self._inflater = zlib.decompressobj(_WBITS) if self._encoding in _INFLATABLE else None
-        self.inflated = 0
-        self.arrived = time.perf_counter()
-
-    async def read(self) -> bytes:
-        """The next piece of the body; ``b""`` only at its end."""
-        m = self._m
-        while True:
-            chunk = await self._resp.content.readany()
-            self.arrived = time.perf_counter()
-            m.bytes_read += len(chunk)
-            if m.bytes_read > m.byte_limit:
-                raise too_large(m.byte_limit)
-            if self._inflater is None or not chunk:
-                return chunk
-            out = self._inflate(chunk)
-            if out:  # a piece that inflates to nothing yet (a gzip header alone) is not the end
-                return out
-
-    def _inflate(self, chunk: bytes) -> bytes:
-        room = self._m.byte_limit - self.inflated
-        try:
-            out = self._inflater.decompress(chunk, room + 1)
-        except zlib.error:
-            raise ProbeFailure(Outcome.PROTOCOL_ERROR, "malformed_chunk",
-                               f"the {self._encoding} body does not inflate") from None
-        self.inflated += len(out)
-        if self.inflated > self._m.byte_limit:
-            raise too_large(self._m.byte_limit, f" once inflated (Content-Encoding {self._encoding})")
-        return out
-
-
-# Where the request id travels when there is no ``x-request-id``: Anthropic's ``request-id``, then
-# what gateways add (LiteLLM's call id, AWS API Gateway's, Azure API Management's). Not ``cf-ray``:
-# it names one Cloudflare edge hop, is on every response behind Cloudflare whatever answered, and
-# no provider's support can look a request up by it.
-REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-litellm-call-id", "x-amzn-requestid", "apim-request-id")
-
-
-def request_id_from(headers: Any, first: str = "x-request-id") -> str | None:
-    """The provider's own request id header (``first``), else the first of ``REQUEST_ID_HEADERS``."""
-    for name in (first, *REQUEST_ID_HEADERS):
-        value = headers.get(name)
-        if value:
-            return value
-    return None
 
 
 _CODE_JUNK = re.compile(r"[^a-z0-9_.:-]+")

@@ -19,52 +19,25 @@ stream without SSE framing; :class:`GeminiStream` reassembles the latter, and
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from modelwatch.config import ProbeJob
-from modelwatch.outcomes import Outcome, ProbeFailure, outcome_for_status
-from modelwatch.probes.auth import auth_headers
-from modelwatch.probes.base import BodyReader, Measurement, read_body, request_id_from
-from modelwatch.probes.openai_chat import ENDPOINT_NOT_FOUND, is_missing_endpoint, parse_body, status_failure
+from modelwatch.job import ProbeJob
+from modelwatch.outcomes import Outcome, ProbeFailure
+from modelwatch.probes.base import Measurement
+from modelwatch.probes.google_family import classify_google_error, google_auth, thinking_config
+from modelwatch.probes.http import ErrorReading, stream_request
+from modelwatch.probes.parsing import as_int
+from modelwatch.probes.spec import ProbeSpec, text_tokens
 from modelwatch.sse import SSEDecoder
-
-ERROR_BODY_LIMIT = 65536
 
 # finishReason / blockReason values that mean a filter stopped the answer (types.FinishReason).
 BLOCKED_FINISH = frozenset({"SAFETY", "RECITATION", "LANGUAGE", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
                             "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "MODEL_ARMOR"})
 GOOD_FINISH = frozenset({"STOP", "MAX_TOKENS"})
-
-# google.rpc.Code names -> outcome, when nothing more specific applies.
-_BY_RPC_STATUS = {
-    "INVALID_ARGUMENT": Outcome.BAD_REQUEST, "FAILED_PRECONDITION": Outcome.BAD_REQUEST,
-    "OUT_OF_RANGE": Outcome.BAD_REQUEST, "UNIMPLEMENTED": Outcome.BAD_REQUEST,
-    "UNAUTHENTICATED": Outcome.AUTH_ERROR, "PERMISSION_DENIED": Outcome.AUTH_ERROR,
-    "NOT_FOUND": Outcome.MODEL_UNAVAILABLE, "RESOURCE_EXHAUSTED": Outcome.RATE_LIMITED,
-    "UNAVAILABLE": Outcome.OVERLOADED, "INTERNAL": Outcome.SERVER_ERROR, "UNKNOWN": Outcome.SERVER_ERROR,
-    "DEADLINE_EXCEEDED": Outcome.SERVER_ERROR, "ABORTED": Outcome.SERVER_ERROR,
-    "CANCELLED": Outcome.SERVER_ERROR, "DATA_LOSS": Outcome.SERVER_ERROR,
-}
-_BAD_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
-_BAD_KEY_WORDS = ("api key not valid", "api key expired")
 _FRAMED = ("data:", ":", "event:", "id:", "retry:")
-
-
-def thinking_config(p: Any) -> dict[str, Any]:
-    """``thinkingConfig`` from the probe settings: a budget (2.5 models) or a level (3.x), or nothing.
-
-    The level goes out upper-case, as the google-genai SDK sends its
-    ``ThinkingLevel`` names; config validation keeps the two apart.
-    """
-    if p.thinking_budget is not None:
-        return {"thinkingBudget": p.thinking_budget}
-    if p.thinking_level is not None:
-        return {"thinkingLevel": p.thinking_level.upper()}
-    return {}
 
 
 def build_request(job: ProbeJob) -> tuple[str, dict[str, str], bytes]:
@@ -80,89 +53,9 @@ def build_request(job: ProbeJob) -> tuple[str, dict[str, str], bytes]:
     url = f"{job.provider.base_url}/{quote(name, safe='/')}:streamGenerateContent?alt=sse"
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
                "Accept-Encoding": "identity", "User-Agent": "modelwatch", **job.provider.headers,
-               **auth_headers(job)}
+               **google_auth(job)}
     return url, headers, json.dumps(body).encode()
 
-
-def google_error_fields(body: Any) -> tuple[int | None, str, str, list[dict]]:
-    """(numeric code, RPC status, message, details) from a Google error body of any layout.
-
-    Handles ``{"error": {...}}``, the same wrapped in a one-element list, the
-    bare inner object, ``{"error": "text"}``, plain text and HTML pages.
-    """
-    if isinstance(body, list) and body:
-        body = body[0]
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict):
-            code = inner.get("code")
-            if isinstance(code, str) and code.isdigit():
-                code = int(code)
-            number = code if isinstance(code, int) and not isinstance(code, bool) else None
-            details = [d for d in inner.get("details") or () if isinstance(d, dict)]
-            return number, str(inner.get("status") or "").upper(), str(inner.get("message") or ""), details
-        return None, "", str(inner), []
-    text = body.decode("utf-8", errors="replace") if isinstance(body, (bytes, bytearray)) else str(body or "")
-    title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
-    if title:
-        return None, "", f"HTML body: {title.group(1).strip()}", []
-    return None, "", text.strip(), []
-
-
-def _detail(details: list[dict], kind: str) -> list[dict]:
-    """The details entries whose ``@type`` ends in ``kind`` (e.g. ``rpc.QuotaFailure``)."""
-    return [d for d in details if str(d.get("@type", "")).endswith(kind)]
-
-
-def _snake(name: str) -> str:
-    """``GenerateRequestsPerDayPerProjectPerModel-FreeTier`` -> ``generate_requests_per_day_..._free_tier``."""
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).replace("-", "_").lower()[:96]
-
-
-def _quota_verdict(details: list[dict], message: str) -> tuple[Outcome, str | None]:
-    """Per-day (or zero free-tier) quota -> quota_exhausted; per-minute or RetryInfo -> rate_limited."""
-    violations = [v for q in _detail(details, "QuotaFailure") for v in q.get("violations") or ()
-                  if isinstance(v, dict)]
-    for v in violations:
-        quota_id = str(v.get("quotaId") or "")
-        if "PerDay" in quota_id or str(v.get("quotaValue")) == "0" or v.get("limit") == 0:
-            return Outcome.QUOTA_EXHAUSTED, _snake(quota_id) if quota_id else "quota_exhausted"
-    if re.search(r"\blimit: 0\b", message):  # a model the free tier does not include at all
-        return Outcome.QUOTA_EXHAUSTED, "free_tier_limit_0"
-    first = next((str(v["quotaId"]) for v in violations if v.get("quotaId")), None)
-    return Outcome.RATE_LIMITED, _snake(first) if first else None
-
-
-def classify_google_error(status: int | None, body: Any) -> tuple[Outcome, str, str]:
-    """Outcome, error code and message for a Google RPC error body.
-
-    ``status`` is the HTTP status, or None for an error that arrived inside a
-    200 stream (then the body's own ``code`` stands in for it).
-    """
-    code, rpc, message, details = google_error_fields(body)
-    http = status if status is not None else (code if code and 100 <= code < 600 else None)
-    infos = _detail(details, "ErrorInfo")
-    reason = str(infos[0].get("reason") or "").upper() if infos else ""
-    error_code = reason.lower() or rpc.lower() or (f"http_{http}" if http else "stream_error")
-    lowered = message.lower()
-    if reason in _BAD_KEY_REASONS or any(w in lowered for w in _BAD_KEY_WORDS):
-        return Outcome.AUTH_ERROR, reason.lower() or "api_key_invalid", message
-    if http in (401, 403) or rpc in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
-        return Outcome.AUTH_ERROR, error_code, message
-    if http == 408:
-        return Outcome.TIMEOUT, "http_408", message
-    # An unknown path gets Google's HTML 404; an RPC NOT_FOUND is about the model (or resource).
-    if is_missing_endpoint(http, rpc == "NOT_FOUND", message):
-        return Outcome.MODEL_UNAVAILABLE, ENDPOINT_NOT_FOUND, message
-    if http == 429 or rpc == "RESOURCE_EXHAUSTED":
-        outcome, quota_code = _quota_verdict(details, message)
-        return outcome, reason.lower() or quota_code or error_code, message
-    if rpc in _BY_RPC_STATUS:
-        return _BY_RPC_STATUS[rpc], error_code, message
-    if http is None:  # an in-stream error without status or code: the server failed
-        return Outcome.SERVER_ERROR, error_code, message
-    outcome = Outcome.SERVER_ERROR if http == 504 else outcome_for_status(http)
-    return outcome, error_code, message
 
 
 class _Unframed:
@@ -231,6 +124,9 @@ class _Unframed:
 
 class GeminiStream:
     """State of one ``streamGenerateContent`` answer, fed with the raw body bytes."""
+
+    frames_bytes = True  # read_stream feeds it bytes: it reassembles unframed JSON itself
+    finished = False  # Gemini has no terminator: the answer ends at EOF
 
     __slots__ = ("_sse", "_unframed", "chunks", "text_parts", "thought_parts", "finish_reason",
                  "block_reason", "usage", "response_id", "require_finish")
@@ -325,56 +221,27 @@ class GeminiStream:
     def tokens(self) -> tuple[int | None, int | None]:
         """(input, output) tokens; output counts the billed thinking tokens too."""
         u = self.usage or {}
-        candidates, thoughts = _int(u.get("candidatesTokenCount")), _int(u.get("thoughtsTokenCount"))
+        candidates, thoughts = as_int(u.get("candidatesTokenCount")), as_int(u.get("thoughtsTokenCount"))
         output = None if candidates is None and thoughts is None else (candidates or 0) + (thoughts or 0)
-        return _int(u.get("promptTokenCount")), output
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+        return as_int(u.get("promptTokenCount")), output
 
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+# Errors come as Google RPC bodies; a 200 is read as the stream whatever its Content-Type says.
+ERRORS = ErrorReading(classify_google_error, stream_only=False)
+
+
 async def probe_gemini(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
     """One ``streamGenerateContent`` request, timed phase by phase."""
-    url, headers, body = build_request(job)
-    async with http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
-        m.ttfb_s = m.elapsed()
-        m.http_status = resp.status
-        m.request_id = request_id_from(resp.headers)
-        m.enter("ttft")
-        if resp.status != 200:
-            raw = await read_body(resp, ERROR_BODY_LIMIT)
-            if 300 <= resp.status < 400:
-                raise ProbeFailure(Outcome.PROTOCOL_ERROR, "redirect",
-                                   f"HTTP {resp.status} redirect (not followed)")
-            raise status_failure(classify_google_error(resp.status, parse_body(raw)), resp.status, resp.request_info)
-        await _read_stream(job, resp, m)
-
-
-async def _read_stream(job: ProbeJob, resp: aiohttp.ClientResponse, m: Measurement) -> None:
-    """Read to EOF (Gemini's only terminator), stamping the first text chunk."""
-    stream, body = GeminiStream(require_finish=job.provider.finish_reason == "required"), BodyReader(resp, m)
+    stream = GeminiStream(require_finish=job.provider.finish_reason == "required")
     try:
-        while True:
-            chunk = await body.read()
-            now = body.arrived
-            text_before = stream.text_parts
-            try:
-                stream.feed(chunk, final=not chunk)
-            finally:  # text and an error in one read: the text still came first
-                if stream.text_parts > text_before and m.ttft_s is None:
-                    m.ttft_s = now - m.start
-                    m.enter("total")
-            if not chunk:
-                break
+        await stream_request(http, m, build_request(job), stream, ERRORS)
     finally:
         m.request_id = m.request_id or stream.response_id
-        m.input_tokens, m.output_tokens = stream.tokens()
-    m.duration_s = now - m.start
-    failure = stream.verdict()
-    if failure is not None:
-        raise failure
+
+
+SPEC = ProbeSpec("rest", ("gemini",), probe_gemini, classify_google_error, text_tokens,
+                 "streamGenerateContent (SSE), read to EOF")

@@ -27,19 +27,19 @@ from __future__ import annotations
 import base64
 import json
 import re
-import time
 from functools import cache
 from typing import Any
 
 import aiohttp
 
-from modelwatch.config import ProbeJob, ProbeSettings
+from modelwatch.job import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure
-from modelwatch.probes.auth import auth_headers
+from modelwatch.probes.audio import DEFAULT_VOICE, prompt_audio
 from modelwatch.probes.base import Measurement
-from modelwatch.probes.gemini import classify_google_error, thinking_config
-from modelwatch.probes.openai_realtime import prompt_audio
-from modelwatch.probes.websocket import close_in_background, close_within_grace, open_websocket
+from modelwatch.probes.google_family import classify_google_error, google_auth, thinking_config
+from modelwatch.probes.parsing import as_int
+from modelwatch.probes.spec import ProbeSpec, realtime_tokens
+from modelwatch.probes.websocket import Stage, run_session
 
 INSTRUCTIONS = "Reply with one word."
 DEFAULT_VERSION = "v1beta"
@@ -78,7 +78,7 @@ def live_endpoint(job: ProbeJob) -> tuple[str, dict[str, str]]:
     prefix = "".join(f"/{s}" for s in segments)  # a proxy's path prefix stays
     url = (f"{'wss' if scheme == 'https' else 'ws'}://{host}{prefix}/ws/"
            f"google.ai.generativelanguage.{version}.GenerativeService.BidiGenerateContent")
-    return url, {"User-Agent": "modelwatch", **job.provider.headers, **auth_headers(job)}
+    return url, {"User-Agent": "modelwatch", **job.provider.headers, **google_auth(job)}
 
 
 def setup_message(job: ProbeJob) -> dict:
@@ -90,7 +90,7 @@ def setup_message(job: ProbeJob) -> dict:
     thinking = thinking_config(p)
     if thinking:
         generation["thinkingConfig"] = thinking
-    if audio and p.voice != ProbeSettings.model_fields["voice"].default:
+    if audio and p.voice != DEFAULT_VOICE:
         # The default voice is OpenAI's ("alloy"), not a Gemini voice: only a chosen one is sent.
         generation["speechConfig"] = {"voiceConfig": {"prebuiltVoiceConfig": {"voiceName": p.voice}}}
     model = job.model if "/" in job.model else f"models/{job.model}"  # as the REST probe: tunedModels/x stays
@@ -182,6 +182,7 @@ class LiveSession:
     """What a Live session said so far; :meth:`feed` one decoded server message at a time."""
 
     __slots__ = ("modality", "setup_done", "output", "finished", "go_away", "usage", "session_id")
+    decode = staticmethod(decode_frame)
 
     def __init__(self, modality: str) -> None:
         self.modality = modality
@@ -248,91 +249,52 @@ class LiveSession:
     def tokens(self) -> tuple[int | None, int | None, int | None, int | None]:
         """(input, output, input audio, output audio) tokens from ``usageMetadata``."""
         u = self.usage
-        output = _int(field_of(u, "responseTokenCount"))
+        output = as_int(field_of(u, "responseTokenCount"))
         if output is None:
-            output = _int(field_of(u, "candidatesTokenCount"))
-        thoughts = _int(field_of(u, "thoughtsTokenCount"))
+            output = as_int(field_of(u, "candidatesTokenCount"))
+        thoughts = as_int(field_of(u, "thoughtsTokenCount"))
         if output is not None and thoughts:  # billed as output, as on the REST API
             output += thoughts
         out_details = field_of(u, "responseTokensDetails") or field_of(u, "candidatesTokensDetails")
-        return (_int(field_of(u, "promptTokenCount")), output,
+        return (as_int(field_of(u, "promptTokenCount")), output,
                 _audio(field_of(u, "promptTokensDetails")), _audio(out_details))
 
 
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    def passes(self, reached: str, stage: str) -> bool:
+        """A later stage completes the earlier ones (turnComplete implies the first output)."""
+        return stage in STAGES and STAGES.index(reached) >= STAGES.index(stage)
+
+    def close_failure(self, code: int | None, reason: str) -> ProbeFailure:
+        """What a close before turnComplete means (a close after goAway is the announced end)."""
+        return classify_live_close(code, reason, self.go_away)
+
+    def request_id(self, from_headers: str | None) -> str | None:
+        """The session id, else a proxy's ``x-request-id``."""
+        return self.session_id or from_headers
 
 
 def _audio(details: Any) -> int | None:
     """The AUDIO entry of a per-modality token list, if the list is there."""
     if not isinstance(details, list):
         return None
-    return sum(_int(field_of(d, "tokenCount")) or 0 for d in details if field_of(d, "modality") == "AUDIO")
+    return sum(as_int(field_of(d, "tokenCount")) or 0 for d in details if field_of(d, "modality") == "AUDIO")
+
+
+def setup(job: ProbeJob) -> list[dict]:
+    """What the session stage sends: the ``setup`` message."""
+    return [setup_message(job)]
+
+
+# The setup goes first; a one-message answer brings turnComplete with its first output.
+SESSION_STAGES = (Stage("session", send=setup, stamp="ttfb_s"), Stage("ttft", send=user_turn, stamp="ttft_s"),
+                  Stage("total", stamp="duration_s"))
 
 
 async def probe_gemini_live(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
     """One staged Live session, timed stage by stage."""
-    url, headers = live_endpoint(job)
-    ws = await open_websocket(http, url, headers, m, classify_google_error)
-    session = LiveSession(job.probe.modality)
-    try:
-        await _converse(job, ws, session, m)
-    except BaseException:
-        close_in_background(ws)  # the outcome is decided: don't let the goodbye stretch the duration
-        raise
-    finally:
-        m.input_tokens, m.output_tokens, m.input_audio_tokens, m.output_audio_tokens = session.tokens()
-        m.request_id = session.session_id or m.request_id  # else a proxy's x-request-id
-    await close_within_grace(ws, m)
+    await run_session(job, http, m, live_endpoint(job), classify_google_error, LiveSession(job.probe.modality),
+                      SESSION_STAGES)
 
 
-async def _converse(job: ProbeJob, ws: aiohttp.ClientWebSocketResponse, session: LiveSession,
-                    m: Measurement) -> None:
-    m.enter("session")
-    await _send(ws, session, m, [setup_message(job)])
-    m.ttfb_s = await _until(ws, session, m, "session") - m.start
-    m.enter("ttft")
-    await _send(ws, session, m, user_turn(job))
-    reached = await _until(ws, session, m, "ttft")
-    m.ttft_s = reached - m.start
-    m.enter("total")
-    if not session.finished:  # a one-message answer brings its turnComplete along
-        reached = await _until(ws, session, m, "total")
-    m.duration_s = reached - m.start
-
-
-async def _until(ws: aiohttp.ClientWebSocketResponse, session: LiveSession, m: Measurement,
-                 stage: str) -> float:
-    """Read frames until ``stage`` (or a later one) is reached; return when that frame arrived."""
-    wanted = STAGES.index(stage) if stage in STAGES else len(STAGES)
-    while True:
-        msg = await ws.receive()
-        now = time.perf_counter()
-        if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-            m.bytes_read += len(msg.data)
-            if m.bytes_read > m.byte_limit:
-                raise ProbeFailure(Outcome.PROTOCOL_ERROR, "response_too_large",
-                                   f"session exceeded {m.byte_limit} bytes")
-            reached = session.feed(decode_frame(msg.data))
-            if reached is not None and STAGES.index(reached) >= wanted:
-                return now
-        elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
-            code = msg.data if msg.type == aiohttp.WSMsgType.CLOSE else ws.close_code
-            raise classify_live_close(code, str(msg.extra or ""), session.go_away)
-        elif msg.type == aiohttp.WSMsgType.ERROR:
-            exc = msg.data
-            if isinstance(exc, aiohttp.WebSocketError) and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
-                raise ProbeFailure(Outcome.PROTOCOL_ERROR, "frame_too_large", str(exc))
-            raise classify_live_close(1006, f"{type(exc).__name__}: {exc}", session.go_away)
-
-
-async def _send(ws: aiohttp.ClientWebSocketResponse, session: LiveSession, m: Measurement,
-                messages: list[dict]) -> None:
-    """Send messages; if the server closed meanwhile, report the close it sent."""
-    try:
-        for message in messages:
-            await ws.send_str(json.dumps(message))
-    except (ConnectionError, RuntimeError):
-        # Frames and the close the server sent before going are still queued: read them for the reason.
-        await _until(ws, session, m, "never")
-        raise ProbeFailure(Outcome.PROTOCOL_ERROR, "abnormal_close", "closed while sending") from None
+SPEC = ProbeSpec("realtime", ("gemini",), probe_gemini_live, classify_google_error, realtime_tokens(32),
+                 "Live API WebSocket session (BidiGenerateContent), text or audio", transport="websocket")

@@ -6,6 +6,9 @@ accepted and, when the provider's list is complete on its first page, that the
 target's model is still offered (a retired model fails as
 ``model_unavailable`` before any paid probe would). Timed: response headers
 (``ttfb_s``) and the whole body (``duration_s``); there is no first token.
+
+Every provider type has it: :func:`models_spec` makes the spec of one type,
+with that type's key header and error taxonomy (from its :class:`ProviderType`).
 """
 
 from __future__ import annotations
@@ -18,26 +21,24 @@ from urllib.parse import quote
 
 import aiohttp
 
-from modelwatch.config import ProbeJob
+from modelwatch.job import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure
-from modelwatch.probes.anthropic import classify_anthropic_error
-from modelwatch.probes.auth import auth_headers
-from modelwatch.probes.base import Measurement, read_body, request_id_from
-from modelwatch.probes.gemini import classify_google_error
-from modelwatch.probes.openai_chat import classify_openai_error, parse_body, status_failure
+from modelwatch.probes.base import Measurement
+from modelwatch.probes.http import read_body, request_id_from
+from modelwatch.probes.parsing import parse_body, status_failure
+from modelwatch.probes.spec import ProbeSpec, ProviderType, no_tokens
 
 OFF_LOOP_BYTES = 256 * 1024
-# Errors read the way the provider's other probes read them.
-CLASSIFIERS = {"anthropic": classify_anthropic_error, "gemini": classify_google_error}
 
-def models_request(job: ProbeJob) -> tuple[str, dict[str, str]]:
+
+def models_request(job: ProbeJob, ptype: ProviderType) -> tuple[str, dict[str, str]]:
     """URL and headers of the model list request."""
     provider = job.provider
     url = f"{provider.base_url}/models"
-    if provider.type == "azure-openai" and provider.api_version:
+    if ptype.api_version_in_query and provider.api_version:
         url += f"?api-version={quote(provider.api_version)}"
     headers = {"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": "modelwatch",
-               **provider.headers, **auth_headers(job)}
+               **provider.headers, **ptype.auth(job)}
     return url, headers
 
 
@@ -74,9 +75,17 @@ def is_listed(model: str, ids: set[str]) -> bool:
     return model in ids or any(i.startswith(model) and _DATED.fullmatch(i[len(model):]) for i in ids)
 
 
-async def probe_models(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
+def models_spec(provider: ProviderType) -> ProbeSpec:
+    """The model-list check of one provider type: free, so a spent budget does not pause it."""
+    async def probe(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
+        await probe_models(job, http, m, provider)
+    return ProbeSpec("models", (provider.name,), probe, provider.classify, no_tokens,
+                     "GET /models: key accepted, model still listed (no tokens)", paid=False)
+
+
+async def probe_models(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement, provider: ProviderType) -> None:
     """One model-list request: reachable, authorised, and the model still listed."""
-    url, headers = models_request(job)
+    url, headers = models_request(job, provider)
     async with http.get(url, headers=headers, allow_redirects=False) as resp:
         m.ttfb_s = m.elapsed()
         m.http_status = resp.status
@@ -88,8 +97,7 @@ async def probe_models(job: ProbeJob, http: aiohttp.ClientSession, m: Measuremen
         raise ProbeFailure(Outcome.PROTOCOL_ERROR, "response_too_large",
                            f"response exceeded {job.probe.max_response_bytes} bytes")
     if resp.status != 200:
-        classify = CLASSIFIERS.get(job.provider.type, classify_openai_error)
-        raise status_failure(classify(resp.status, parse_body(raw)), resp.status, resp.request_info)
+        raise status_failure(provider.classify(resp.status, parse_body(raw)), resp.status, resp.request_info)
     try:
         # OpenRouter's full list is megabytes: parsing it on the loop would delay other probes' reads.
         parsed = await asyncio.to_thread(json.loads, raw) if len(raw) > OFF_LOOP_BYTES else json.loads(raw)
@@ -100,6 +108,6 @@ async def probe_models(job: ProbeJob, http: aiohttp.ClientSession, m: Measuremen
         raise ProbeFailure(Outcome.PROTOCOL_ERROR, "not_a_model_list", "the answer is not a model list")
     ids, complete = listing
     # Azure lists base models, not deployments, so its list says nothing about the target.
-    if complete and job.provider.type != "azure-openai" and not is_listed(job.model, ids):
+    if complete and provider.lists_models_by_target_name and not is_listed(job.model, ids):
         raise ProbeFailure(Outcome.MODEL_UNAVAILABLE, "not_listed",
                            f"model {job.model} is not in the provider's model list ({len(ids)} listed)")

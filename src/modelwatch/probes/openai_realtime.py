@@ -22,20 +22,19 @@ from __future__ import annotations
 
 import base64
 import json
-import time
-from functools import cache
-from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from modelwatch.config import ProbeJob
+from modelwatch.job import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure
-from modelwatch.probes.auth import auth_headers
+from modelwatch.probes.audio import prompt_audio
 from modelwatch.probes.base import Measurement
-from modelwatch.probes.openai_chat import classify_openai_error
-from modelwatch.probes.websocket import close_in_background, close_within_grace, open_websocket
+from modelwatch.probes.openai_family import FAMILY, classify_openai_error, openai_auth
+from modelwatch.probes.parsing import as_int
+from modelwatch.probes.spec import ProbeSpec, realtime_tokens
+from modelwatch.probes.websocket import Stage, run_session
 
 INSTRUCTIONS = "Reply with one word."
 # Transcript deltas (response.output_audio_transcript.delta, ...) are neither: never the TTFT.
@@ -51,12 +50,6 @@ _REALTIME_CODES = {
 }
 
 
-@cache
-def prompt_audio() -> bytes:
-    """The bundled spoken prompt: PCM16 LE, 24 kHz, mono (see data/README.md)."""
-    return (resources.files("modelwatch") / "data" / "prompt-say-ok-24k.pcm").read_bytes()
-
-
 def realtime_endpoint(job: ProbeJob) -> tuple[str, dict[str, str]]:
     """The WebSocket URL and upgrade headers for a job."""
     provider = job.provider
@@ -67,7 +60,7 @@ def realtime_endpoint(job: ProbeJob) -> tuple[str, dict[str, str]]:
                f"&deployment={quote(job.model, safe='')}")
     else:
         url = f"{base}/realtime?model={quote(job.model, safe='')}"
-    headers.update(auth_headers(job))
+    headers.update(openai_auth(job))
     if job.probe.interface == "beta":
         headers["OpenAI-Beta"] = "realtime=v1"
     return url, headers
@@ -92,6 +85,11 @@ def session_update(job: ProbeJob) -> dict:
         session["audio"] = {"input": {"format": pcm, "turn_detection": None},
                             "output": {"format": pcm, "voice": p.voice}}
     return {"type": "session.update", "session": session}
+
+
+def configure(job: ProbeJob) -> list[dict]:
+    """What the configure stage sends: the ``session.update``."""
+    return [session_update(job)]
 
 
 def user_turn(job: ProbeJob) -> list[dict]:
@@ -130,6 +128,14 @@ def classify_close(code: int | None, reason: str) -> ProbeFailure:
     return ProbeFailure(outcome, name, f"connection closed ({code or 1006}) {reason}".strip())
 
 
+def _decode(data: str | bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise ProbeFailure(Outcome.PROTOCOL_ERROR, "malformed_event",
+                           f"malformed JSON event: {str(data)[:60]}") from None
+
+
 class RealtimeSession:
     """What a realtime session said so far; :meth:`feed` one decoded server event at a time."""
 
@@ -140,6 +146,8 @@ class RealtimeSession:
         self.created = self.updated = self.output = False
         self.usage: dict = {}
         self.session_id: str | None = None
+
+    decode = staticmethod(_decode)
 
     def feed(self, event: Any) -> str | None:
         """Consume one event; return the stage it completes, if any.
@@ -195,81 +203,34 @@ class RealtimeSession:
         """(input, output, input audio, output audio) tokens from ``response.done``."""
         u = self.usage
         def n(obj: Any, key: str) -> int | None:
-            value = obj.get(key) if isinstance(obj, dict) else None
-            return value if isinstance(value, int) and not isinstance(value, bool) else None
+            return as_int(obj.get(key)) if isinstance(obj, dict) else None
         return (n(u, "input_tokens"), n(u, "output_tokens"),
                 n(u.get("input_token_details"), "audio_tokens"),
                 n(u.get("output_token_details"), "audio_tokens"))
 
+    def passes(self, reached: str, stage: str) -> bool:
+        """Each stage is its own event: only that event completes it."""
+        return reached == stage
+
+    def close_failure(self, code: int | None, reason: str) -> ProbeFailure:
+        """What an unexpected close means (no error event said more)."""
+        return classify_close(code, reason)
+
+    def request_id(self, from_headers: str | None) -> str | None:
+        """The upgrade's request id header, else the session id."""
+        return from_headers or self.session_id
+
+
+# connect is the upgrade itself; each later stage waits for the event that completes it.
+STAGES = (Stage("session", stamp="ttfb_s"), Stage("configure", send=configure),
+          Stage("ttft", send=user_turn, stamp="ttft_s"), Stage("response", stamp="duration_s"))
+
 
 async def probe_openai_realtime(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
     """One staged realtime session, timed stage by stage."""
-    url, headers = realtime_endpoint(job)
-    ws = await open_websocket(http, url, headers, m, classify_openai_error)
-    session = RealtimeSession(job.probe.modality)
-    try:
-        await _converse(job, ws, session, m)
-    except BaseException:
-        close_in_background(ws)  # the outcome is decided: don't let the goodbye stretch the duration
-        raise
-    finally:
-        m.input_tokens, m.output_tokens, m.input_audio_tokens, m.output_audio_tokens = session.tokens()
-        m.request_id = m.request_id or session.session_id
-    await close_within_grace(ws, m)
+    await run_session(job, http, m, realtime_endpoint(job), classify_openai_error,
+                      RealtimeSession(job.probe.modality), STAGES)
 
 
-async def _converse(job: ProbeJob, ws: aiohttp.ClientWebSocketResponse, session: RealtimeSession,
-                    m: Measurement) -> None:
-    m.enter("session")
-    m.ttfb_s = await _until(ws, session, m, "session") - m.start
-    m.enter("configure")
-    await _send(ws, session, m, [session_update(job)])
-    await _until(ws, session, m, "configure")
-    m.enter("ttft")
-    await _send(ws, session, m, user_turn(job))
-    m.ttft_s = await _until(ws, session, m, "ttft") - m.start
-    m.enter("response")
-    m.duration_s = await _until(ws, session, m, "response") - m.start
-
-
-async def _until(ws: aiohttp.ClientWebSocketResponse, session: RealtimeSession, m: Measurement,
-                 stage: str) -> float:
-    """Read events until ``stage`` is reached; return when the frame that reached it arrived."""
-    while True:
-        msg = await ws.receive()
-        now = time.perf_counter()
-        if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-            m.bytes_read += len(msg.data)
-            if m.bytes_read > m.byte_limit:
-                raise ProbeFailure(Outcome.PROTOCOL_ERROR, "response_too_large",
-                                   f"session exceeded {m.byte_limit} bytes")
-            if session.feed(_decode(msg.data)) == stage:
-                return now
-        elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
-            raise classify_close(ws.close_code if msg.type != aiohttp.WSMsgType.CLOSE else msg.data,
-                                 str(msg.extra or ""))
-        elif msg.type == aiohttp.WSMsgType.ERROR:
-            exc = msg.data
-            if isinstance(exc, aiohttp.WebSocketError) and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
-                raise ProbeFailure(Outcome.PROTOCOL_ERROR, "frame_too_large", str(exc))
-            raise classify_close(1006, f"{type(exc).__name__}: {exc}")
-
-
-def _decode(data: str | bytes) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError:
-        raise ProbeFailure(Outcome.PROTOCOL_ERROR, "malformed_event",
-                           f"malformed JSON event: {str(data)[:60]}") from None
-
-
-async def _send(ws: aiohttp.ClientWebSocketResponse, session: RealtimeSession, m: Measurement,
-                events: list[dict]) -> None:
-    """Send events; if the server closed meanwhile, report what it said before closing."""
-    try:
-        for event in events:
-            await ws.send_str(json.dumps(event))
-    except (ConnectionError, RuntimeError):
-        # Frames the server sent before closing are still queued: read them for the reason.
-        await _until(ws, session, m, "never")
-        raise ProbeFailure(Outcome.PROTOCOL_ERROR, "abnormal_close", "closed while sending") from None
+SPEC = ProbeSpec("realtime", FAMILY, probe_openai_realtime, classify_openai_error, realtime_tokens(),
+                 "Realtime WebSocket session (GA or beta events), text or audio", transport="websocket")

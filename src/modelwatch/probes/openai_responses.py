@@ -13,8 +13,8 @@ Non-200 answers and in-stream error objects are classified with the Chat
 Completions helpers (same error shapes, same taxonomy); ``response.failed``
 codes go through :func:`classify_response_error` first, which knows the
 Responses-only codes. Decoding is a pure class fed SSE events, tested with
-captures. :func:`probe_openai_rest` picks this probe or the Chat Completions one
-by ``probe.api``.
+captures. The registry picks this probe or the Chat Completions one by
+``probe.api``: both are ``kind: rest`` specs of the OpenAI family.
 """
 
 from __future__ import annotations
@@ -26,14 +26,18 @@ from urllib.parse import quote
 
 import aiohttp
 
-from modelwatch.config import ProbeJob
-from modelwatch.cost import RESPONSES_MIN_OUTPUT_TOKENS as MIN_OUTPUT_TOKENS
+from modelwatch.job import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure
-from modelwatch.probes.auth import auth_headers
-from modelwatch.probes.base import Measurement, read_event_stream, request_id_from
-from modelwatch.probes.openai_chat import classify_openai_error, probe_openai_chat, refuse_unless_event_stream
+from modelwatch.probes.base import Measurement
+from modelwatch.probes.http import ErrorReading, stream_request
+from modelwatch.probes.openai_family import FAMILY, classify_openai_error, openai_auth
+from modelwatch.probes.parsing import as_int, error_fields
+from modelwatch.probes.spec import ProbeSpec, Tokens, text_tokens
 
 log = logging.getLogger("modelwatch.probe")
+
+# The Responses API rejects max_output_tokens below 16 [PROTOCOLS MEM]; its probe never asks for less.
+MIN_OUTPUT_TOKENS = 16
 
 TERMINAL = ("response.completed", "response.failed", "response.incomplete")
 
@@ -57,7 +61,7 @@ def build_request(job: ProbeJob) -> tuple[str, dict[str, str], bytes]:
         body["reasoning"] = {"effort": p.reasoning_effort}
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
                "Accept-Encoding": "identity", "User-Agent": "modelwatch", **job.provider.headers,
-               **auth_headers(job)}
+               **openai_auth(job)}
     url = f"{job.provider.base_url}/responses"
     if job.provider.type == "azure-openai" and job.provider.api_version:
         # v1 form: base_url .../openai/v1. Dated form: base_url .../openai plus ?api-version=
@@ -176,7 +180,7 @@ class ResponsesStream:
     def tokens(self) -> tuple[int | None, int | None]:
         """(input, output) tokens from the terminal event's usage, if any."""
         u = self.usage or {}
-        return _int(u.get("input_tokens")), _int(u.get("output_tokens"))
+        return as_int(u.get("input_tokens")), as_int(u.get("output_tokens"))
 
 
 def _json_object(data: str, event: str) -> dict:
@@ -195,32 +199,32 @@ def _json_object(data: str, event: str) -> dict:
     return obj
 
 
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _is_response(body: Any) -> bool:
+    """A whole Response object (a server that ignored ``stream``): not an error body."""
+    return isinstance(body, dict) and body.get("object") == "response"
 
 
-async def probe_openai_rest(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
-    """The REST prober of the OpenAI family: Chat Completions, or Responses with ``api: responses``."""
-    prober = probe_openai_responses if job.probe.api == "responses" else probe_openai_chat
-    await prober(job, http, m)
+def _is_error(body: Any) -> bool:
+    """A JSON error object that came with status 200 instead of a stream."""
+    return isinstance(body, (dict, list)) and bool(error_fields(body)[2]) and not _is_response(body)
+
+
+ERRORS = ErrorReading(classify_openai_error, is_error=_is_error)
 
 
 async def probe_openai_responses(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
     """One streamed Responses API request, timed phase by phase."""
-    url, headers, body = build_request(job)
-    async with http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
-        m.ttfb_s = m.elapsed()
-        m.http_status = resp.status
-        m.request_id = request_id_from(resp.headers)
-        m.enter("ttft")
-        await refuse_unless_event_stream(resp, is_answer=_is_response)
-        stream = ResponsesStream()
-        await read_event_stream(resp, m, stream)
+    stream = ResponsesStream()
+    await stream_request(http, m, build_request(job), stream, ERRORS)
     if stream.incomplete_reason:
         log.debug("probe ok at the output cap target=%s reason=%s output_tokens=%s",
                   job.target, stream.incomplete_reason, m.output_tokens)
 
 
-def _is_response(body: Any) -> bool:
-    """A whole Response object (a server that ignored ``stream``): not an error body."""
-    return isinstance(body, dict) and body.get("object") == "response"
+def estimate(job: ProbeJob) -> Tokens:
+    """As a chat request, with the output cap raised to what the API accepts."""
+    return text_tokens(job, MIN_OUTPUT_TOKENS)
+
+
+SPEC = ProbeSpec("rest", FAMILY, probe_openai_responses, classify_openai_error, estimate,
+                 "Responses API streaming (api: responses)", api="responses")

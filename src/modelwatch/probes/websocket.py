@@ -1,7 +1,11 @@
-"""A probe's WebSocket session: opening it, and ending it without the goodbye stretching its timings.
+"""The staged-session driver both realtime probes share: open, converse stage by stage, close.
 
-:func:`open_websocket` upgrades and classifies a refused upgrade with the
-provider's own error classifier.
+:func:`run_session` is the whole life of a realtime probe: upgrade (a refused
+upgrade is classified with the provider's own error classifier), then for
+each :class:`Stage` enter its budget, send what it sends and read frames
+until the provider's :class:`StagedSession` decoder says the stage is
+reached, stamping the frame's arrival time. A provider module supplies only
+the URL and headers, its stages' messages and its sans-I/O session decoder.
 
 Both realtime probes (OpenAI Realtime, Gemini Live) decide their outcome
 before the socket is closed. A clean close then gets its own short grace
@@ -13,14 +17,18 @@ the failure was seen, not when a slow server acknowledged the close.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
+from modelwatch.job import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure
 from modelwatch.probes.base import Measurement
-from modelwatch.probes.openai_chat import parse_body, status_failure
+from modelwatch.probes.parsing import parse_body, status_failure
 
 CLOSE_GRACE_S = 1.0  # also the ws_close timeout the probes pass to ws_connect
 
@@ -72,3 +80,104 @@ async def open_websocket(http: aiohttp.ClientSession, url: str, headers: dict[st
         raise status_failure(classified, exc.status, exc.request_info) from None
     m.http_status = 101
     return ws
+
+
+class StagedSession(Protocol):
+    """A provider's realtime session decoder (sans-I/O), fed one decoded server message at a time."""
+
+    def decode(self, data: str | bytes) -> Any:
+        """A frame's JSON; malformed JSON raises a ``malformed_event`` failure."""
+
+    def feed(self, message: Any) -> str | None:
+        """Consume one message; return the stage it reaches, if any (raises ProbeFailure)."""
+
+    def passes(self, reached: str, stage: str) -> bool:
+        """Whether reaching ``reached`` completes ``stage``."""
+
+    def close_failure(self, code: int | None, reason: str) -> ProbeFailure:
+        """The failure an unexpected close (or a broken connection, 1006) means."""
+
+    def tokens(self) -> tuple[int | None, int | None, int | None, int | None]:
+        """(input, output, input audio, output audio) tokens reported so far."""
+
+    def request_id(self, from_headers: str | None) -> str | None:
+        """The request id to record, given the one the upgrade's headers carried."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Stage:
+    """One step of a session: its name is also its budget's phase and a timeout's ``error_code``."""
+
+    name: str
+    send: Callable[[ProbeJob], list[dict]] | None = None  # sent on entering the stage
+    stamp: str | None = None  # the Measurement field its arrival time goes to (ttfb_s, ttft_s, duration_s)
+
+
+async def run_session(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement,
+                      endpoint: tuple[str, dict[str, str]], classify: Callable[[int | None, Any], Any],
+                      session: StagedSession, stages: tuple[Stage, ...]) -> None:
+    """One staged realtime session, timed stage by stage, closed without stretching its timings."""
+    url, headers = endpoint
+    ws = await open_websocket(http, url, headers, m, classify)
+    try:
+        await _converse(job, ws, session, m, stages)
+    except BaseException:
+        close_in_background(ws)  # the outcome is decided: don't let the goodbye stretch the duration
+        raise
+    finally:
+        m.input_tokens, m.output_tokens, m.input_audio_tokens, m.output_audio_tokens = session.tokens()
+        m.request_id = session.request_id(m.request_id)
+    await close_within_grace(ws, m)
+
+
+async def _converse(job: ProbeJob, ws: aiohttp.ClientWebSocketResponse, session: StagedSession,
+                    m: Measurement, stages: tuple[Stage, ...]) -> None:
+    reached, at = None, 0.0
+    for stage in stages:
+        m.enter(stage.name)
+        if stage.send is not None:
+            await _send(ws, session, m, stage.send(job))
+            reached, at = await _until(ws, session, m, stage.name)
+        elif reached is None or not session.passes(reached, stage.name):
+            # A frame may complete several stages (Gemini's one-message answer brings turnComplete
+            # with its first text): a stage that sends nothing may then be complete already.
+            reached, at = await _until(ws, session, m, stage.name)
+        if stage.stamp is not None:
+            setattr(m, stage.stamp, at - m.start)
+
+
+async def _until(ws: aiohttp.ClientWebSocketResponse, session: StagedSession, m: Measurement,
+                 stage: str) -> tuple[str, float]:
+    """Read frames until ``stage`` is reached; return the stage reached and when its frame arrived."""
+    while True:
+        msg = await ws.receive()
+        now = time.perf_counter()
+        if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+            m.bytes_read += len(msg.data)
+            if m.bytes_read > m.byte_limit:
+                raise ProbeFailure(Outcome.PROTOCOL_ERROR, "response_too_large",
+                                   f"session exceeded {m.byte_limit} bytes")
+            reached = session.feed(session.decode(msg.data))
+            if reached is not None and session.passes(reached, stage):
+                return reached, now
+        elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+            # A CLOSE frame carries its code; after CLOSING/CLOSED the socket remembers it.
+            code = msg.data if msg.type == aiohttp.WSMsgType.CLOSE else ws.close_code
+            raise session.close_failure(code, str(msg.extra or ""))
+        elif msg.type == aiohttp.WSMsgType.ERROR:
+            exc = msg.data
+            if isinstance(exc, aiohttp.WebSocketError) and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
+                raise ProbeFailure(Outcome.PROTOCOL_ERROR, "frame_too_large", str(exc))
+            raise session.close_failure(1006, f"{type(exc).__name__}: {exc}")
+
+
+async def _send(ws: aiohttp.ClientWebSocketResponse, session: StagedSession, m: Measurement,
+                messages: list[dict]) -> None:
+    """Send messages; if the server closed meanwhile, report what it said before closing."""
+    try:
+        for message in messages:
+            await ws.send_str(json.dumps(message))
+    except (ConnectionError, RuntimeError):
+        # Frames and the close the server sent before going are still queued: read them for the reason.
+        await _until(ws, session, m, "never")
+        raise ProbeFailure(Outcome.PROTOCOL_ERROR, "abnormal_close", "closed while sending") from None
