@@ -27,6 +27,7 @@ from urllib.parse import quote
 import aiohttp
 
 from modelwatch.job import ProbeJob
+from modelwatch.logs import fields
 from modelwatch.outcomes import Outcome, ProbeFailure
 from modelwatch.probes.base import Measurement
 from modelwatch.probes.http import ErrorReading, stream_request
@@ -217,8 +218,8 @@ async def probe_openai_responses(job: ProbeJob, http: aiohttp.ClientSession, m: 
     stream = ResponsesStream()
     await stream_request(http, m, build_request(job), stream, ERRORS)
     if stream.incomplete_reason:
-        log.debug("probe ok at the output cap target=%s reason=%s output_tokens=%s",
-                  job.target, stream.incomplete_reason, m.output_tokens)
+        log.debug("probe ok at the output cap", extra=fields(target=job.target, reason=stream.incomplete_reason,
+                                                             output_tokens=m.output_tokens))
 
 
 def estimate(job: ProbeJob) -> Tokens:
