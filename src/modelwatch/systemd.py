@@ -19,6 +19,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
+
 from modelwatch.logs import fields
 
 log = logging.getLogger("modelwatch.systemd")

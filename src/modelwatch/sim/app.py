@@ -46,6 +46,7 @@ from typing import Any
 from aiohttp import web
 
 from modelwatch import loop
+from modelwatch.logs import fields
 from modelwatch.validation import parse_listen
 
 from . import models, openai_chat, openai_http, openai_realtime
@@ -57,7 +58,6 @@ from .scenario import Scenario
 
 __all__ = ["RequestDraws", "RequestRecord", "SimServer", "SimState", "create_app", "listen_address", "serve",
            "start_sim"]
-from modelwatch.logs import fields
 
 log = logging.getLogger("modelwatch.sim")
 

@@ -60,6 +60,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from modelwatch.logs import fields
+
 from .common import LoggedExchange, reset_connection, sleep_until, to_json
 from .gemini import BAD_KEY, NO_KEY, thinking_problem
 from .content import SAMPLE_RATE, content_piece, pcm_tone, text_tokens
@@ -69,7 +71,6 @@ if TYPE_CHECKING:
     from .app import RequestDraws, RequestRecord, SimState
 
 __all__ = ["CLOSES", "VERSIONS", "register"]
-from modelwatch.logs import fields
 
 log = logging.getLogger("modelwatch.sim")
 

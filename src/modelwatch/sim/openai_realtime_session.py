@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from modelwatch.logs import fields
+
 from .common import base62, reset_connection, sleep_until, to_json
 from .content import text_tokens
 from .openai_http import mask_api_key
@@ -39,7 +41,6 @@ if TYPE_CHECKING:
     from .openai_realtime import RealtimeConnection
 
 __all__ = ["RealtimeSession"]
-from modelwatch.logs import fields
 
 log = logging.getLogger("modelwatch.sim")
 
