@@ -723,7 +723,8 @@ def test_request_log_timing_matches_the_client_clock():
     assert 0 <= entry["actual_ttft_s"] - entry["injected_ttft_s"] < 0.010
     assert abs(entry["actual_ttft_s"] - client_ttft) < 0.015
     assert abs(entry["actual_duration_s"] - client_total) < 0.015
-    assert entry["actual_duration_s"] - entry["actual_ttft_s"] >= 0.029  # three more deltas, 10 ms apart
+    # three more deltas, 10 ms apart on the planned timeline (a late first delta does not delay them)
+    assert entry["actual_duration_s"] - entry["injected_ttft_s"] >= 0.029
 
 
 def test_same_seed_gives_same_ids():
