@@ -28,6 +28,8 @@ from conftest import free_port
 from daemon_helpers import http_get, wait_for
 from modelwatch import outcomes
 
+pytestmark = pytest.mark.slow  # starts daemons, CLI processes or Prometheus: `pytest -m "not slow"` skips it
+
 ROOT = Path(__file__).parent.parent
 PROM = ROOT / "prometheus"
 RULES = PROM / "rules" / "modelwatch.rules.yml"

@@ -6,9 +6,12 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import pytest
 
 from conftest import free_port, write_config
 from daemon_helpers import http_get, metric, rows, running_daemon, wait_for
+
+pytestmark = pytest.mark.slow  # starts daemons, CLI processes or Prometheus: `pytest -m "not slow"` skips it
 
 
 def test_an_online_backup_restores_into_a_working_database(sim_url, tmp_path):

@@ -44,6 +44,7 @@ def test_expected_duration_is_typical_for_the_kind_and_at_most_the_timeout(kind,
     assert expected_duration(ProbeConfig(kind=kind, timeout=timeout)) == expected
 
 
+@pytest.mark.slow
 def test_check_config_warns_when_a_provider_limit_cannot_carry_its_schedule(tmp_path):
     cfg = tmp_path / "c.yaml"
     # The case: 1,000 REST probes every 10 s on one provider of the default limit (8).
@@ -60,6 +61,7 @@ def test_check_config_warns_when_a_provider_limit_cannot_carry_its_schedule(tmp_
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_check_config_is_quiet_when_the_limits_carry_the_schedule(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(config_text(100, "60s"))  # 100 x 1 s / 60 s: about 1.7 of 8
@@ -67,6 +69,7 @@ def test_check_config_is_quiet_when_the_limits_carry_the_schedule(tmp_path):
     assert out.returncode == 0 and out.stderr == "", out.stderr
 
 
+@pytest.mark.slow
 def test_check_config_counts_the_timeout_and_the_global_limit(tmp_path):
     cfg = tmp_path / "c.yaml"
     # 80 targets with an hourly REST probe and a models check every 20 s: the provider's 20
@@ -159,6 +162,7 @@ def overlaps(spans) -> bool:  # noqa: ANN001
     return any(b[2] < a[3] for a, b in zip(ordered, ordered[1:]))
 
 
+@pytest.mark.slow
 def test_the_kinds_of_a_target_wait_for_each_other_and_the_wait_is_measured():
     # rest holds 150 ms and models 50 ms; models of a 200 ms cadence and rest of a 300 ms one
     # keep colliding, yet each target's probes run one at a time while targets run side by side.
@@ -175,6 +179,7 @@ def test_the_kinds_of_a_target_wait_for_each_other_and_the_wait_is_measured():
     assert sum(record.waits[WAIT_LIMITS.index("provider")].counts[1:]) == 0  # no provider wait at all
 
 
+@pytest.mark.slow
 def test_a_target_busy_for_a_whole_interval_skips_the_other_kinds_run(caplog):
     # rest (every 0.5 s) starts first and holds the target 1.2 s; models (every 0.6 s, first
     # slot 0.3 s later) gives its run up after waiting 0.6 s.
@@ -189,6 +194,7 @@ def test_a_target_busy_for_a_whole_interval_skips_the_other_kinds_run(caplog):
     assert "another kind of the target still going for a whole interval" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_provider_that_cannot_carry_its_schedule_is_logged_once_and_shows_in_the_metrics(caplog):
     # 6 probes every 300 ms hold 100 ms each: 2 slots needed, the provider allows 1.
     jobs = [_job(f"t{i}", "rest", 0.3, limit=1) for i in range(6)]
@@ -204,6 +210,7 @@ def test_a_provider_that_cannot_carry_its_schedule_is_logged_once_and_shows_in_t
     assert not overlaps([(*s[:2], s[2], s[3] - 0.002) for s in spans])  # and never two at once
 
 
+@pytest.mark.slow
 def test_a_reload_that_gives_a_target_a_second_kind_does_not_start_it_beside_the_first():
     # "a" has only rest (1 s per run) when the reload adds models; rest is running by then.
     first = [_job("a", "rest", 5.0)]
@@ -213,6 +220,7 @@ def test_a_reload_that_gives_a_target_a_second_kind_does_not_start_it_beside_the
     assert not overlaps(spans), sorted(spans, key=lambda s: s[2])
 
 
+@pytest.mark.slow
 def test_a_reload_that_raises_the_limit_is_logged_once_as_carrying_the_schedule_again(caplog):
     slow = [_job(f"t{i}", "rest", 0.3, limit=1) for i in range(6)]  # needs 2 slots, has 1
     roomy = [_job(f"t{i}", "rest", 0.3, limit=4) for i in range(6)]

@@ -36,6 +36,7 @@ def test_one_catalog_per_provider():
     assert {p.stem for p in CATALOGS} == PROVIDER_CATALOGS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("catalog", CATALOGS, ids=lambda p: p.stem)
 def test_catalog_passes_check_config_with_dummy_keys(tmp_path, catalog):
     done = check_config(main_config(tmp_path, str(catalog)), DUMMY_ENV)
@@ -55,6 +56,7 @@ def test_all_catalogs_together_have_unique_names(tmp_path, monkeypatch):
         assert job.probe.interval >= 30
 
 
+@pytest.mark.slow
 def test_a_catalog_without_its_key_names_the_variable(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
     env |= {k: v for k, v in DUMMY_ENV.items() if k != "ANTHROPIC_API_KEY"}

@@ -17,6 +17,8 @@ from daemon_helpers import assert_one_at_a_time_per_target, rows
 from modelwatch.cli import cli
 from modelwatch.outcomes import COLUMNS
 
+pytestmark = pytest.mark.slow  # starts daemons, CLI processes or Prometheus: `pytest -m "not slow"` skips it
+
 COMMANDS = sorted(cli.commands)
 
 

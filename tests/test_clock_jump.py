@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import pytest
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -29,6 +30,8 @@ from modelwatch.cost import utc_day_start
 from modelwatch.config import ProbeConfig, ProbeJob, ProviderConfig
 from modelwatch.metrics import ProbeMetrics
 from modelwatch.scheduler import Scheduler
+
+pytestmark = pytest.mark.slow  # starts daemons, CLI processes or Prometheus: `pytest -m "not slow"` skips it
 
 INTERVAL = 0.5
 HOUR = 3600.0

@@ -36,6 +36,7 @@ def test_invalid_config_gives_exact_problems(path, monkeypatch):
     assert info.value.problems == expected_problems(path)
 
 
+@pytest.mark.slow
 def test_check_config_cli_prints_every_problem_without_traceback():
     path = DATA / "many_problems.yaml"
     proc = subprocess.run([sys.executable, "-m", "modelwatch", "check-config", "-c", str(path)],

@@ -20,6 +20,8 @@ import pytest
 from modelwatch.config import ConfigError, load_config
 from modelwatch.secrets import redact
 
+pytestmark = pytest.mark.slow  # starts daemons, CLI processes or Prometheus: `pytest -m "not slow"` skips it
+
 PROVIDER = "providers:\n  p: {type: openai, base_url: 'https://x.test/v1', api_key: sk-test-abcdefgh12345678}\n"
 TARGET = "targets:\n  - {name: t, provider: p, model: m, probes: [{kind: rest}]}\n"
 

@@ -69,6 +69,7 @@ targets:
     return path, port
 
 
+@pytest.mark.slow
 def test_spent_budget_pauses_paid_probes_but_not_the_free_check(tmp_path, sim_url):
     db = tmp_path / "mw.db"
     # One healthy probe costs ~13 tokens at $1000/M, so a few probes use up $0.03.
@@ -106,6 +107,7 @@ def test_spent_budget_pauses_paid_probes_but_not_the_free_check(tmp_path, sim_ur
         assert metric(text, "modelwatch_budget_spent_usd") == pytest.approx(spent)
 
 
+@pytest.mark.slow
 def test_dry_run_prices_each_probe_and_weighs_the_budget(tmp_path, sim_url):
     cfg, _ = budget_config(tmp_path, sim_url, 0.03, tmp_path / "mw.db")
     out = subprocess.run([sys.executable, "-m", "modelwatch", "probe", "-c", str(cfg), "--dry-run"],

@@ -13,12 +13,15 @@ import sqlite3
 import subprocess
 import sys
 import time
+import pytest
 
 from conftest import free_port, write_config
 from daemon_helpers import http_get, running_daemon, wait_for
 from test_rollups import database_before_rollups, synthetic_rows
 
 from modelwatch import rollups
+
+pytestmark = pytest.mark.slow  # starts daemons, CLI processes or Prometheus: `pytest -m "not slow"` skips it
 
 TARGETS = {f"t{i:02d}": "healthy" for i in range(20)}
 INTERVAL_S = 0.2

@@ -6,11 +6,14 @@ import signal
 import sqlite3
 import subprocess
 import time
+import pytest
 
 from conftest import free_port, sim_log, write_config
 from daemon_helpers import (assert_one_at_a_time_per_target, http_get, http_post, max_overlap, metric, rows,
                             running_daemon, samples, wait_for)
 from modelwatch.outcomes import COLUMNS, Outcome
+
+pytestmark = pytest.mark.slow  # starts daemons, CLI processes or Prometheus: `pytest -m "not slow"` skips it
 
 TARGETS = {"healthy": "healthy", "limited": "err-rate", "fixed": "fixed-ttft"}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import pytest
 
 from conftest import TEST_KEY, free_port
 from daemon_helpers import http_get, metric, rows, running_daemon, wait_for
@@ -18,6 +19,8 @@ from raw_server import Reply, http_response, raw_server
 
 from modelwatch.outcomes import ProbeResult
 from modelwatch.store import Store
+
+pytestmark = pytest.mark.slow  # starts daemons, CLI processes or Prometheus: `pytest -m "not slow"` skips it
 
 CHUNK = ("data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk", "model": "m",
          "choices": [{"index": 0, "delta": {"content": "OK"}, "finish_reason": "stop"}]})

@@ -25,6 +25,8 @@ from modelwatch.config import load_config
 from modelwatch.probes import prober_for
 from modelwatch.probes.base import new_http_session, run_probe
 
+pytestmark = pytest.mark.slow  # starts daemons, CLI processes or Prometheus: `pytest -m "not slow"` skips it
+
 TIMEOUT_S, TTFT_S, GRACE_S = 3.0, 2.0, 1.5
 CAP = 1_048_576
 MEMORY_BOUND = 64 * 1_048_576

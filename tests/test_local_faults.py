@@ -29,6 +29,8 @@ from modelwatch.outcomes import LocalFault
 from modelwatch.probes import prober_for
 from modelwatch.probes.base import new_http_session, run_probe
 
+pytestmark = pytest.mark.slow  # starts daemons, CLI processes or Prometheus: `pytest -m "not slow"` skips it
+
 
 def test_no_file_descriptor_left_is_a_local_fault(tmp_path, sim_url):
     job = load_config(write_config(tmp_path / "c.yaml", sim_url, {"a": "healthy"})).jobs[0]

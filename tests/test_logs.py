@@ -260,6 +260,7 @@ def daemon_log(tmp_path: Path, server: str, before: list[str], after: list[str],
     (["--log-level", "warning"], [], None, set()),
     (["--log-level", "debug"], ["--log-level", "warning"], None, set()),  # the later flag wins
 ])
+@pytest.mark.slow
 def test_log_level_before_or_after_the_command_filters_the_daemon(tmp_path, chat_server, before,
                                                                   after, journal, shown):
     lines = daemon_log(tmp_path, chat_server, before, after, journal)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+import pytest
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -75,6 +76,7 @@ def test_label_values_are_escaped(tmp_path):
     assert models == {job.model} and '"' in job.model and '\\' in job.model
 
 
+@pytest.mark.slow
 def test_render_of_many_targets_lets_the_loop_run(tmp_path):
     m = ProbeMetrics(CollectorRegistry(), location="eu")
     all_jobs = jobs(tmp_path, 1000)

@@ -18,9 +18,12 @@ import socket
 import subprocess
 import sys
 import time
+import pytest
 
 from conftest import free_port, write_config
 from daemon_helpers import http_get, metric, rows, wait_for
+
+pytestmark = pytest.mark.slow  # starts daemons, CLI processes or Prometheus: `pytest -m "not slow"` skips it
 
 HELD = 1100
 

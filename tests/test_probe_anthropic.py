@@ -120,6 +120,7 @@ def test_response_size_is_capped(tmp_path, sim_url):
     assert (r.outcome, r.error_code) == ("protocol_error", "response_too_large")
 
 
+@pytest.mark.slow
 def test_phase_timeouts_name_the_phase(tmp_path, sim_url):
     results = probe(tmp_path, sim_url, {"h": "anth-slow-headers", "f": "anth-slow-ttft"}, timeout="5s",
                     extra_probe=", ttft_timeout: 400ms")

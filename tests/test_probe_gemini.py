@@ -7,6 +7,7 @@ import json
 import urllib.request
 
 import aiohttp
+import pytest
 
 from conftest import write_config, ttft_reading_error
 from modelwatch.config import load_config
@@ -126,6 +127,7 @@ def test_midstream_failures_keep_the_first_token_time(tmp_path, sim_url):
     assert results["r"].request_id is not None  # from the chunk before the error
 
 
+@pytest.mark.slow
 def test_phase_timeouts_name_the_phase(tmp_path, sim_url):
     results = probe_models(tmp_path, sim_url, {"h": "gem-slow-headers", "f": "gem-slow-ttft"}, timeout="5s",
                            extra_probe=", ttft_timeout: 400ms")

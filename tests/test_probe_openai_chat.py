@@ -94,6 +94,7 @@ def test_usage_placement(tmp_path, sim_url, model, field):
         assert r.output_tokens == 4 and r.input_tokens > 0
 
 
+@pytest.mark.slow
 def test_phase_timeouts_name_the_phase(tmp_path, sim_url):
     ttfb = probe_models(tmp_path, sim_url, {"h": "slow-headers"}, timeout="5s",
                         extra_probe=", ttft_timeout: 400ms")["h"]

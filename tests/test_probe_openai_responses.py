@@ -121,6 +121,7 @@ def test_missing_usage_leaves_tokens_empty(tmp_path, sim_url):
     assert r.outcome == "ok" and (r.input_tokens, r.output_tokens) == (None, None)
 
 
+@pytest.mark.slow
 def test_phase_timeouts_name_the_phase(tmp_path, sim_url):
     ttft = probe_models(tmp_path, sim_url, {"f": "resp-slow-ttft"}, timeout="5s",
                         extra_probe=", ttft_timeout: 400ms")["f"]

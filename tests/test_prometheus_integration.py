@@ -23,6 +23,8 @@ import pytest
 from conftest import TEST_KEY, free_port
 from daemon_helpers import http_get, running_daemon, wait_for
 
+pytestmark = pytest.mark.slow  # starts daemons, CLI processes or Prometheus: `pytest -m "not slow"` skips it
+
 ROOT = Path(__file__).parent.parent
 RULES = ROOT / "prometheus" / "rules" / "modelwatch.rules.yml"
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))

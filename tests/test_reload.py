@@ -16,6 +16,8 @@ from modelwatch.config import load_config
 from modelwatch.metrics import ProbeMetrics
 from modelwatch.scheduler import Scheduler
 
+pytestmark = pytest.mark.slow  # starts daemons, CLI processes or Prometheus: `pytest -m "not slow"` skips it
+
 
 def test_reload_over_http_is_off_by_default_and_sighup_still_works(tmp_path, sim_url):
     port = free_port()

@@ -188,6 +188,7 @@ def report_json(db, *args: str) -> list[dict]:
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 def test_target_globs_and_kind_select_rows(recent_db):
     db, _, _ = recent_db
     got = report_json(db, "--target", "a-*", "--kind", "rest")
@@ -198,6 +199,7 @@ def test_target_globs_and_kind_select_rows(recent_db):
     assert report_json(db, "--kind", "models") == []
 
 
+@pytest.mark.slow
 def test_until_ends_the_range_as_a_duration_ago_or_an_iso_time(recent_db):
     db, rows, made = recent_db
     got = report_json(db, "--since", "2d", "--until", "1d", "--target", "b")
@@ -212,6 +214,7 @@ def test_until_ends_the_range_as_a_duration_ago_or_an_iso_time(recent_db):
                                    math.floor(made - 3 * D) <= r["ts"] < math.floor(made - 2 * D))
 
 
+@pytest.mark.slow
 def test_a_long_range_reads_the_rollups_and_says_percentiles_are_approximate(recent_db):
     db, rows, _ = recent_db
     table = mw("--db", str(db), "--since", "30d")
@@ -246,6 +249,7 @@ def test_a_short_range_table_says_percentiles_are_exact(recent_db):
     (("--format", "xml"), "--format must be one of table, json, csv"),
     (("--source", "cache"), "--source must be one of auto, raw, rollups"),
 ])
+@pytest.mark.slow
 def test_bad_options_are_one_line_and_exit_2(recent_db, args, message):
     db, _, _ = recent_db
     out = mw("--db", str(db), *args)
@@ -253,6 +257,7 @@ def test_bad_options_are_one_line_and_exit_2(recent_db, args, message):
     assert out.stderr.count("\n") == 1 and out.stderr.startswith(f"modelwatch: {message}")
 
 
+@pytest.mark.slow
 def test_a_database_without_rollups_is_reported_from_raw_rows(tmp_path):
     db = tmp_path / "old.db"
     conn = sqlite3.connect(db)
@@ -271,6 +276,7 @@ def test_a_database_without_rollups_is_reported_from_raw_rows(tmp_path):
     conn.close()
 
 
+@pytest.mark.slow
 def test_a_range_older_than_anything_stored_says_so(recent_db):
     db, rows, _ = recent_db
     oldest = min(r["ts"] for r in rows)
@@ -282,6 +288,7 @@ def test_a_range_older_than_anything_stored_says_so(recent_db):
     assert "nothing is stored before" not in mw("--db", str(db), "--since", "2d").stdout
 
 
+@pytest.mark.slow
 def test_provider_availability_leaves_out_probes_the_provider_never_got_to_serve(tmp_path):
     db = tmp_path / "mw.db"
     now = time.time()

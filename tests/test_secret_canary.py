@@ -35,6 +35,8 @@ from modelwatch.probes import prober_for, supported_kinds
 from modelwatch.probes.base import MAX_REQUEST_ID_LEN, new_http_session, run_probe
 from modelwatch.secrets import REDACTED
 
+pytestmark = pytest.mark.slow  # starts daemons, CLI processes or Prometheus: `pytest -m "not slow"` skips it
+
 # Each canary ends in letters no hex request id or timestamp contains, so its masked tail is findable.
 CANARIES = {  # provider type -> (key, its public prefix)
     "openai": ("sk-proj-CANARY7f3a9b2c4d5e6f708192a3b4c5dQZXW", "sk-proj-"),

@@ -613,6 +613,7 @@ def test_bundled_demo_scenario():
 # ---------------------------------------------------------------- serve()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_serve_reports_url_and_exits_cleanly_on_signal(signum):
     code = ("import sys\nfrom modelwatch.sim import serve, default_scenario\n"
@@ -664,6 +665,7 @@ def test_listen_address(listen, expected):
         assert listen_address(listen) == expected
 
 
+@pytest.mark.slow
 def test_sim_command_names_a_bad_listen_address():
     result = subprocess.run([sys.executable, "-m", "modelwatch", "sim", "--listen", "8080"], capture_output=True,
                             text=True, timeout=60)

@@ -766,6 +766,7 @@ def test_openai_sdk_ga_realtime_client_completes_a_text_session():
     assert done.usage.total_tokens == done.usage.input_tokens + done.usage.output_tokens
 
 
+@pytest.mark.slow
 def test_openai_sdk_beta_and_azure_realtime_clients():
     pytest.importorskip("websockets")
 

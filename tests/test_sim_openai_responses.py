@@ -303,6 +303,7 @@ def test_injected_ttft_is_honoured_and_logged():
 # ---------------------------------------------------------------- official SDK
 
 
+@pytest.mark.slow
 def test_openai_sdk_streams_helpers_and_errors():
     scenario = make_scenario(m={**FAST, "tokens": 4}, broke={**FAST, "error": "quota_exhausted"},
                              failing={**FAST, "fail_response_with": "server_error"})

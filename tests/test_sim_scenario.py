@@ -81,6 +81,7 @@ def test_an_empty_scenario_is_all_defaults(tmp_path):
     assert scenario.models == {} and scenario.default is None and scenario.seed == 1
 
 
+@pytest.mark.slow
 def test_sim_command_prints_every_problem_and_exits_2():
     path = DATA / "bad_values.yaml"
     proc = subprocess.run([sys.executable, "-m", "modelwatch", "sim", "--scenario", str(path)],

@@ -64,6 +64,7 @@ def test_close_flushes_everything_queued(db_path):
     assert count(db_path) == 500
 
 
+@pytest.mark.slow
 def test_submit_never_blocks_even_while_the_database_is_locked(db_path):
     errors = []
     store = Store(db_path, retention_s=86400, on_error=lambda: errors.append(1))
@@ -85,6 +86,7 @@ def test_submit_never_blocks_even_while_the_database_is_locked(db_path):
     assert count(db_path) == 100  # nothing lost once the lock went away
 
 
+@pytest.mark.slow
 def test_rows_beyond_the_pending_limit_are_dropped_oldest_first_counted_and_logged_once(db_path, caplog):
     dropped = []
     store = Store(db_path, retention_s=86400, on_dropped=lambda: dropped.append(1), max_pending_rows=10)
@@ -178,6 +180,7 @@ for i in range(10 ** 9):
 """
 
 
+@pytest.mark.slow
 def test_a_killed_writer_leaves_rollups_that_match_the_raw_rows(db_path):
     proc = subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, str(db_path)], stdout=subprocess.PIPE,
                             text=True)
@@ -229,6 +232,7 @@ def test_rollup_retention_defaults_to_400_days_and_must_cover_the_raw_retention(
                                   "must be at least storage.retention (30d)"]
 
 
+@pytest.mark.slow
 def test_a_wall_clock_stepped_far_ahead_prunes_nothing(db_path, caplog):
     """Retention is wall time: a clock stepped two days ahead must not delete a day of history."""
     offset = [0.0]

@@ -21,6 +21,8 @@ from daemon_helpers import http_get, metric, rows, running_daemon, wait_for
 
 from modelwatch.store import open_db
 
+pytestmark = pytest.mark.slow  # starts daemons, CLI processes or Prometheus: `pytest -m "not slow"` skips it
+
 TARGETS = {f"f{i}": "healthy" for i in range(5)}
 INTERVAL_S = 0.2
 # A target's consecutive probes are one interval apart; this bounds a stall or a lost row

@@ -28,6 +28,8 @@ from test_rollups import database_before_rollups, synthetic_rows
 
 from modelwatch.systemd import notify, watchdog, watchdog_interval
 
+pytestmark = pytest.mark.slow  # starts daemons, CLI processes or Prometheus: `pytest -m "not slow"` skips it
+
 UNIT = Path(__file__).parent.parent / "systemd" / "modelwatch.service"
 
 
