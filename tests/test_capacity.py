@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from modelwatch.capacity import TYPICAL_DURATION_S, Saturation, expected_duration, shortfalls
 from modelwatch.config import ProbeConfig, ProbeJob, ProviderConfig, load_config
-from modelwatch.metrics import WAIT_LIMITS, ProbeMetrics
+from modelwatch.metrics import DELAY_BUCKETS, WAIT_LIMITS, ProbeMetrics
 from modelwatch.scheduler import Scheduler, _Cadence
 
 
@@ -231,3 +231,17 @@ def test_a_reload_that_raises_the_limit_is_logged_once_as_carrying_the_schedule_
     assert "cannot carry" in changes[0][0] and changes[0][1]["max_concurrent_probes"] == 1
     assert "carries the schedule again" in changes[1][0] and changes[1][1]["max_concurrent_probes"] == 4
     assert metrics.schedule["p"].limit == 4
+
+
+@pytest.mark.slow
+def test_a_run_that_gets_no_slot_within_its_interval_is_skipped_not_queued_ever_later():
+    """4 probes every 200 ms hold 150 ms each behind one slot (3 needed): without a bound the
+    queue, and every start delay, would grow for as long as the daemon runs."""
+    jobs = [_job(f"t{i}", "rest", 0.2, limit=1) for i in range(4)]
+    spans, metrics = run_scheduler(jobs, 3.0, {"rest": 0.15})
+    delays = metrics.schedule["p"].start_delay
+    over_interval = sum(delays.counts[DELAY_BUCKETS.index(0.25) + 1:])
+    assert sum(delays.counts) >= 10 and over_interval == 0, delays.counts  # never beyond one interval
+    skipped = sum(metrics._series[metrics._job_key(j)].skipped for j in jobs)  # noqa: SLF001
+    assert skipped >= 10  # the runs that found no slot in time were counted, not silently queued
+    assert not overlaps([(*s[:2], s[2], s[3] - 0.002) for s in spans])

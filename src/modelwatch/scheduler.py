@@ -28,7 +28,9 @@ check would break its own REST probe. A probe whose target is busy with
 another kind waits for it (up to its own interval, then the run is skipped and
 counted); the kinds of a target are placed apart in their cadence so that this
 is rare. Before it starts, a probe waits in this order for its target, its
-provider's limit and the global limit; each wait, and how late the probe
+provider's limit and the global limit, for the concurrency slots at most until
+one interval after its planned start (then the run is skipped and counted, so
+a limit too small for its schedule never queues runs ever later); each wait, and how late the probe
 started against its planned slot, goes to the provider's schedule metrics
 (``metrics.ProviderSchedule``). When a limit cannot carry its schedule
 (``capacity.Saturation``) the log says so once, and once when it can again.
@@ -288,18 +290,47 @@ class Scheduler:
             return
         try:
             provider = self._provider_limit(job)
+            # The semaphores as they are now: a reload may replace either while this run holds it.
+            provider_slots, global_slots = provider.semaphore, self._global
             target_at = time.perf_counter()
-            async with provider.semaphore:
+            if not await self._slot(job, provider_slots, planned):
+                return
+            try:
                 provider_at = time.perf_counter()
-                async with self._global:
+                if not await self._slot(job, global_slots, planned):
+                    return
+                try:
                     started = time.perf_counter()
                     provider.record.started(max(0.0, self._monotonic() - planned), target_at - waited,
                                             provider_at - target_at, started - provider_at)
                     await self._run(job)
                     self._ran(job, provider, time.perf_counter() - started)
+                finally:
+                    global_slots.release()
+            finally:
+                provider_slots.release()
         finally:
             if lock is not None:
                 lock.release()
+
+    async def _slot(self, job: ProbeJob, limit: asyncio.Semaphore, planned: float) -> bool:
+        """Take a concurrency slot, waiting at most until one interval after the planned start.
+
+        By then the run's next slot has come: a run that could not start within
+        its own interval is skipped and counted, so a limit too small for its
+        schedule makes probes late by at most an interval instead of queueing
+        them ever later (the state change is logged once, see ``_ran``).
+        """
+        wait = planned + job.probe.interval - self._monotonic()
+        try:
+            async with asyncio.timeout(max(wait, 0.0)):
+                await limit.acquire()
+            return True
+        except TimeoutError:
+            self._metrics.skip(job)
+            log.debug("run skipped, no concurrency slot within its interval",
+                      extra=fields(target=job.target, kind=job.probe.kind))
+            return False
 
     async def _target_free(self, job: ProbeJob, lock: asyncio.Lock) -> bool:
         """Take the target's lock, waiting at most one interval of the job (False: run skipped)."""
