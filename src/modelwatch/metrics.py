@@ -60,21 +60,22 @@ def _escape(value: str) -> str:
 
 
 class _Histogram:
-    """Bucket counts (not cumulative) and the sum of one series."""
+    """Bucket counts (not cumulative) and the sum of one series, over LLM_BUCKETS or others."""
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("counts", "total", "buckets", "le")
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LLM_BUCKETS) + 1)
+    def __init__(self, buckets: tuple[float, ...] = LLM_BUCKETS, le: tuple[str, ...] = _LE) -> None:
+        self.buckets, self.le = buckets, le
+        self.counts = [0] * (len(buckets) + 1)
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(LLM_BUCKETS, value)] += 1
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.total += value
 
     def lines(self, name: str, labels: str) -> Iterator[str]:
         cumulative = 0
-        for le, count in zip(_LE, self.counts, strict=True):
+        for le, count in zip(self.le, self.counts, strict=True):
             cumulative += count
             yield f'{name}_bucket{{{labels},le="{le}"}} {cumulative}.0\n'
         yield f"{name}_count{{{labels}}} {cumulative}.0\n"
@@ -165,26 +166,9 @@ PROBE_FAMILIES = (
 _DELAY_LE = tuple(_num(b) for b in DELAY_BUCKETS) + ("+Inf",)
 
 
-class _Delays:
-    """Bucket counts (not cumulative) and sum of one DELAY_BUCKETS histogram."""
-
-    __slots__ = ("counts", "total")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(DELAY_BUCKETS) + 1)
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(DELAY_BUCKETS, value)] += 1
-        self.total += value
-
-    def lines(self, name: str, labels: str) -> Iterator[str]:
-        cumulative = 0
-        for le, count in zip(_DELAY_LE, self.counts, strict=True):
-            cumulative += count
-            yield f'{name}_bucket{{{labels},le="{le}"}} {cumulative}.0\n'
-        yield f"{name}_count{{{labels}}} {cumulative}.0\n"
-        yield f"{name}_sum{{{labels}}} {_num(self.total)}\n"
+def _delays() -> _Histogram:
+    """A histogram over DELAY_BUCKETS: milliseconds to minutes."""
+    return _Histogram(DELAY_BUCKETS, _DELAY_LE)
 
 
 class ProviderSchedule:
@@ -194,8 +178,8 @@ class ProviderSchedule:
 
     def __init__(self, labels: str, limit: int) -> None:
         self.labels = labels
-        self.start_delay = _Delays()
-        self.waits = tuple(_Delays() for _ in WAIT_LIMITS)
+        self.start_delay = _delays()
+        self.waits = tuple(_delays() for _ in WAIT_LIMITS)
         self.needed = 0.0  # slots the schedule needs on average (capacity.Saturation)
         self.limit = limit
 

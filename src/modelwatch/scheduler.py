@@ -322,29 +322,23 @@ class Scheduler:
         them ever later (the state change is logged once, see ``_ran``).
         """
         wait = planned + job.probe.interval - self._monotonic()
-        try:
-            async with asyncio.timeout(max(wait, 0.0)):
-                await limit.acquire()
-            return True
-        except TimeoutError:
-            self._metrics.skip(job)
-            log.debug("run skipped, no concurrency slot within its interval",
-                      extra=fields(target=job.target, kind=job.probe.kind))
-            return False
+        return await self._take(job, limit, wait, logging.DEBUG, "no concurrency slot within its interval")
 
     async def _target_free(self, job: ProbeJob, lock: asyncio.Lock) -> bool:
         """Take the target's lock, waiting at most one interval of the job (False: run skipped)."""
-        if not lock.locked():
-            await lock.acquire()  # free: returns at once
-            return True
+        return await self._take(job, lock, job.probe.interval, logging.INFO,
+                                "another kind of the target still going for a whole interval")
+
+    async def _take(self, job: ProbeJob, primitive: asyncio.Lock | asyncio.Semaphore, wait_s: float,
+                    level: int, why: str) -> bool:
+        """Acquire ``primitive`` within ``wait_s``, else count the run as skipped and say ``why``."""
         try:
-            async with asyncio.timeout(job.probe.interval):  # by then the run's next slot has come
-                await lock.acquire()
+            async with asyncio.timeout(max(wait_s, 0.0)):  # a free one is taken without waiting
+                await primitive.acquire()
             return True
         except TimeoutError:
             self._metrics.skip(job)
-            log.info("run skipped, another kind of the target still going for a whole interval",
-                     extra=fields(target=job.target, kind=job.probe.kind))
+            log.log(level, f"run skipped, {why}", extra=fields(target=job.target, kind=job.probe.kind))
             return False
 
     async def _run(self, job: ProbeJob) -> None:
