@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 import pytest
 
 from conftest import free_port, write_config
@@ -52,7 +53,7 @@ def test_half_open_connections_do_not_starve_probes(tmp_path, sim_url):
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
             held.append(s)
         time.sleep(3)  # ten rounds of probes with every connection held
-        open_fds = len(list((__import__("pathlib").Path(f"/proc/{proc.pid}/fd")).iterdir()))
+        open_fds = len(list(Path(f"/proc/{proc.pid}/fd").iterdir()))
         # The port still answers (a scrape is a new connection: it may need a retry while full).
         text = wait_for(lambda: http_get(url + "/metrics"), 15)
         ended = time.time()

@@ -35,7 +35,7 @@ from modelwatch.secrets import Secret, register_secret
 from modelwatch.validation import Problems as _Problems
 from modelwatch.validation import parse_listen
 # MAX_YAML_* stay importable from here, where they were defined.
-from modelwatch.yamlfile import MAX_YAML_DEPTH, MAX_YAML_VALUES, read_small_file, read_yaml  # noqa: F401
+from modelwatch.yamlfile import read_small_file, read_yaml
 
 DEFAULT_PATH = "/etc/modelwatch/modelwatch.yaml"
 # Request fields the probe sets itself: extra_body may add fields, never change what is measured or billed.

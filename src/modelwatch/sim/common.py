@@ -7,9 +7,11 @@ import json
 import time
 import socket
 import struct
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FaultyStream", "LoggedExchange", "base62", "reset_connection", "sleep_until", "to_json"]
+__all__ = ["FaultyStream", "LoggedExchange", "SessionEnd", "base62", "close_session", "reset_connection",
+           "sleep_until", "to_json"]
 
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -33,6 +35,28 @@ def reset_connection(transport: asyncio.BaseTransport | None) -> None:
         except OSError:
             pass
     transport.abort()
+
+
+@dataclass(frozen=True)
+class SessionEnd:
+    """How a WebSocket session ends: a close frame (code, reason), a TCP reset, or nothing (client gone)."""
+
+    code: int | None = None
+    reason: str = ""
+    drop: bool = False
+
+
+async def close_session(ws: Any, exchange: Any, how: SessionEnd) -> None:
+    """Close a session's socket as decided: close frame, TCP reset, or nothing left to do."""
+    if how.drop:
+        reset_connection(exchange.request.transport)
+        return
+    if ws.closed:
+        return
+    try:
+        await ws.close(code=how.code or 1000, message=how.reason.encode())
+    except ConnectionError:
+        exchange.record.client_disconnected = True
 
 
 def to_json(payload: Any) -> str:

@@ -7,6 +7,7 @@ tokens the same rough way, and the realtime APIs speak the same PCM16 tone.
 
 from __future__ import annotations
 
+import base64
 import math
 import struct
 from typing import Any
@@ -51,3 +52,11 @@ def pcm_tone(offset_samples: int, samples: int) -> bytes:
     start = (offset_samples % _TONE_PERIOD) * 2
     repeats = (start + 2 * samples) // len(_TONE) + 1
     return (_TONE * repeats)[start:start + 2 * samples]
+
+
+def audio_chunk_b64(index: int, chunk_ms: float, audio_ms: float) -> str:
+    """Base64 PCM16 of audio chunk ``index`` of an answer ``audio_ms`` long (the last may be shorter)."""
+    per_chunk = round(chunk_ms * SAMPLE_RATE / 1000)
+    total = round(audio_ms * SAMPLE_RATE / 1000)
+    start = index * per_chunk
+    return base64.b64encode(pcm_tone(start, max(0, min(per_chunk, total - start)))).decode()

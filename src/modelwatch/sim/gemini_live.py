@@ -62,9 +62,9 @@ from aiohttp import WSMsgType, web
 
 from modelwatch.logs import fields
 
-from .common import LoggedExchange, reset_connection, sleep_until, to_json
+from .common import LoggedExchange, SessionEnd, close_session, sleep_until, to_json
 from .gemini import BAD_KEY, NO_KEY, thinking_problem
-from .content import SAMPLE_RATE, content_piece, pcm_tone, text_tokens
+from .content import SAMPLE_RATE, audio_chunk_b64, content_piece, text_tokens
 from .scenario import ModelBehaviour
 
 if TYPE_CHECKING:
@@ -151,15 +151,6 @@ def register(app: web.Application, state: SimState) -> None:
 
 class _SessionOver(Exception):
     """Raised inside a session task once the session is ending; unwinds that task quietly."""
-
-
-@dataclass(frozen=True)
-class _End:
-    """How a session ends: a close frame (code, reason), a TCP reset, or nothing (client gone)."""
-
-    code: int | None = None
-    reason: str = ""
-    drop: bool = False
 
 
 @dataclass
@@ -254,7 +245,7 @@ class _Session:
         self.events_sent = self.deltas_sent = self.turns = 0
         self.turn_task: asyncio.Task | None = None
         self.ending = False
-        self.ended: asyncio.Future[_End] = asyncio.get_running_loop().create_future()
+        self.ended: asyncio.Future[SessionEnd] = asyncio.get_running_loop().create_future()
         self.tasks: list[asyncio.Task] = []
 
     # ------------------------------------------------------------ lifecycle
@@ -269,7 +260,7 @@ class _Session:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        await self._close(self.ended.result() if self.ended.done() else _End())
+        await close_session(self.ws, self.conn, self.ended.result() if self.ended.done() else SessionEnd())
 
     async def _conversation(self) -> None:
         """Setup and its answer, then client messages until the client leaves."""
@@ -284,13 +275,13 @@ class _Session:
             pass
         except ConnectionError:
             self.conn.record.client_disconnected |= self.conn.answering
-            self.end(_End(), None)
+            self.end(SessionEnd(), None)
         except Exception:
             # A simulator bug must cost one session, not the server.
             log.exception("simulator live session failed", extra=fields(path=self.conn.request.path))
-            self.end(_End(1011, "simulator error"), None)
+            self.end(SessionEnd(1011, "simulator error"), None)
 
-    def end(self, how: _End, outcome: str | None) -> None:
+    def end(self, how: SessionEnd, outcome: str | None) -> None:
         """Mark the session as ending; the first caller decides how it ends."""
         self.ending = True
         if not self.ended.done():
@@ -300,20 +291,8 @@ class _Session:
 
     def refuse(self, code: int, reason: str, outcome: str) -> None:
         """End the session with a close frame and stop the calling task."""
-        self.end(_End(code, close_reason(reason)), outcome)
+        self.end(SessionEnd(code, close_reason(reason)), outcome)
         raise _SessionOver
-
-    async def _close(self, how: _End) -> None:
-        """Close the socket as decided: close frame, TCP reset, or nothing left to do."""
-        if how.drop:
-            reset_connection(self.conn.request.transport)
-            return
-        if self.ws.closed:
-            return
-        try:
-            await self.ws.close(code=how.code or 1000, message=how.reason.encode())
-        except ConnectionError:
-            self.conn.record.client_disconnected = True
 
     async def _lifetime(self) -> None:
         """``goaway_after_s`` and ``session_max_s``: announce the end, then keep the word."""
@@ -360,7 +339,7 @@ class _Session:
             self.refuse(behaviour.close_code, behaviour.close_reason, "close")
         await sleep_until(self.conn.t0_loop + behaviour.ttfb_ms / 1000)
         if kind == "bad_gateway":  # a broken front end: the connection just goes
-            self.end(_End(drop=True), kind)
+            self.end(SessionEnd(drop=True), kind)
             raise _SessionOver
         if kind is not None and kind != "content_blocked":
             self.refuse(*CLOSES[kind], kind)
@@ -521,10 +500,10 @@ class _Session:
         for at, kind, index in self._schedule(turn):
             await sleep_until(at)
             if self.b.drop_after_deltas is not None and self.deltas_sent >= self.b.drop_after_deltas:
-                self.end(_End(drop=True), "disconnect")
+                self.end(SessionEnd(drop=True), "disconnect")
                 raise _SessionOver
             if kind == 0:
-                part = {"inlineData": {"mimeType": OUTPUT_MIME, "data": self._audio_chunk(index)}}
+                part = {"inlineData": {"mimeType": OUTPUT_MIME, "data": audio_chunk_b64(index, self.b.audio_chunk_ms, self.b.audio_ms)}}
                 await self.send({"serverContent": {"modelTurn": {"parts": [part]}}})
                 turn.audio_ms_sent = min(self.b.audio_ms, (index + 1) * self.b.audio_chunk_ms)
             elif turn.audio:
@@ -535,13 +514,6 @@ class _Session:
             self.deltas_sent += 1
             if self.conn.record.actual_ttft_s is None and (kind == 0 or not turn.audio):
                 self.conn.record.actual_ttft_s = self.conn.elapsed_s()
-
-    def _audio_chunk(self, index: int) -> str:
-        """Base64 PCM16 of audio chunk ``index`` (the last one may be shorter)."""
-        per_chunk = round(self.b.audio_chunk_ms * SAMPLE_RATE / 1000)
-        total = round(self.b.audio_ms * SAMPLE_RATE / 1000)
-        start = index * per_chunk
-        return base64.b64encode(pcm_tone(start, max(0, min(per_chunk, total - start)))).decode()
 
     def _usage(self, turn: _Turn) -> dict[str, Any]:
         """Live ``usageMetadata``: the context in, the answer out, details summing to their parents."""

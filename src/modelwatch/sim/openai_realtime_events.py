@@ -14,7 +14,7 @@ from typing import Any
 from .content import SAMPLE_RATE
 from .openai_http import ERRORS
 
-__all__ = ["EVENT_NAMES", "REALTIME_ERRORS", "ClientError", "RealtimeErrorSpec", "SessionEnd", "SessionOver",
+__all__ = ["EVENT_NAMES", "REALTIME_ERRORS", "ClientError", "RealtimeErrorSpec", "SessionOver",
            "error_object", "merge_session", "session_expired_minutes", "usage_object"]
 
 BYTES_PER_MS = SAMPLE_RATE * 2 // 1000  # PCM16 mono: 48 bytes a millisecond
@@ -88,15 +88,6 @@ class ClientError(Exception):
     def __init__(self, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.code, self.message, self.param = code, message, param
-
-
-@dataclass(frozen=True)
-class SessionEnd:
-    """How a session ends: a close frame (code, reason), a TCP reset, or nothing (client gone)."""
-
-    code: int | None = None
-    reason: str = ""
-    drop: bool = False
 
 
 def error_object(code: str, message: str | None = None, *, param: str | None = None,

@@ -10,16 +10,15 @@ first delta, ``drop_after_deltas``) are decided here.
 from __future__ import annotations
 
 import asyncio
-import base64
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .common import sleep_until
-from .content import SAMPLE_RATE, content_piece, pcm_tone
+from .common import SessionEnd, sleep_until
+from .content import audio_chunk_b64, content_piece
 from .openai_http import RATE_LIMIT_REQUESTS, RATE_LIMIT_TOKENS
-from .openai_realtime_events import (OUTPUT_AUDIO_MS_PER_TOKEN, ClientError, SessionEnd, SessionOver,
-                                     error_object, usage_object)
+from .openai_realtime_events import (OUTPUT_AUDIO_MS_PER_TOKEN, ClientError, SessionOver, error_object,
+                                     usage_object)
 
 __all__ = ["RealtimeResponse", "ResponseFlow"]
 
@@ -145,18 +144,11 @@ class ResponseFlow:
                 name = self.name("transcript.delta" if response.audio else "text.delta")
                 await self.send({"type": name, **ids, "delta": piece})
             else:
-                await self.send({"type": self.name("audio.delta"), **ids, "delta": self._audio_chunk(index)})
+                await self.send({"type": self.name("audio.delta"), **ids, "delta": audio_chunk_b64(index, self.b.audio_chunk_ms, self.b.audio_ms)})
                 response.audio_ms_sent = min(self.b.audio_ms, (index + 1) * self.b.audio_chunk_ms)
             self.deltas_sent += 1
             if self.conn.record.actual_ttft_s is None:
                 self.conn.record.actual_ttft_s = self.conn.elapsed_s()
-
-    def _audio_chunk(self, index: int) -> str:
-        """Base64 PCM16 of audio chunk ``index`` (the last one may be shorter)."""
-        per_chunk = round(self.b.audio_chunk_ms * SAMPLE_RATE / 1000)
-        total = round(self.b.audio_ms * SAMPLE_RATE / 1000)
-        start = index * per_chunk
-        return base64.b64encode(pcm_tone(start, max(0, min(per_chunk, total - start)))).decode()
 
     async def _close_output(self, response: RealtimeResponse) -> None:
         """The done events, ``response.done`` and ``rate_limits.updated``."""

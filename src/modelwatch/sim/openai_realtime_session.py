@@ -26,12 +26,12 @@ from aiohttp import WSMsgType, web
 
 from modelwatch.logs import fields
 
-from .common import base62, reset_connection, sleep_until, to_json
+from .common import SessionEnd, base62, close_session, sleep_until, to_json
 from .content import text_tokens
 from .openai_http import mask_api_key
 from .openai_realtime_events import (BETA_RETIRED_REASON, BETA_SESSION_KEYS, BYTES_PER_MS, CLIENT_EVENTS,
                                      EVENT_NAMES, GA_SESSION_KEYS, INPUT_AUDIO_MS_PER_TOKEN, INSTRUCTIONS,
-                                     MIN_COMMIT_BYTES, PCM, TURN_DETECTION, ClientError, SessionEnd, SessionOver,
+                                     MIN_COMMIT_BYTES, PCM, TURN_DETECTION, ClientError, SessionOver,
                                      error_object, merge_session, session_expired_minutes)
 from .openai_realtime_response import RealtimeResponse, ResponseFlow
 from .scenario import ModelBehaviour
@@ -87,7 +87,7 @@ class RealtimeSession(ResponseFlow):
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        await self._close(self.ended.result() if self.ended.done() else SessionEnd())
+        await close_session(self.ws, self.conn, self.ended.result() if self.ended.done() else SessionEnd())
 
     async def _open(self) -> None:
         """``session.created`` (and beta's ``conversation.created``) at ttfb, or the retirement error."""
@@ -140,18 +140,6 @@ class RealtimeSession(ResponseFlow):
             await self.send({"type": "error", "error": error_object(code, **self._message_fields())}, last=True)
         self.end(how, outcome)
         raise SessionOver
-
-    async def _close(self, how: SessionEnd) -> None:
-        """Close the socket as decided: close frame, TCP reset, or nothing left to do."""
-        if how.drop:
-            reset_connection(self.conn.request.transport)
-            return
-        if self.ws.closed:
-            return
-        try:
-            await self.ws.close(code=how.code or 1000, message=how.reason.encode())
-        except ConnectionError:
-            self.conn.record.client_disconnected = True
 
     # ------------------------------------------------------------ sending
 
