@@ -269,6 +269,47 @@ def report(config_path: str | None, db_path: str | None, since: str, until: str,
             click.echo(f"modelwatch: note: {note}", err=True)
 
 
+@cli.command()
+@config_option
+@click.option("--db", "db_path", metavar="PATH", help="Database to read (default: storage.path of the config).")
+@click.option("--out", "out_dir", metavar="DIR",
+              help="Write the whole site (pages, embeds, badges, JSON) as static files into DIR.")
+@log_level_option
+def status(config_path: str | None, db_path: str | None, out_dir: str | None) -> None:
+    """The status page's figures in the terminal, or the whole site as static files.
+
+    With -c, the page shows the configured probes; with only --db, every probe the database
+    holds from the last 90 days.
+
+    Example: modelwatch status -c /etc/modelwatch/modelwatch.yaml --out /var/www/status
+    """
+    from modelwatch.status.service import series_from, settings_from
+    from modelwatch.status.site import Site
+    from modelwatch.status.snapshot import Settings, SnapshotBuilder
+    from modelwatch.status.terminal import render_terminal
+
+    config = _load(config_path) if config_path or not db_path else None
+    path = Path(db_path) if db_path else config.storage.path
+    if not path.exists():
+        raise Failure(f"no database at {path}")
+    settings = settings_from(config.status) if config else Settings()
+    series = series_from(config.jobs) if config else None
+    site = Site(SnapshotBuilder(path, settings, series))
+    try:
+        snapshot = site.refresh()
+        if out_dir:
+            written = site.export(out_dir)
+    except OSError as exc:
+        raise Failure(f"cannot write {out_dir}: {exc.strerror or exc}", 1) from None
+    except Exception as exc:  # noqa: BLE001 - sqlite3 errors of a foreign or broken file
+        raise Failure(f"cannot read {path}: {exc}", 1) from None
+    if out_dir:
+        click.echo(f"wrote {written} files to {out_dir} (status as of {snapshot['as_of']}); "
+                   "serve the directory with any static web server")
+    else:
+        click.echo(render_terminal(snapshot))
+
+
 def _check_choice(option: str, value: str | None, choices: tuple[str, ...]) -> None:
     if value is not None and value not in choices:
         raise Failure(f"{option} must be one of {', '.join(choices)}, not {value!r}")

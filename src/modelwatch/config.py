@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
-                      field_validator)
+                      field_validator, model_validator)
 
 from modelwatch.job import ProbeJob
 from modelwatch.probes import (PROBE_APIS, PROBE_KINDS, PROVIDER_TYPES, PROVIDERS, api_problem, option_problem,
@@ -164,6 +164,68 @@ class ServerConfig(_Strict):
     def _listen(cls, v: str) -> str:
         parse_listen(v)
         return v
+
+
+def _fraction(value: Any) -> Any:
+    """0.995, or "99.5%"."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            return float(value.strip()[:-1]) / 100
+        except ValueError:
+            raise ValueError("must be a fraction such as 0.99 or a percentage such as 99%") from None
+    return value
+
+
+Fraction = Annotated[float, BeforeValidator(_fraction), Field(gt=0, le=1)]
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+
+class StatusThresholds(_Strict):
+    """Provider availability below which a probe (or a day's bar) is degraded, partial or major outage."""
+
+    degraded: Fraction = 0.99
+    partial_outage: Fraction = 0.90
+    major_outage: Fraction = 0.50
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StatusThresholds:
+        if not self.degraded >= self.partial_outage >= self.major_outage:
+            raise ValueError("must not increase: degraded >= partial_outage >= major_outage")
+        return self
+
+
+def _origins(allowed: tuple[str, ...]) -> Any:
+    def check(values: list[str]) -> list[str]:
+        for value in values:
+            if value not in allowed and not _ORIGIN.match(value):
+                raise ValueError(f"{value[:80]!r} is not an origin such as https://example.com"
+                                 f" (or one of {', '.join(allowed)})")
+        return values
+    return AfterValidator(check)
+
+
+class StatusConfig(_Strict):
+    """The status page, embeds, badges and JSON API served on server.listen (docs/status-page.md)."""
+
+    enabled: bool = True
+    title: str = Field("Model availability", min_length=1, max_length=120)
+    min_runs: int = Field(5, ge=1, le=100_000)
+    state_runs: int = Field(10, ge=1, le=1000)
+    incident_failures: int = Field(3, ge=1, le=1000)
+    thresholds: StatusThresholds = StatusThresholds()
+    refresh: Annotated[Duration, AfterValidator(_within(1.0, 3600.0))] = 15.0
+    @field_validator("title")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        if _HEADER_VALUE_BAD.search(v) or "\t" in v:
+            raise ValueError("must be one line of text")
+        return v
+
+    # Who may put /embed/ pages in an <iframe> (CSP frame-ancestors); every other page: nobody.
+    frame_ancestors: Annotated[list[str], _origins(("*", "'self'", "'none'"))] = Field(
+        default_factory=lambda: ["*"], min_length=1, max_length=50)
+    # Origins whose scripts may read the JSON API and badge JSON (CORS); none by default.
+    cors_origins: Annotated[list[str], _origins(("*",))] = Field(default_factory=list, max_length=50)
 
 
 class BudgetConfig(_Strict):
@@ -308,10 +370,11 @@ class Config:
     providers: dict[str, ProviderConfig]
     jobs: tuple[ProbeJob, ...]
     budget: BudgetConfig | None = None
+    status: StatusConfig = StatusConfig()
 
 
 _TOP_KEYS = {"storage", "server", "location", "defaults", "include", "providers", "targets",
-             "max_concurrent_probes", "budget"}
+             "max_concurrent_probes", "budget", "status"}
 _INCLUDE_KEYS = {"include", "providers", "targets"}
 
 
@@ -478,6 +541,7 @@ def load_config(path: str | os.PathLike) -> Config:
 
     storage = _validate(StorageConfig, data.get("storage"), file, "storage", problems)
     server = _validate(ServerConfig, data.get("server"), file, "server", problems)
+    status = _validate(StatusConfig, data.get("status"), file, "status", problems)
     budget = None
     if data.get("budget") is not None:
         budget = _validate(BudgetConfig, data["budget"], file, "budget", problems)
@@ -501,7 +565,8 @@ def load_config(path: str | os.PathLike) -> Config:
         raise ConfigError(problems.lines)
     return Config(path=file, storage=storage, server=server, location=location,
                   max_concurrent_probes=max_concurrent,
-                  providers={n: p for n, (p, _) in providers.items()}, jobs=tuple(jobs), budget=budget)
+                  providers={n: p for n, (p, _) in providers.items()}, jobs=tuple(jobs), budget=budget,
+                  status=status)
 
 
 def _resolve_targets(pieces: _Pieces, providers: dict, default_values: dict, location: str | None,

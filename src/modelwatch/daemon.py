@@ -22,6 +22,9 @@ from modelwatch.probes import prober_for
 from modelwatch.probes.base import new_http_session, run_probe
 from modelwatch.scheduler import LoopLag, Scheduler
 from modelwatch.server import create_app, start_server
+from modelwatch.status.service import StatusService
+from modelwatch.status.service import for_config as status_service
+from modelwatch.status.service import series_from, settings_from
 from modelwatch.store import Store, cost_since
 from modelwatch.systemd import notify, reloading_message, watchdog, watchdog_interval
 from modelwatch.logs import fields
@@ -42,6 +45,7 @@ class Daemon:
         self.metrics = ProbeMetrics(self.registry, config.location)
         self.url: str | None = None
         self.store: Store | None = None
+        self.status: StatusService | None = None
         self._scheduler: Scheduler | None = None
         self._http = None
         self.budget: DailyBudget | None = None
@@ -69,8 +73,11 @@ class Daemon:
         self._scheduler = Scheduler(self._probe, self.metrics, cfg.max_concurrent_probes)
         host, port = parse_listen(cfg.server.listen)
         reloader = self.reload if cfg.server.enable_reload else None
-        runner, bound = await start_server(create_app(self.metrics, reloader, self.problem), host, port,
-                                           on_refused=self.metrics.http_refused.inc)
+        if cfg.status.enabled:
+            self.status = status_service(cfg, metrics=self.metrics)
+            self.status.start()
+        runner, bound = await start_server(create_app(self.metrics, reloader, self.problem, self.status),
+                                           host, port, on_refused=self.metrics.http_refused.inc)
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())
@@ -102,6 +109,8 @@ class Daemon:
             await asyncio.gather(*tasks, *self._reloads, return_exceptions=True)
             dropped = await self._scheduler.drain(STOP_GRACE_S)
             await runner.cleanup()
+            if self.status is not None:
+                await self.status.stop()
             await self._http.close()
             await loop.run_in_executor(None, self.store.close)
             log.info("stopped", extra=fields(cancelled_probes=dropped))
@@ -265,8 +274,8 @@ class Daemon:
                       extra=fields(problems=len(exc.problems), first=exc.problems[0]))
             return False, "reload failed: " + "; ".join(exc.problems)
         if new.location != self.config.location or new.storage != self.config.storage \
-                or new.server != self.config.server:
-            log.warning("reload: storage, server and location changes need a restart")
+                or new.server != self.config.server or new.status.enabled != self.config.status.enabled:
+            log.warning("reload: storage, server, location and status.enabled changes need a restart")
             new = _keep_static(new, self.config)
         old = self.config
         try:  # all or nothing: the scheduler either takes every new job or keeps the old ones
@@ -279,6 +288,10 @@ class Daemon:
         for job in added:
             self.metrics.add_job(job)
         self.config = new
+        if self.status is not None:
+            st = new.status
+            await self.status.configure(settings_from(st), series_from(new.jobs), st.refresh,
+                                        st.frame_ancestors, st.cors_origins)
         await self._set_budget(new)
         self._scheduler.set_max_concurrent(new.max_concurrent_probes)
         self.metrics.reload_ok.set(1)
@@ -312,7 +325,8 @@ def _scheduler_ended(task: asyncio.Task) -> None:
 
 
 def _keep_static(new: Config, old: Config) -> Config:
-    return dataclasses.replace(new, storage=old.storage, server=old.server, location=old.location,
+    status = new.status.model_copy(update={"enabled": old.status.enabled})
+    return dataclasses.replace(new, storage=old.storage, server=old.server, location=old.location, status=status,
                                jobs=tuple(dataclasses.replace(j, location=old.location) for j in new.jobs))
 
 

@@ -260,6 +260,15 @@ class ProbeMetrics:
         self.budget_skipped = Counter("modelwatch_budget_skipped_runs",
                                       "Paid probe runs not started because the daily budget was used up",
                                       registry=r)
+        self.status_refresh = Gauge("modelwatch_status_refresh_seconds",
+                                    "How long the status page's last refresh took in its worker "
+                                    "process (reading the database and rendering)", registry=r)
+        self.status_as_of = Gauge("modelwatch_status_snapshot_timestamp_seconds",
+                                  "Unix time the status page's figures are as of (0 before the first)",
+                                  registry=r)
+        self.status_failures = Counter("modelwatch_status_refresh_failures",
+                                       "Status page refreshes that failed (the page keeps its last "
+                                       "figures and says how old they are)", registry=r)
         self.build = Gauge("modelwatch_build_info", "Build information",
                            ("version", "python"), registry=r)
         self.build.labels(__version__, platform.python_version()).set(1)

@@ -1,4 +1,4 @@
-"""The daemon's HTTP endpoint: /metrics, /-/healthy and /-/reload."""
+"""The daemon's HTTP endpoint: /metrics, /-/healthy, /-/reload and the status site."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from modelwatch.metrics import ProbeMetrics
+from modelwatch.status.service import StatusService, add_routes
 
 Reloader = Callable[[], Awaitable[tuple[bool, str]]]
 Health = Callable[[], str | None]  # None when healthy, else what is wrong
 
 
 def create_app(metrics: ProbeMetrics, reload: Reloader | None = None,
-               health: Health | None = None) -> web.Application:
-    """The aiohttp application serving the daemon's endpoints."""
+               health: Health | None = None, status: StatusService | None = None) -> web.Application:
+    """The aiohttp application serving the daemon's endpoints (and the status site when given)."""
     app = web.Application()
     exposition = _Exposition(metrics)
 
@@ -49,13 +50,17 @@ def create_app(metrics: ProbeMetrics, reload: Reloader | None = None,
         return web.Response(status=200 if ok else 500, text=message + "\n")
 
     async def index(request: web.Request) -> web.Response:
-        return web.Response(text="modelwatch: see /metrics and /-/healthy\n")
+        return web.Response(text="modelwatch: see /metrics and /-/healthy (the status page is off: "
+                                 "status.enabled is false)\n")
 
     app.router.add_get("/metrics", serve_metrics)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_post("/-/reload", do_reload)
     app.router.add_put("/-/reload", do_reload)
-    app.router.add_get("/", index)
+    if status is not None:
+        add_routes(app, status)
+    else:
+        app.router.add_get("/", index)
     return app
 
 
