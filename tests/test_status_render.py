@@ -12,7 +12,7 @@ import pytest
 import status_snapshots as ss
 from modelwatch.status import badges
 from modelwatch.status.html import (
-    STATES, fmt_duration, fmt_latency, fmt_percent, render_embed, render_index, render_target,
+    STATES, fmt_duration, fmt_latency, fmt_percent, fmt_time, render_embed, render_index, render_target,
     root_for_path)
 
 STATIC = Path(__file__).parent.parent / "src" / "modelwatch" / "status" / "static"
@@ -130,6 +130,13 @@ def test_durations_read_as_people_say_them(seconds, text):
     assert fmt_duration(seconds) == text
 
 
+@pytest.mark.parametrize("value, text", [
+    ("2026-01-31T12:00:03Z", "2026-01-31 12:00 UTC"), ("2026-01-31T14:00:03+02:00", "2026-01-31 12:00 UTC"),
+    ("2026-01-31T12:00:03", "2026-01-31T12:00:03"), ("yesterday", "yesterday"), (None, "—")])
+def test_times_are_shown_in_utc_and_anything_else_as_given(value, text):
+    assert fmt_time(value) == text
+
+
 @pytest.mark.parametrize("path, root", [("/", ""), ("/targets/x/", "../../"), ("/targets/a/b/", "../../../"),
                                         ("/embed/x", "../")])
 def test_the_root_of_a_page_is_relative_to_its_path(path, root):
@@ -179,6 +186,13 @@ def test_hostile_strings_land_in_each_field_of_the_index_as_text():
     assert row.attrs["data-attribution"] == HOSTILE and row.text.count(HOSTILE) >= 3
 
 
+def test_control_characters_never_reach_a_page():
+    snap = ss.snapshot([ss.target("a\x00b\x1bc\x7fd\x85e", model="m\x0cn")])
+    text = render_index(snap)
+    assert not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", text)
+    assert parse(text).one("article", cls="target").attrs["data-target"] == "abcde"
+
+
 # --- index -------------------------------------------------------------------------------------
 
 def test_the_index_has_a_banner_with_the_worst_state_and_the_time():
@@ -202,6 +216,7 @@ def test_the_index_has_a_row_per_target_and_kind_with_90_bars_and_the_recent_str
         assert len(row.all("i", cls="run")) == 30
         assert row.one(cls="state").attrs["data-state"] == row.attrs["data-state"]
     assert {r.attrs["data-state"] for r in rows} == {"operational", "degraded"}
+    assert len(tree.all("i", cls="bar")) == 90 * 6 and len(tree.all("i", cls="run")) == 30 * 6
 
 
 def test_bars_are_coloured_by_the_day_state_and_titled_date_availability_errors_runs():

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import html
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from urllib.parse import quote
 
 from modelwatch.outcomes import NOT_PROVIDER_JUDGED, PROVIDER_OUTCOMES
@@ -129,7 +129,7 @@ def fmt_time(value: str | None, seconds: bool = False) -> str:
     moment = parse_iso(value)
     if moment is None:
         return DASH if value is None else str(value)
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC")
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC")
 
 
 def fmt_ago(value: str | None, as_of: str | None) -> str:
@@ -195,13 +195,13 @@ def _time(value: str | None, text: str) -> str:
     return f"<time datetime=\"{esc(value or '')}\">{esc(text)}</time>"
 
 
-def _banner(snapshot: dict, heading: str, state: object, extra: str = "") -> str:
+def _banner(snapshot: dict, heading_html: str, state: object, extra_html: str = "") -> str:
     """The header: heading, the worst state in words, and when the snapshot was taken."""
     s = state_of(state)
     as_of = snapshot.get("as_of")
     return (
         f"<header id=\"banner\" class=\"banner s-{s}\" data-state=\"{s}\">\n"
-        f"<h1>{heading}</h1>\n{extra}"
+        f"<h1>{heading_html}</h1>\n{extra_html}"
         f"<p class=\"banner-state\">{BANNER_LABELS[s]}</p>\n"
         f"<p class=\"as-of\">as of {_time(as_of, fmt_time(as_of, seconds=True))}</p>\n"
         "</header>\n"
@@ -384,10 +384,12 @@ def _incidents(incidents: list[dict], root: str, heading: str, link: bool = True
 # --- target page -------------------------------------------------------------------------------
 
 def _errors_text(w: dict) -> str:
+    """Errors of a window over its runs: "8 / 1000 runs"."""
     return f"{w.get('errors', 0)} / {w.get('runs', 0)} runs"
 
 
 def _outcomes_text(w: dict) -> str:
+    """A window's runs per outcome, most frequent first: "ok 992, server_error 5"."""
     counts = sorted((w.get("outcomes") or {}).items(), key=lambda item: (-item[1], str(item[0])))
     return ", ".join(f"{outcome} {n}" for outcome, n in counts) or DASH
 
