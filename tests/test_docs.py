@@ -32,7 +32,7 @@ def test_every_command_is_in_the_readme(command):
 def config_keys() -> set[str]:
     keys = set(cfg._TOP_KEYS)
     for model in (cfg.StorageConfig, cfg.ServerConfig, cfg.ProbeConfig, cfg.ProviderConfig,
-                  cfg.TargetConfig, cfg.PriceConfig):
+                  cfg.TargetConfig, cfg.PriceConfig, cfg.StatusConfig, cfg.StatusThresholds):
         keys |= set(model.model_fields)
     return keys
 

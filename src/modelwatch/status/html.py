@@ -60,6 +60,7 @@ BANNER_LABELS = {"operational": "All probes operational", "degraded": "Degraded 
 NO_DATA = "No measurements yet"
 INDEX_WINDOW = "24h"
 INCIDENTS_SHOWN = 20
+INDEX_PAGE_TARGETS = 50
 DASH = "\u2014"
 # Characters that are invalid in HTML text (C0 controls but tab/newline/CR, DEL, C1 controls).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -333,13 +334,37 @@ def _legend() -> str:
     return f"<ul class=\"legend\">{runs}</ul>\n<ul class=\"legend\">{days}</ul>\n"
 
 
-def render_index(snapshot: dict, root: str = "") -> str:
-    """GET /: the banner, every target and kind, and the latest incidents."""
+def page_href(root: str, page: int) -> str:
+    """The link to one page of the index: the site root for page 1, ``pages/N/`` after it."""
+    return root or "./" if page == 1 else f"{root}pages/{page}/"
+
+
+def _pager(root: str, page: int, pages: int, shown: tuple[int, int], total: int) -> str:
+    """Targets first-last of total, and links to the other pages of the index."""
+    if pages == 1:
+        return ""
+    links = " ".join(f"<span aria-current=\"page\">{n}</span>" if n == page
+                     else f"<a href=\"{page_href(root, n)}\">{n}</a>" for n in range(1, pages + 1))
+    return (f"<nav class=\"pager\" data-page=\"{page}\" data-pages=\"{pages}\">Targets {shown[0]}\u2013{shown[1]} "
+            f"of {total} · pages {links}</nav>\n")
+
+
+def render_index(snapshot: dict, root: str = "", page: int = 1, per_page: int = INDEX_PAGE_TARGETS) -> str:
+    """GET / (and /pages/N/): the banner, targets and kinds (``per_page`` a page), the latest incidents.
+
+    The banner and incidents cover every target on every page. Pages keep the index light
+    at a thousand targets (90 titled bars and 30 marks a probe: about 10 kB a probe).
+    """
     title = snapshot.get("title") or "Status"
-    targets = "".join(_index_target(target, root) for target in snapshot.get("targets") or [])
+    every = snapshot.get("targets") or []
+    pages = max(1, -(-len(every) // per_page))
+    first = (min(max(page, 1), pages) - 1) * per_page
+    chosen = every[first:first + per_page]
+    targets = "".join(_index_target(target, root) for target in chosen)
+    pager = _pager(root, page, pages, (first + 1, first + len(chosen)), len(every))
     body = (
         _banner(snapshot, esc(title), snapshot.get("state"))
-        + f"<main>\n{_legend()}<section id=\"targets\">\n{targets}</section>\n"
+        + f"<main>\n{_legend()}{pager}<section id=\"targets\">\n{targets}</section>\n{pager}"
         + _incidents(snapshot.get("incidents") or [], root, "Incidents")
         + "</main>\n" + _footer(root, "api/v1/status")
     )

@@ -143,10 +143,18 @@ class StatusService:
             while len(self._cache) > MAX_CACHED:
                 self._cache.popitem(last=False)
         answer, etag = cached
+        body = answer.body
+        gz = answer.gzipped is not None and "gzip" in request.headers.get("Accept-Encoding", "")
+        if gz:
+            body, etag = answer.gzipped, etag[:-1] + '-gz"'  # a strong ETag per representation
         headers = self._headers(answer, etag, request.headers.get("Origin"))
+        if answer.gzipped is not None:
+            headers["Vary"] = ", ".join(filter(None, [headers.get("Vary"), "Accept-Encoding"]))
         if answer.status == 200 and etag in request.headers.get("If-None-Match", ""):
             return web.Response(status=304, headers=headers)
-        return web.Response(status=answer.status, body=answer.body, headers={
+        if gz:
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(status=answer.status, body=body, headers={
             **headers, "Content-Type": answer.content_type})
 
     def _headers(self, answer: Answer, etag: str, origin: str | None) -> dict[str, str]:
@@ -189,7 +197,7 @@ def for_config(config, db_path: str | None = None, metrics=None) -> StatusServic
                          cors_origins=status.cors_origins, metrics=metrics)
 
 
-PATHS = ("/", "/index.html", "/static/{rest:.+}", "/targets/{rest:.+}", "/embed/{rest:.+}",
+PATHS = ("/", "/index.html", "/pages/{rest:.+}", "/static/{rest:.+}", "/targets/{rest:.+}", "/embed/{rest:.+}",
          "/api/v1/{rest:.+}", "/badge/{rest:.+}")
 
 

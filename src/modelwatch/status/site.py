@@ -12,6 +12,7 @@ Static file names, where a static host cannot use a query string:
 daemon                                          static export
 ==============================================  =============================================
 ``/``                                           ``index.html``
+``/pages/N/`` (the index from target 50N-49)    ``pages/N/index.html``
 ``/targets/T/``                                 ``targets/T/index.html``
 ``/embed/T/?kind=K&window=W``                   ``embed/T/index.html`` (first kind, 24h),
                                                 ``embed/T/K/W/index.html``
@@ -58,6 +59,7 @@ class Answer:
     content_type: str
     body: bytes
     role: str
+    gzipped: bytes | None = None  # the body gzipped, for clients that take it (large answers)
 
 
 def _json(data: object, status: int = 200, role: str = "api") -> Answer:
@@ -103,6 +105,8 @@ class Site:
         path = unquote(path)
         if path in ("", "/", "/index.html"):
             return Answer(200, HTML_TYPE, self._index, "page")
+        if path.startswith("/pages/"):
+            return self._index_page(path)
         if path.startswith("/static/"):
             return _static(path[len("/static/"):])
         if path in ("/api/v1/status", "/api/v1/status.json"):
@@ -114,6 +118,14 @@ class Site:
             if path.startswith(prefix):
                 return handler(path, path[len(prefix):], query)
         return _not_found("no such page")
+
+    def _index_page(self, path: str) -> Answer:
+        number = path[len("/pages/"):].strip("/")
+        pages = max(1, -(-len(self._targets) // html.INDEX_PAGE_TARGETS))
+        if not number.isdigit() or not 2 <= int(number) <= pages:
+            return _not_found(f"the index has pages 1 to {pages}")
+        page = html.render_index(self.snapshot, "../../", int(number))
+        return Answer(200, HTML_TYPE, page.encode(), "page")
 
     def _find(self, name: str) -> dict | None:
         return self._targets.get(name.strip("/"))
@@ -207,6 +219,9 @@ class Site:
         for name in STATIC:
             files[f"static/{name}"] = _static(name).body
         files["api/v1/incidents.json"] = self._incidents({}).body
+        pages = max(1, -(-len(snapshot["targets"]) // html.INDEX_PAGE_TARGETS))
+        for n in range(2, pages + 1):
+            files[f"pages/{n}/index.html"] = self._index_page(f"/pages/{n}/").body
         for target in snapshot["targets"]:
             files.update(self._target_files(target))
         for rel, body in files.items():
