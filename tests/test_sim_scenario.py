@@ -93,3 +93,72 @@ def test_sim_command_prints_every_problem_and_exits_2():
 
 def test_bundled_demo_scenario_loads():
     assert "gpt-4o-mini" in default_scenario().models
+
+
+# ---------------------------------------------------------------- error_draws
+
+
+def test_spread_error_draws_fail_the_same_requests_whatever_the_seeded_roll():
+    block = parse_scenario("models: {m: {errors: {rate_limited: 0.10, server_error: 0.05, overloaded: 0.03},"
+                           " error_draws: spread}}").models["m"]
+    for roll in (0.0, 0.5, 0.999):  # the seeded draw is ignored: only the model's count matters
+        kinds = [block.injected_error(0.0, roll, nth) for nth in range(1, 41)]
+        failed = [n for n, kind in enumerate(kinds, 1) if kind]
+        assert failed == [5, 13, 18, 26, 31, 34, 39]
+        assert kinds[4] == kinds[12] == "rate_limited" and kinds[17] == "server_error" and kinds[30] == "overloaded"
+    seeded = parse_scenario("models: {m: {errors: {rate_limited: 0.5}}}").models["m"]
+    assert seeded.error_draws == "seeded"
+    assert seeded.injected_error(0.0, 0.2, 5) == "rate_limited" and seeded.injected_error(0.0, 0.7, 5) is None
+
+
+def test_spread_error_draws_keep_each_share_over_any_stretch():
+    from modelwatch.sim.scenario import spread_roll
+
+    hits = [n for n in range(1, 10_001) if spread_roll(n) < 0.18]
+    assert abs(len(hits) / 10_000 - 0.18) < 0.001
+    assert max(b - a for a, b in zip(hits, hits[1:])) <= 8  # never a long run of successes
+
+
+def test_error_draws_must_be_seeded_or_spread():
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario("models: {m: {error_draws: shuffled}}", "s.yaml")
+    assert info.value.problems[0].startswith("s.yaml: models.m.error_draws:")
+
+
+@pytest.mark.slow
+def test_demo_flaky_model_fails_and_answers_within_its_first_15_requests_over_http():
+    """15 requests: what the demo's flaky target (every 2 s) sends in its first 30 s.
+
+    Other models' requests are interleaved, as in the demo: they must not move the flaky model's failures.
+    """
+    import asyncio
+
+    import aiohttp
+
+    from modelwatch.sim import start_sim
+
+    async def ask(session, url, model):
+        async with session.post(f"{url}/v1/chat/completions",
+                                headers={"Authorization": "Bearer sk-test"},
+                                json={"model": model, "stream": True, "max_tokens": 8,
+                                      "messages": [{"role": "user", "content": "hi"}]}) as response:
+            await response.read()
+            return response.status
+
+    async def run(interleave: int) -> list[int]:
+        server = await start_sim(default_scenario(), port=0)
+        try:
+            async with aiohttp.ClientSession() as session:
+                statuses = []
+                for n in range(15):
+                    others = [ask(session, server.url, "gpt-4o-mini") for _ in range(interleave * (n % 3))]
+                    *_, status = await asyncio.gather(*others, ask(session, server.url, "flaky-model"))
+                    statuses.append(status)
+                return statuses
+        finally:
+            await server.close()
+
+    quiet, busy = asyncio.run(run(0)), asyncio.run(run(2))
+    assert quiet == busy
+    assert 200 in quiet and any(status >= 400 for status in quiet), quiet
+    assert quiet[4] == 429  # the 5th request: about 10 s into the demo

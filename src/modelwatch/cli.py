@@ -10,12 +10,15 @@ import asyncio
 import fnmatch
 import json
 import os
+import queue
 import re
 import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -99,10 +102,11 @@ def run(config_path: str | None) -> None:
     loop.run(_run_daemon(config))
 
 
-async def _run_daemon(config, on_ready=None, stop_after: float | None = None) -> None:  # noqa: ANN001
+async def _run_daemon(config, on_ready=None, stop_after: float | None = None,  # noqa: ANN001
+                      on_result=None) -> None:  # noqa: ANN001
     from modelwatch.daemon import Daemon, install_signal_handlers
 
-    daemon = Daemon(config)
+    daemon = Daemon(config, on_result=on_result)
     stop = asyncio.Event()
     install_signal_handlers(stop, daemon)
     if stop_after:
@@ -358,27 +362,88 @@ def sim(listen: str, scenario_path: str | None) -> None:
 def demo(duration: str | None, db_path: str | None) -> None:
     """Run the simulator and the daemon together, no keys needed.
 
-    Probes a healthy, a flaky and a slow model on the bundled simulator and
-    prints where to look. Example: modelwatch demo --for 60s
+    Probes a healthy, a flaky and a slow model (and more) on the bundled
+    simulator, prints the status page URL and where else to look, then one line
+    per probe result as it arrives. Logs only warnings unless --log-level says
+    otherwise (the probe lines say what the info lines would).
+    Example: modelwatch demo --for 60s
     """
     stop_after = parse_duration(duration) if duration else None
     sim_proc, sim_url = _start_sim_process()
+    printer: _DemoPrinter | None = None
     try:
         db = db_path or str(Path(tempfile.mkdtemp(prefix="modelwatch-demo-")) / "modelwatch.db")
         os.environ.update(MODELWATCH_SIM_URL=sim_url, MODELWATCH_DEMO_DB=db,
                           MODELWATCH_DEMO_LISTEN=_free_listen("127.0.0.1", 9477))
         config = _load(str(resources.files("modelwatch") / "data" / "demo-config.yaml"))
-        _start_logging()
+        setup_logging(click.get_current_context().find_root().ensure_object(dict).get("log_level", "warning"))
+        printer = _DemoPrinter(max(len(j.target) for j in config.jobs), max(len(j.probe.kind) for j in config.jobs))
 
         def ready(url: str) -> None:
-            click.echo(f"modelwatch demo is running (Ctrl-C to stop)\n"
-                       f"  metrics:   {url}/metrics\n  health:    {url}/-/healthy\n"
-                       f"  simulator: {sim_url}\n  database:  {db}\n"
-                       f"  report:    modelwatch report --db {db}")
-        loop.run(_run_daemon(config, ready, stop_after))
+            printer.put(f"Status page: {url}/\n"
+                        f"modelwatch demo is running (Ctrl-C to stop)\n"
+                        f"  metrics:   {url}/metrics\n  health:    {url}/-/healthy\n"
+                        f"  simulator: {sim_url}\n  database:  {db}\n"
+                        f"  report:    modelwatch report --db {db}\n"
+                        f"Probe results as they arrive:")
+        loop.run(_run_daemon(config, ready, stop_after, on_result=printer.put))
     finally:
+        if printer is not None:
+            printer.stop()
         sim_proc.terminate()
         sim_proc.wait(10)
+
+
+class _DemoPrinter:
+    """The demo's terminal output: text and probe results, printed in order by a thread of its own.
+
+    Why a callback and a thread, not a logging handler: the daemon logs ``probe ok`` at
+    debug level only, and a handler would have to pick its records out by message text.
+    ``Daemon.on_result`` hands over the result itself; ``put`` runs on the event loop and
+    only appends to a queue, so a slow or paused terminal (Ctrl-S, a full pipe) stalls this
+    thread, never the probes (the same reason logs.py writes log lines from a listener thread).
+    """
+
+    def __init__(self, target_width: int, kind_width: int) -> None:
+        self._widths = (target_width, kind_width)
+        self._queue: queue.SimpleQueue[str | ProbeResult | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._print, name="modelwatch-demo-printer", daemon=True)
+        self._thread.start()
+
+    def put(self, item: str | ProbeResult) -> None:
+        self._queue.put(item)
+
+    def stop(self) -> None:
+        """Print what is queued, then end the thread."""
+        self._queue.put(None)
+        self._thread.join(5)
+
+    def _print(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                click.echo(item if isinstance(item, str) else demo_line(item, *self._widths))
+            except OSError:  # stdout gone (a closed pipe): the demo carries on without its printout
+                return
+
+
+def demo_line(r: ProbeResult, target_width: int = 24, kind_width: int = 8) -> str:
+    """One short aligned line per probe result: local time, target, kind, outcome, timings.
+
+    ``21:40:03  gpt-4o-mini  rest  ok            ttft 183 ms  total 310 ms``
+    ``21:40:04  flaky-model  rest  rate_limited  http 429  total 124 ms``
+    """
+    def ms(v: float) -> str:
+        return f"{v * 1000:.0f} ms" if v < 1 else f"{v:.1f} s"
+    done = r.ts + (r.duration_s or 0)
+    parts = [time.strftime("%H:%M:%S", time.localtime(done)), r.target.ljust(target_width),
+             r.kind.ljust(kind_width), r.outcome.ljust(13)]  # the usual outcomes; rarer longer ones push
+    if r.outcome != Outcome.OK.value:
+        parts.append(f"http {r.http_status}" if r.http_status else (r.error_code or "-"))
+    elif r.ttft_s is not None:
+        parts.append(f"ttft {ms(r.ttft_s)}")
+    if r.duration_s is not None:
+        parts.append(f"total {ms(r.duration_s)}")
+    return "  ".join(parts).rstrip()
 
 
 def _start_sim_process() -> tuple[subprocess.Popen, str]:

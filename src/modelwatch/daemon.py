@@ -39,8 +39,12 @@ LAGGED_S = 0.1  # a probe that saw the loop this late is counted in modelwatch_p
 class Daemon:
     """One running modelwatch: owns the loop-side state between start and stop."""
 
-    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None,
+                 on_result: Callable[[ProbeResult], None] | None = None) -> None:
         self.config = config
+        # Called on the loop with every recorded result (``modelwatch demo`` prints them): it must
+        # return at once, as a queue put does. None (``run``) changes nothing.
+        self.on_result = on_result
         self.registry = registry or CollectorRegistry()
         self.metrics = ProbeMetrics(self.registry, config.location)
         self.url: str | None = None
@@ -200,6 +204,8 @@ class Daemon:
             self.budget.add(result.cost_usd, result.ts)
             self._budget_changed()
         _log_result(result)
+        if self.on_result is not None:
+            self.on_result(result)
 
     def request_reload(self) -> None:
         """Reload in the background (SIGHUP); while still starting, once started.

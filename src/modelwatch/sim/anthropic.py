@@ -242,7 +242,7 @@ class MessagesEndpoint:
         if behaviour is None:
             return self._injected(ex, "model_unavailable")
         ex.behaviour = behaviour
-        kind = behaviour.injected_error(self.state.uptime_s(), ex.draws.error_roll)
+        kind = self.state.injected_error(ex.model, behaviour, ex.draws.error_roll)
         if kind is not None and kind != "content_blocked":
             await sleep_until(ex.t0_loop + behaviour.ttfb_ms / 1000)
             return self._injected(ex, kind)

@@ -54,7 +54,7 @@ from . import openai_responses
 from . import anthropic
 from . import gemini
 from . import gemini_live
-from .scenario import Scenario
+from .scenario import ModelBehaviour, Scenario
 
 __all__ = ["RequestDraws", "RequestRecord", "SimServer", "SimState", "create_app", "listen_address", "serve",
            "start_sim"]
@@ -119,6 +119,7 @@ class SimState:
         self.clock = clock
         self.started_at = clock()
         self.requests: deque[RequestRecord] = deque(maxlen=LOG_SIZE)
+        self._asked: dict[str | None, int] = {}  # error decisions made per model name (None: model lists)
 
     def uptime_s(self) -> float:
         """Seconds since the app was created, on the injected clock."""
@@ -127,6 +128,14 @@ class SimState:
     def draw(self) -> RequestDraws:
         """Draw one request's random numbers from the seeded RNG."""
         return RequestDraws(self.rng.getrandbits(128), self.rng.random(), self.rng.random())
+
+    def injected_error(self, model: str | None, behaviour: ModelBehaviour, roll: float) -> str | None:
+        """``behaviour``'s error kind for this request to ``model`` (None: a model list), or None.
+
+        Counts the model's requests for ``error_draws: spread``; ``roll`` is the request's seeded draw.
+        """
+        nth = self._asked[model] = self._asked.get(model, 0) + 1
+        return behaviour.injected_error(self.uptime_s(), roll, nth)
 
     def begin(self, request_id: str, path: str) -> RequestRecord:
         """Log a request on arrival; the handler completes the record in place."""

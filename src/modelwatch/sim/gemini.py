@@ -247,7 +247,7 @@ class GeminiRest:
         if behaviour is None:
             return self._reject(ex, "model_unavailable", ERRORS["model_unavailable"])
         ex.behaviour = behaviour
-        kind = behaviour.injected_error(self.state.uptime_s(), ex.draws.error_roll)
+        kind = self.state.injected_error(ex.model, behaviour, ex.draws.error_roll)
         if kind is not None and kind != "content_blocked":
             await sleep_until(ex.t0_loop + behaviour.ttfb_ms / 1000)
             return self._reject(ex, kind, ERRORS[kind])

@@ -330,7 +330,7 @@ class _Session:
         if self.conn.key_refused is not None:
             await self._refuse_key()
         behaviour = self._read_setup(message)
-        kind = behaviour.injected_error(self.state.uptime_s(), self.conn.draws.error_roll)
+        kind = self.state.injected_error(self.conn.record.model, behaviour, self.conn.draws.error_roll)
         self.content_blocked = kind == "content_blocked"
         self.conn.record.outcome = kind or "ok"
         if behaviour.session_max_s is not None or behaviour.goaway_after_s is not None:

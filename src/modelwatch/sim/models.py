@@ -87,7 +87,7 @@ class ModelLists:
     def _injected_kind(self, roll: float) -> str | None:
         """The ``model_list`` block's error kind for this request, if any (content_blocked does not apply)."""
         block = self.state.scenario.model_list
-        kind = block.injected_error(self.state.uptime_s(), roll) if block is not None else None
+        kind = self.state.injected_error(None, block, roll) if block is not None else None
         return None if kind == "content_blocked" else kind
 
     @staticmethod

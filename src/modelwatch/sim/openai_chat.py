@@ -229,7 +229,7 @@ class ChatCompletions:
             return self._reject(call, "bad_request", plain_error(status, message, code=code, param=param))
         if behaviour is None:
             return self._reject(call, "model_unavailable", self._error_response(call, "model_unavailable", "openai"))
-        kind = behaviour.injected_error(self.state.uptime_s(), call.draws.error_roll)
+        kind = self.state.injected_error(call.model, behaviour, call.draws.error_roll)
         if kind is not None and kind != "content_blocked":
             await _sleep_until(call.t0_loop + behaviour.ttfb_ms / 1000)
             return self._reject(call, kind, self._error_response(call, kind, behaviour.error_shape))

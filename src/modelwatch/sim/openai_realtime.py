@@ -132,7 +132,7 @@ class RealtimeEndpoint:
         if behaviour is None:
             return self._reject(conn, "model_unavailable", error_response(
                 "model_unavailable", "openai", model=conn.model, api_key=conn.api_key))
-        kind = behaviour.injected_error(self.state.uptime_s(), conn.draws.error_roll)
+        kind = self.state.injected_error(conn.model, behaviour, conn.draws.error_roll)
         if kind is not None and kind != "content_blocked":
             await sleep_until(conn.t0_loop + behaviour.ttfb_ms / 1000)
             return self._reject(conn, kind, error_response(

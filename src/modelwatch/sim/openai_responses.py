@@ -219,7 +219,7 @@ class ResponsesEndpoint:
             return self._reject(ex, "model_unavailable", error_response(
                 "model_unavailable", "openai", model=ex.model, api_key=ex.api_key))
         ex.behaviour = behaviour
-        kind = behaviour.injected_error(self.state.uptime_s(), ex.draws.error_roll)
+        kind = self.state.injected_error(ex.model, behaviour, ex.draws.error_roll)
         if kind is not None and kind != "content_blocked":
             await sleep_until(ex.t0_loop + behaviour.ttfb_ms / 1000)
             return self._reject(ex, kind, error_response(kind, behaviour.error_shape, model=ex.model,

@@ -9,7 +9,9 @@ every problem is reported at once, one ``file: key.path: reason`` a line
 
 Top-level keys
     seed            int, default 1. Seeds the RNG, so request ids, error draws and
-                    jitter are the same on every run with the same request order.
+                    jitter are the same on every run with the same request order
+                    (one shared sequence: other models' traffic shifts which draw
+                    a model gets; ``error_draws: spread`` takes a model out of it).
     keys            list of accepted API keys, default []. An empty list accepts
                     any non-empty key except ones starting with ``sk-bad``, so tests
                     can provoke a 401 without listing keys.
@@ -31,6 +33,15 @@ Behaviour block keys (all optional)
     finish_reason   stop | length | content_filter. Default stop.
     errors          {error_kind: probability}; one draw per request, kinds
                     tried in file order; probabilities must sum to <= 1.
+    error_draws     seeded | spread. Default seeded: each request's ``errors``
+                    draw comes from the shared seeded RNG, so a model with 18%
+                    errors can still answer 15 in a row. spread: the model's n-th
+                    request (counted per model name since the simulator started)
+                    draws frac(n x 0.618...) (golden ratio) instead, a
+                    low-discrepancy sequence: every run of requests gets each kind
+                    close to its share, the same on every run whatever else is
+                    asked (18% errors: the 5th request fails, then one in every
+                    3 to 8). The demo's flaky model uses it.
     error           one error kind for every request (beats ``errors``).
     outages         [{every_s, for_s, error}]: during [k*every_s, k*every_s+for_s)
                     of simulator uptime every request gets ``error`` (beats all).
@@ -189,6 +200,7 @@ __all__ = [
     "ScenarioError",
     "load_scenario",
     "parse_scenario",
+    "spread_roll",
 ]
 
 ErrorKind = Literal[
@@ -276,6 +288,7 @@ class ModelBehaviour(BaseModel):
     tokens: Count = 8
     finish_reason: Literal["stop", "length", "content_filter"] = "stop"
     errors: dict[ErrorKind, Probability] = Field(default_factory=dict)
+    error_draws: Literal["seeded", "spread"] = "seeded"
     error: ErrorKind | None = None
     outages: list[Outage] = Field(default_factory=list)
     midstream_error_after: Count | None = None
@@ -339,12 +352,16 @@ class ModelBehaviour(BaseModel):
             raise ValueError(f"goaway_after_s ({self.goaway_after_s:g}) must come before "
                              f"session_max_s ({self.session_max_s:g})")
 
-    def injected_error(self, uptime_s: float, roll: float) -> str | None:
+    def injected_error(self, uptime_s: float, roll: float, nth: int = 0) -> str | None:
         """The error kind for one request, or None for a normal answer.
 
         Outages win over ``error``, which wins over the random ``errors``;
         ``roll`` is a uniform draw in [0, 1) made by the caller from the seeded RNG.
+        Under ``error_draws: spread`` the draw is ``spread_roll(nth)`` instead, ``nth``
+        being this model's request count (1 for its first request).
         """
+        if self.error_draws == "spread":
+            roll = spread_roll(nth)
         for outage in self.outages:
             if outage.covers(uptime_s):
                 return outage.error
@@ -361,6 +378,14 @@ class ModelBehaviour(BaseModel):
         """``ttft_ms`` plus jitter from a uniform draw in [0, 1), never before ttfb."""
         jitter = (2 * jitter_roll - 1) * self.jitter_ms
         return max(self.ttfb_ms, self.ttft_ms + jitter)
+
+
+def spread_roll(nth: int) -> float:
+    """The ``nth`` point of the golden-ratio sequence in [0, 1): evenly spread for every prefix."""
+    return (nth * _GOLDEN_FRACTION) % 1.0
+
+
+_GOLDEN_FRACTION = (5 ** 0.5 - 1) / 2  # 0.618...: its multiples mod 1 fill [0, 1) most evenly
 
 
 class Scenario(BaseModel):
