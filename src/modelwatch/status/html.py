@@ -366,7 +366,7 @@ def render_index(snapshot: dict, root: str = "", page: int = 1, per_page: int = 
         _banner(snapshot, esc(title), snapshot.get("state"))
         + f"<main>\n{_legend()}{pager}<section id=\"targets\">\n{targets}</section>\n{pager}"
         + _incidents(snapshot.get("incidents") or [], root, "Incidents")
-        + "</main>\n" + _footer(root, "api/v1/status")
+        + "</main>\n" + _footer(root, "api/v1/status.json")
     )
     return _document(title, "page-index", body, root)
 
@@ -501,7 +501,7 @@ def render_target(snapshot: dict, target: dict, root: str = "../../") -> str:
         + f"<main>\n<section id=\"kinds\" class=\"kinds\">\n{columns}</section>\n"
         + f"<section id=\"windows\">\n<h2>Windows</h2>\n{tables}</section>\n"
         + _incidents(incidents, root, "Incidents of this target", link=False)
-        + "</main>\n" + _footer(root, f"api/v1/targets/{quote(str(name), safe='/')}")
+        + "</main>\n" + _footer(root, f"api/v1/targets/{quote(str(name), safe='/')}.json")
     )
     return _document(f"{name} · {snapshot.get('title') or 'Status'}", "page-target", body, root)
 

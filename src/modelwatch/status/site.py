@@ -33,7 +33,6 @@ import json
 import os
 import sqlite3
 import tempfile
-import time
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -180,12 +179,16 @@ class Site:
 
     def _incidents(self, query: dict) -> Answer:
         try:
-            since = parse_time(query.get("since", "90d"), time.time())
+            since = parse_time(query.get("since", "90d"), self._now())
         except ValueError as exc:
             return _bad(f"since {exc}")
         found = [i for i in self.snapshot["incidents"]
                  if i["ongoing"] or _ts(i["end"]) >= since]
         return _json({"as_of": self.snapshot["as_of"], "incidents": found})
+
+    def _now(self) -> float:
+        """The snapshot's time: relative times in queries count back from what the page shows."""
+        return _ts(self.snapshot["as_of"])
 
     def history(self, target: dict, query: dict) -> Answer:
         """Windows per hour or day of one probe: ``grain``, ``since`` and ``until`` bounded."""
@@ -197,7 +200,7 @@ class Site:
         if grain not in GRAINS:
             return _bad("grain must be hour or day")
         period, longest, default = GRAINS[grain]
-        now = time.time()
+        now = self._now()
         try:
             until = parse_time(query.get("until", "now"), now)
             since = parse_time(query["since"], now) if "since" in query else until - default
