@@ -192,30 +192,42 @@ def backfill_daily(conn: sqlite3.Connection, chunk_days: int = 7) -> int:
     first, last = conn.execute(f"SELECT min(hour), max(hour) FROM {TABLE}").fetchone()
     if first is None:
         return 0
-    sql = upsert_sql(DAILY)
+    columns = (*DAILY.key, *_ADDED, *HISTOGRAMS.values(), "cost_usd")  # as _sum_hours returns them
+    sql = f"INSERT INTO {DAILY_TABLE} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
     step = chunk_days * DAY_S
     for start in range(day_of(first), day_of(last) + 1, step):
         _extend_startup("summing hourly rollups into daily ones")
-        days = _sum_hours(conn, start, start + step)
-        conn.executemany(sql, [c.params(key) for key, c in days.items()])
+        conn.executemany(sql, _sum_hours(conn, start, start + step))
     return conn.execute(f"SELECT count(*) FROM {DAILY_TABLE}").fetchone()[0]
 
 
-def _sum_hours(conn: sqlite3.Connection, start: int, end: int) -> dict[tuple, _Contribution]:
-    """The daily contributions of the hourly rows with ``start <= hour < end``, keyed by day and series."""
+def _sum_hours(conn: sqlite3.Connection, start: int, end: int) -> list[tuple]:
+    """The daily rows summing the hourly rows with ``start <= hour < end``: key, sums, histograms, cost.
+
+    SQLite sums the counts; each day's hourly histograms come back as one JSON
+    array to parse in one call and add up in Python.
+    """
     series = ", ".join(SERIES)
-    added = ", ".join(_ADDED)
-    hists = ", ".join(HISTOGRAMS.values())
-    days: dict[tuple, _Contribution] = {}
-    for hour, *rest in conn.execute(
-            f"SELECT hour, {series}, {added}, {hists}, cost_usd FROM {TABLE} WHERE hour >= ? AND hour < ?",
-            [start, end]):
-        key = (day_of(hour), *rest[:len(SERIES)])
-        contribution = days.get(key)
-        if contribution is None:
-            contribution = days[key] = _Contribution()
-        contribution.add_rollup(rest[len(SERIES):])
-    return days
+    sums = ", ".join(f"sum({c})" for c in _ADDED)
+    hists = ", ".join(f"'[' || group_concat({c}) || ']'" for c in HISTOGRAMS.values())
+    out = []
+    for row in conn.execute(
+            f"SELECT hour / {DAY_S} * {DAY_S} AS day, {series}, {sums}, {hists}, sum(cost_usd) FROM {TABLE} "
+            f"WHERE hour >= ? AND hour < ? GROUP BY day, {series}", [start, end]):
+        counts_end = 1 + len(SERIES) + len(_ADDED)
+        texts = row[counts_end:counts_end + len(HISTOGRAMS)]
+        out.append((*row[:counts_end], *(_merged_json(text) for text in texts), row[-1]))
+    return out
+
+
+def _merged_json(array: str) -> str:
+    """One histogram's JSON from a JSON array of histograms, bucket counts added, buckets in order."""
+    merged: dict[str, int] = {}
+    get = merged.get
+    for hist in json.loads(array):
+        for b, n in hist.items():
+            merged[b] = get(b, 0) + n
+    return json.dumps({b: merged[b] for b in sorted(merged, key=int)}, separators=(",", ":"))
 
 
 def _merge_hist(grain: Grain, col: str) -> str:
@@ -286,20 +298,6 @@ class _Contribution:
             self.tokens[name] += n
         if other.cost is not None:
             self.cost = (self.cost or 0.0) + other.cost
-
-    def add_rollup(self, values: list) -> None:
-        """Add a stored rollup row: the ``_ADDED`` columns, the histograms' JSON, then cost_usd."""
-        counts, texts, cost = values[:len(_ADDED)], values[len(_ADDED):-1], values[-1]
-        self.probes += counts[0]
-        for outcome, n in zip(OUTCOMES, counts[1:]):
-            self.outcomes[outcome] += n
-        for name, n in zip(TOKEN_SUMS, counts[1 + len(OUTCOMES):]):
-            self.tokens[name] += n
-        for hist, text in zip(self.hists.values(), texts):
-            if text != "{}":
-                _add_counts(hist, {int(b): n for b, n in json.loads(text).items()})
-        if cost is not None:
-            self.cost = (self.cost or 0.0) + cost
 
     def params(self, key: tuple) -> tuple:
         """The upsert's parameters: key, then :data:`VALUES`."""

@@ -103,7 +103,7 @@ def m006_daily_rollups(db: sqlite_utils.Database) -> None:
     """
     rollups.create_table(db.conn, rollups.DAILY)
     first = db.execute(f"SELECT min(hour) FROM {rollups.TABLE}").fetchone()[0]
-    if first is not None:  # about 2 s per million hourly rows (docs/benchmarks.md): say why start-up waits
+    if first is not None:  # about 40 s per million hourly rows (bench/report_rollups.py): say why start-up waits
         log.info("summing stored hourly rollups into daily rollups", extra=fields(since=first))
     rows = rollups.backfill_daily(db.conn)
     if first is not None:
