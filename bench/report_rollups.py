@@ -21,8 +21,16 @@ its indexes (SQLite's ``dbstat``), per (target, kind) and 30-day month, and
 the writer's CPU per batch with and without rollups (``store.write_batch``
 against the same database, rows in the current hour).
 
+With ``--daily-targets N`` it measures only the daily rollups instead: a
+database of ``--days`` days of hourly rollups of N targets (one day of
+synthetic rollup rows, 120 probes an hour each, copied back day by day; no
+raw rows), the daily back-fill migration m006 runs on it, and
+``modelwatch report --since {days}d`` read through the daily rollups and,
+with the daily table renamed away, from the hourly ones alone.
+
 Example:  .venv/bin/python bench/report_rollups.py --write
           .venv/bin/python bench/report_rollups.py --targets 20 --days 30 --raw-days 7
+          .venv/bin/python bench/report_rollups.py --daily-targets 1000 --repeat 1
 """
 
 from __future__ import annotations
@@ -183,7 +191,85 @@ def time_reports(path: Path, repeat: int) -> list[list[str]]:
     return out
 
 
-_LABEL = {"raw": "raw rows", "rollups": "hourly rollups;", "raw+rollups": "hourly rollups and raw rows"}
+_LABEL = {"raw": "raw rows", "rollups": "rollups;", "raw+rollups": "rollups and raw rows"}
+
+
+def hourly_rollup_day(targets: list[dict], day: int, per_hour: int = 120) -> list[tuple]:
+    """A day of hourly rollup rows (``rollups.COLUMNS`` order) of ``per_hour`` synthetic probes each."""
+    rng = random.Random(5)
+    out = []
+    for s in targets:
+        for hour in range(day, day + DAY, 3600):
+            contribution = rollups._Contribution()
+            for k in range(per_hour):
+                row = dict(zip(COLUMNS, probe_row(s, hour + k * 3600 / per_hour, rng)))
+                contribution.add(row)
+            out.append(contribution.params((hour, s["target"], s["kind"], s["provider"], s["model"], "eu-west")))
+    return out
+
+
+def build_hourly_only(path: Path, targets: int, days: int) -> dict:
+    """A database of ``days`` days of hourly rollups and nothing else; return what building took."""
+    db = open_db(path)
+    conn = db.conn
+    conn.execute("PRAGMA synchronous=OFF")  # generation only
+    last_day = rollups.day_of(time.time()) - DAY
+    t0 = time.perf_counter()
+    with conn:
+        conn.execute("BEGIN")
+        conn.executemany(rollups.UPSERT_SQL, hourly_rollup_day(series(targets), last_day))
+    cols = ", ".join(c for c in rollups.COLUMNS if c != "hour")
+    for back in range(1, days):
+        with conn:
+            conn.execute("BEGIN")
+            conn.execute(f"INSERT INTO {rollups.TABLE} (hour, {cols}) SELECT hour - ?, {cols} FROM "
+                         f"{rollups.TABLE} WHERE hour >= ?", [back * DAY, last_day])
+    t1 = time.perf_counter()
+    with conn:
+        conn.execute("BEGIN")
+        daily_rows = rollups.backfill_daily(conn)
+    t2 = time.perf_counter()
+    hourly_rows = conn.execute(f"SELECT count(*) FROM {rollups.TABLE}").fetchone()[0]
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return {"hourly_rows": hourly_rows, "daily_rows": daily_rows, "build_s": t1 - t0, "backfill_s": t2 - t1}
+
+
+def time_daily_vs_hourly(path: Path, days: int, repeat: int) -> list[list[str]]:
+    """Wall time of ``report --since {days}d`` with the daily rollups, then with the hourly ones alone."""
+    out = []
+    for label in ("daily + hourly rollups", "hourly rollups only"):
+        if label == "hourly rollups only":  # a rename, as a database before m006 would look to the report
+            conn = sqlite3.connect(path)
+            conn.execute(f"ALTER TABLE {rollups.DAILY_TABLE} RENAME TO hidden_daily")
+            conn.commit()
+            conn.close()
+        cmd = modelwatch_cmd("report", "--db", str(path), "--since", f"{days}d", "--format", "json")
+        runs = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
+            runs.append(time.perf_counter() - start)
+        out.append([label, f"{len(done.stdout.splitlines())} lines", f"{statistics.median(runs):.2f}",
+                    f"{max(runs):.2f}"])
+    return out
+
+
+def daily_main(args: argparse.Namespace, work: Path) -> str:
+    """The ``--daily-targets`` measurement, as Markdown."""
+    path = work / "report-bench-daily.db"
+    for stale in work.glob("report-bench-daily.db*"):
+        stale.unlink()
+    built = build_hourly_only(path, args.daily_targets, args.days)
+    print(f"built {built['hourly_rows']:,} hourly rows in {built['build_s']:.0f} s; "
+          f"daily back-fill: {built['daily_rows']:,} rows in {built['backfill_s']:.1f} s", flush=True)
+    reports = time_daily_vs_hourly(path, args.days, args.repeat)
+    return "\n\n".join([
+        f"{args.daily_targets} targets, {args.days} days of hourly rollups ({built['hourly_rows']:,} rows, "
+        f"no raw rows). Migration m006 (`rollups.backfill_daily`) summed them into {built['daily_rows']:,} "
+        f"daily rows in {built['backfill_s']:.1f} s. `modelwatch report --since {args.days}d --format json` "
+        f"in a child process, median and max of {args.repeat} runs:",
+        markdown_table(["read from", "output", "median s", "max s"], reports)])
 
 
 def writer_cost(path: Path, batches: int) -> list[list[str]]:
@@ -255,6 +341,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=400, help="writer batches timed per case")
     p.add_argument("--workdir", type=Path, help="keep the database here (default: a temporary directory)")
     p.add_argument("--write", action="store_true", help=f"write the section into {DOCS}")
+    p.add_argument("--daily-targets", type=int,
+                   help="measure only daily vs hourly rollups for a 90-day report over this many targets")
     return p.parse_args(argv)
 
 
@@ -268,6 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     path = work / "report-bench.db"
     for stale in work.glob("report-bench.db*"):
         stale.unlink()
+    if args.daily_targets:
+        try:
+            print("\n" + daily_main(args, work))
+        finally:
+            if not args.workdir:
+                shutil.rmtree(work, ignore_errors=True)
+        return 0
     try:
         built = build(path, args)
         used = sizes(path)

@@ -21,6 +21,7 @@ from modelwatch.store import open_db, write_batch
 
 H, D = 3600, 86400
 INF = float("inf")
+DAY1 = rollups.day_of(T0) + D  # the first UTC day start after T0 (14:00 UTC)
 
 
 def fill(db_path, rows: list[dict], batch: int = 50) -> None:
@@ -66,7 +67,8 @@ def test_bad_times_are_refused_with_the_accepted_forms(text):
     (T0 + 10, T0 + D, "auto", -INF, Plan(T0 + 10, T0 + D, ((T0 + 10, T0 + D),))),
     # longer than 7 days: whole hours from rollups, the partial hours at the ends from raw rows
     (T0 + 10, T0 + 8 * D + 20, "auto", -INF,
-     Plan(T0 + 10, T0 + 8 * D + 20, ((T0 + 10, T0 + H), (T0 + 8 * D, T0 + 8 * D + 20)), (T0 + H, T0 + 8 * D))),
+     Plan(T0 + 10, T0 + 8 * D + 20, ((T0 + 10, T0 + H), (T0 + 8 * D, T0 + 8 * D + 20)), (T0 + H, T0 + 8 * D),
+          (DAY1, DAY1 + 7 * D))),
     # reaching before the oldest raw row: the head hour is widened, the tail still raw
     (T0 + 10, T0 + D + 20, "auto", T0 + 5 * H,
      Plan(T0, T0 + D + 20, ((T0 + D, T0 + D + 20),), (T0, T0 + D))),
@@ -75,7 +77,9 @@ def test_bad_times_are_refused_with_the_accepted_forms(text):
     # within one hour, pruned: that hour from the rollups
     (T0 + 10, T0 + 20, "auto", INF, Plan(T0, T0 + H, (), (T0, T0 + H))),
     # hour-aligned long range: rollups only, nothing widened
-    (T0, T0 + 30 * D, "auto", -INF, Plan(T0, T0 + 30 * D, (), (T0, T0 + 30 * D))),
+    (T0, T0 + 30 * D, "auto", -INF, Plan(T0, T0 + 30 * D, (), (T0, T0 + 30 * D), (DAY1, DAY1 + 29 * D))),
+    # day-aligned: whole days only
+    (DAY1, DAY1 + 9 * D, "auto", -INF, Plan(DAY1, DAY1 + 9 * D, (), (DAY1, DAY1 + 9 * D), (DAY1, DAY1 + 9 * D))),
     # forced sources
     (T0 + 10, T0 + 8 * D, "raw", T0 + D, Plan(T0 + 10, T0 + 8 * D, ((T0 + 10, T0 + 8 * D),))),
     (T0 + 10, T0 + 20, "rollups", -INF, Plan(T0, T0 + H, (), (T0, T0 + H))),
@@ -86,6 +90,18 @@ def test_plan_splits_the_range_between_raw_rows_and_rollups(since, until, source
     plan = plan_ranges(since, until, source, coverage)
     assert plan == expected
     assert plan.exact == (plan.source == "raw")
+
+
+def test_whole_days_are_read_daily_and_the_hours_around_them_hourly():
+    plan = plan_ranges(T0 + 10, T0 + 8 * D + 20, "rollups", -INF)
+    assert [(g.table, first, end) for g, first, end in plan.periods] == [
+        (rollups.TABLE, T0, DAY1), (rollups.DAILY_TABLE, DAY1, DAY1 + 7 * D),
+        (rollups.TABLE, DAY1 + 7 * D, T0 + 8 * D + H)]
+    hourly_only = plan_ranges(T0 + 10, T0 + 8 * D + 20, "rollups", -INF, daily=False)
+    assert hourly_only.days is None and hourly_only.periods == ((rollups.HOURLY, T0, T0 + 8 * D + H),)
+    assert hourly_only.source == plan.source == "rollups" and (plan.since, plan.until) == (T0, T0 + 8 * D + H)
+    assert plan_ranges(T0 + 10, T0 + D + 20, "rollups", -INF).days is None  # no whole day: hours only
+    assert plan_ranges(T0 + 10, T0 + 20, "raw", -INF).periods == ()
 
 
 def test_raw_rows_answer_up_to_seven_days_and_a_million_probes():
@@ -123,6 +139,42 @@ def test_a_long_range_with_partial_hours_counts_exactly_what_the_raw_rows_hold(d
     assert auto.plan.source == "raw+rollups" and (auto.plan.since, auto.plan.until) == (since, until)
     assert_same_counts(by_key(auto), by_key(build_report(db_path, since, until, source="raw")))
     assert all(r["percentiles"] == "approximate" and r["ttft_p50_s"] for r in auto.rows)
+
+
+def without_daily_rollups(db_path, tmp_path):
+    """A copy of the database as the release before daily rollups would read it: hourly rollups only."""
+    copy = tmp_path / "hourly-only.db"
+    src, dst = sqlite3.connect(db_path), sqlite3.connect(copy)
+    src.backup(dst)
+    src.close()
+    dst.execute(f"DROP TABLE {rollups.DAILY_TABLE}")
+    dst.commit()
+    dst.close()
+    return copy
+
+
+@pytest.mark.parametrize("source", ["auto", "rollups"])
+def test_reading_whole_days_from_daily_rollups_gives_exactly_what_the_hourly_ones_give(db_path, tmp_path, source):
+    rows = synthetic_rows(3000, step=300.0, seed=9)  # ~10.4 days from 14:00 UTC
+    fill(db_path, rows, batch=37)
+    hourly_db = without_daily_rollups(db_path, tmp_path)
+    since, until = T0 + 1234.5, T0 + 10 * D + 567.0  # partial hours and partial days at both ends
+    daily = build_report(db_path, since, until, source=source)
+    hourly = build_report(hourly_db, since, until, source=source)
+    assert daily.plan.days == (DAY1, DAY1 + 9 * D) and hourly.plan.days is None
+    assert {g for g, _, _ in daily.plan.periods} == {rollups.HOURLY, rollups.DAILY}
+    assert daily.plan.source == hourly.plan.source == ("raw+rollups" if source == "auto" else "rollups")
+    assert len(daily.rows) == 6  # 3 targets x 2 kinds
+    assert sum(r["probes"] for r in daily.rows) == sum(daily.plan.since <= r["ts"] < daily.plan.until for r in rows)
+    assert daily.rows == hourly.rows  # every field of every row, percentiles and cost included
+    assert daily.notes == hourly.notes
+
+
+def test_a_report_of_a_database_before_daily_rollups_reads_the_hourly_ones(db_path, tmp_path):
+    fill(db_path, synthetic_rows(1000, step=900.0, seed=10))  # ~10.4 days
+    hourly_db = without_daily_rollups(db_path, tmp_path)
+    report = build_report(hourly_db, T0, T0 + 11 * D, source="rollups")
+    assert report.plan.days is None and sum(r["probes"] for r in report.rows) == 1000
 
 
 def test_after_pruning_the_report_counts_pruned_probes_from_the_rollups(db_path, tmp_path):
@@ -219,7 +271,7 @@ def test_a_long_range_reads_the_rollups_and_says_percentiles_are_approximate(rec
     db, rows, _ = recent_db
     table = mw("--db", str(db), "--since", "30d")
     assert table.returncode == 0, table.stderr
-    assert "from hourly rollups and raw rows; ~ percentiles approximate (within 4.4%)" in table.stdout
+    assert "from daily and hourly rollups and raw rows; ~ percentiles approximate (within 4.4%)" in table.stdout
     line = next(line for line in table.stdout.splitlines() if line.startswith("b "))
     expected = sum(1 for r in rows if r["target"] == "b")
     assert line.split()[2] == str(expected) and "~" in line and "server_error=" in line

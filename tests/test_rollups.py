@@ -1,7 +1,8 @@
-"""Hourly rollups: bucket maths, incremental upserts equal to a back-fill, migration of old databases."""
+"""Hourly and daily rollups: bucket maths, incremental upserts equal to a back-fill, migration of old databases."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 import sqlite3
@@ -11,7 +12,7 @@ import sqlite_utils
 
 from modelwatch import rollups
 from modelwatch.outcomes import Outcome, ProbeResult
-from modelwatch.store import MIGRATIONS, open_db, write_batch
+from modelwatch.store import MIGRATIONS, migrate, open_db, write_batch
 
 T0 = 1_790_000_000 // 3600 * 3600  # an hour start (Sep 2026)
 
@@ -36,18 +37,49 @@ def synthetic_rows(n: int, start: float = T0, step: float = 7.0, seed: int = 1) 
     return rows
 
 
-def rollup_table(conn: sqlite3.Connection) -> dict[tuple, dict]:
+def rollup_table(conn: sqlite3.Connection, grain: rollups.Grain = rollups.HOURLY) -> dict[tuple, dict]:
     """Every rollup row by key, histograms parsed, cost rounded (float sums differ in the last bits)."""
     conn.row_factory = sqlite3.Row
     out = {}
-    for row in conn.execute(f"SELECT * FROM {rollups.TABLE}"):
+    for row in conn.execute(f"SELECT * FROM {grain.table}"):
         d = dict(row)
         for col in rollups.HISTOGRAMS.values():
             d[col] = {int(k): v for k, v in json.loads(d[col]).items()}
         d["cost_usd"] = None if d["cost_usd"] is None else round(d["cost_usd"], 12)
-        out[tuple(d[k] for k in rollups.KEY)] = d
+        out[tuple(d[k] for k in grain.key)] = d
     conn.row_factory = None
     return out
+
+
+def summed_by_day(hourly: dict[tuple, dict]) -> dict[tuple, dict]:
+    """What the daily table must hold: the hourly rows (as ``rollup_table`` reads them) added up per day."""
+    out: dict[tuple, dict] = {}
+    for (hour, *series), row in sorted(hourly.items()):
+        key = (rollups.day_of(hour), *series)
+        day = out.setdefault(key, {"day": key[0], **dict(zip(rollups.SERIES, series)), "cost_usd": None,
+                                   **{c: 0 for c in ("probes", *rollups.OUTCOMES, *rollups.TOKEN_SUMS)},
+                                   **{c: {} for c in rollups.HISTOGRAMS.values()}})
+        for col in ("probes", *rollups.OUTCOMES, *rollups.TOKEN_SUMS):
+            day[col] += row[col]
+        for col in rollups.HISTOGRAMS.values():
+            for b, n in row[col].items():
+                day[col][b] = day[col].get(b, 0) + n
+        if row["cost_usd"] is not None:
+            day["cost_usd"] = (day["cost_usd"] or 0.0) + row["cost_usd"]
+    return out
+
+
+def assert_same_rollups(got: dict[tuple, dict], expected: dict[tuple, dict]) -> None:
+    """Equal row for row; costs to 1e-9 (summing hours of rounded costs moves the last digits)."""
+    assert got.keys() == expected.keys() and got
+    for key, row in got.items():
+        want = expected[key]
+        assert {c: v for c, v in row.items() if c != "cost_usd"} == \
+            {c: v for c, v in want.items() if c != "cost_usd"}, key
+        if want["cost_usd"] is None:
+            assert row["cost_usd"] is None, key
+        else:
+            assert row["cost_usd"] == pytest.approx(want["cost_usd"], rel=1e-9), key
 
 
 def backfilled(rows: list[dict]) -> dict[tuple, dict]:
@@ -64,7 +96,18 @@ def test_every_outcome_has_a_count_column(db_path):
     columns = set(db[rollups.TABLE].columns_dict)
     assert {o.value for o in Outcome} <= columns
     assert set(rollups.COLUMNS) == columns
+    daily = db[rollups.DAILY_TABLE].columns_dict
+    assert set(daily) == columns - {"hour"} | {"day"} and set(rollups.DAILY.columns) == set(daily)
+    assert [c for c in daily if c in rollups.DAILY.key] == list(rollups.DAILY.key)
     db.conn.close()
+
+
+@pytest.mark.parametrize("ts, day", [(T0, 1_789_948_800), (1_789_948_800.0, 1_789_948_800),
+                                     (1_789_948_799.9, 1_789_862_400), (1_790_035_199.99, 1_789_948_800)])
+def test_day_of_is_the_start_of_the_utc_day(ts, day):
+    assert rollups.day_of(ts) == day == rollups.DAILY.start_of(ts)
+    assert dt.datetime.fromtimestamp(day, dt.timezone.utc).time() == dt.time(0)
+    assert rollups.hour_of(ts) == rollups.HOURLY.start_of(ts) and rollups.TABLE == "probe_rollups_hourly"
 
 
 @pytest.mark.parametrize("seconds", [0.00011, 0.0009, 0.0123, 0.2, 0.2049, 1.0, 3.7, 29.9, 61.0, 599.0])
@@ -153,3 +196,99 @@ def test_prune_deletes_only_hours_that_ended_before_the_cutoff(db_path):
     hours = sorted({k[0] for k in rollup_table(db.conn)})
     db.conn.close()
     assert deleted == 5 and hours[0] == T0 + 5 * 3600
+
+
+# --- daily rollups --------------------------------------------------------------------------------
+
+def several_days(n: int = 3000, seed: int = 5) -> list[dict]:
+    """Rows every 2 minutes for ~4 days from mid-afternoon: partial days at both ends."""
+    return synthetic_rows(n, step=120.0, seed=seed)
+
+
+def test_batches_keep_every_daily_row_the_sum_of_its_hourly_rows(db_path):
+    rows = several_days()
+    db = open_db(db_path)
+    for i in range(0, len(rows), 41):  # batches straddle hour and day boundaries
+        write_batch(db, rows[i:i + 41])
+    hourly, daily = rollup_table(db.conn), rollup_table(db.conn, rollups.DAILY)
+    db.conn.close()
+    assert hourly == backfilled(rows)
+    assert_same_rollups(daily, summed_by_day(hourly))
+    assert len({k[0] for k in daily}) == 5  # T0 is 14:00 UTC: ~4.2 days of rows touch 5 days
+    assert sum(r["probes"] for r in daily.values()) == len(rows)
+
+
+def test_the_daily_backfill_sums_the_hourly_rollups_a_chunk_of_days_at_a_time(db_path):
+    rows = several_days(seed=6)
+    db = open_db(db_path)
+    write_batch(db, rows)
+    incremental = rollup_table(db.conn, rollups.DAILY)
+    for chunk_days in (1, 2, 30):  # chunk edges must neither lose nor double a day
+        with db.conn:
+            db.conn.execute("BEGIN")
+            db.conn.execute(f"DELETE FROM {rollups.DAILY_TABLE}")
+            written = rollups.backfill_daily(db.conn, chunk_days=chunk_days)
+        assert written == len(incremental) and len({k[0] for k in incremental}) == 5
+        assert_same_rollups(rollup_table(db.conn, rollups.DAILY), incremental)
+    db.conn.close()
+
+
+def test_the_daily_backfill_needs_only_the_hourly_rollups(db_path):
+    """Hourly rollups outlive raw rows: days whose raw rows were pruned are still summed."""
+    rows = several_days(seed=7)
+    db = open_db(db_path)
+    write_batch(db, rows)
+    expected = summed_by_day(rollup_table(db.conn))
+    with db.conn:
+        db.conn.execute("BEGIN")
+        db.conn.execute("DELETE FROM probe_results")
+        db.conn.execute(f"DELETE FROM {rollups.DAILY_TABLE}")
+        rollups.backfill_daily(db.conn)
+    assert_same_rollups(rollup_table(db.conn, rollups.DAILY), expected)
+    db.conn.close()
+
+
+def test_the_migration_adds_daily_rollups_to_a_database_with_hourly_ones(db_path):
+    rows = several_days(seed=8)
+    database_before_rollups(db_path, rows)
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    db = sqlite_utils.Database(conn)
+    MIGRATIONS.apply(db, stop_before="m006_daily_rollups")  # as the release before daily rollups left it
+    conn.execute(f"DELETE FROM probe_results WHERE ts < {T0 + 86400}")  # raw rows of the first day pruned
+    assert not db[rollups.DAILY_TABLE].exists()
+    hourly = rollup_table(conn)
+    assert migrate(db) == ["m006_daily_rollups"]
+    assert rollup_table(conn) == hourly  # untouched
+    assert_same_rollups(rollup_table(conn, rollups.DAILY), summed_by_day(hourly))
+    assert_same_rollups(summed_by_day(hourly), summed_by_day(backfilled(rows)))
+    conn.close()
+
+
+def test_an_empty_database_migrates_to_an_empty_daily_table(db_path):
+    db = open_db(db_path)
+    assert db[rollups.DAILY_TABLE].count == 0 and rollups.backfill_daily(db.conn) == 0
+    db.conn.close()
+
+
+def test_prune_deletes_only_days_that_ended_before_the_cutoff(db_path):
+    db = open_db(db_path)
+    write_batch(db, synthetic_rows(100, step=3600.0))  # one probe an hour for 100 hours: days 0..4
+    first_day = rollups.day_of(T0)
+    before = rollup_table(db.conn, rollups.DAILY)
+    with db.conn:
+        deleted = rollups.prune(db.conn, first_day + 2 * 86400 + 1800, grains=(rollups.DAILY,))
+    days = sorted({k[0] for k in rollup_table(db.conn, rollups.DAILY)})
+    hours = rollup_table(db.conn)
+    with db.conn:  # both grains by default, as the writer prunes: the hours before the cutoff go too
+        both = rollups.prune(db.conn, first_day + 3 * 86400)
+    left_days = sorted({k[0] for k in rollup_table(db.conn, rollups.DAILY)})
+    left_hours = sorted({k[0] for k in rollup_table(db.conn)})
+    db.conn.close()
+    # the cutoff falls 30 min into day 2: days 0 and 1 ended before it, day 2 stays whole
+    assert deleted == sum(1 for k in before if k[0] < first_day + 2 * 86400) > 0
+    assert days[0] == first_day + 2 * 86400 and len(days) == 3
+    assert len(hours) == 100  # hourly rows untouched by a daily-only prune
+    hours_gone = sum(1 for k in hours if k[0] < first_day + 3 * 86400)
+    days_gone = sum(1 for k in before if k[0] == first_day + 2 * 86400)
+    assert both == hours_gone + days_gone and left_days[0] == first_day + 3 * 86400
+    assert left_hours[0] == first_day + 3 * 86400

@@ -18,7 +18,7 @@ from modelwatch.store import LEGACY_MIGRATIONS_TABLE, MIGRATIONS, Store, migrate
 
 # Every migration, as databases record it: a rename would make old databases run one again.
 MIGRATION_NAMES = ["m001_probe_results", "m002_audio_tokens", "m003_cost", "m004_hourly_rollups",
-                   "m005_loop_lag"]
+                   "m005_loop_lag", "m006_daily_rollups"]
 
 
 def result(target: str = "t", ts: float | None = None, **kw) -> ProbeResult:
@@ -209,9 +209,11 @@ def test_prune_keeps_rollups_of_pruned_raw_rows_until_their_own_retention(db_pat
     conn = sqlite3.connect(db_path)
     raw = [r[0] for r in conn.execute("SELECT ts FROM probe_results")]
     hours = [r[0] for r in conn.execute(f"SELECT hour FROM {rollups.TABLE} ORDER BY hour")]
+    days = [r[0] for r in conn.execute(f"SELECT day FROM {rollups.DAILY_TABLE} ORDER BY day")]
     conn.close()
     assert raw == [now]
     assert hours == [rollups.hour_of(ts) for ts in (now - 2 * 86400, now - 7200, now)]
+    assert days == sorted({rollups.day_of(ts) for ts in (now - 2 * 86400, now - 7200, now)})
 
 
 def test_rollup_retention_defaults_to_400_days_and_must_cover_the_raw_retention(tmp_path):

@@ -1,7 +1,8 @@
 """Upgrading in place: databases of release 0.1.0, whose own runner recorded migrations in ``_migrations``.
 
 ``data/db-v0.1.0.sqlite`` was written by that release's code (``data/make_db_v0_1_0.py`` at commit
-9410bff): every migration applied, a dozen probes, their hourly rollups.
+9410bff): every migration of that release applied, a dozen probes, their hourly rollups. Upgrading
+adds the daily rollups (m006), summed from those hourly ones.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import sqlite3
 from pathlib import Path
 
 import sqlite_utils
-from test_rollups import backfilled, database_before_rollups, rollup_table, synthetic_rows
+from test_rollups import (assert_same_rollups, backfilled, database_before_rollups, rollup_table, summed_by_day,
+                          synthetic_rows)
 from test_store import MIGRATION_NAMES, result
 
 from modelwatch import rollups
 from modelwatch.store import LEGACY_MIGRATIONS_TABLE, MIGRATIONS, Store, migrate, open_db
 
 FIXTURE = Path(__file__).parent / "data" / "db-v0.1.0.sqlite"
+RELEASE_0_1_0 = MIGRATION_NAMES[:5]  # what that release applied and recorded
 
 
 def snapshot(path: Path) -> dict:
@@ -29,6 +32,9 @@ def snapshot(path: Path) -> dict:
         return {
             "rows": conn.execute("SELECT * FROM probe_results ORDER BY id").fetchall(),
             "rollups": rollup_table(conn),
+            "daily": rollup_table(conn, rollups.DAILY)
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
+                            [rollups.DAILY_TABLE]).fetchone() else {},
             "schema": conn.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE "
                                    "'%migrations%' ORDER BY name").fetchall(),
             "legacy": conn.execute(f"SELECT name, applied_at FROM {LEGACY_MIGRATIONS_TABLE} "
@@ -51,14 +57,14 @@ def test_a_database_of_release_0_1_0_upgrades_in_place(tmp_path, caplog):
     path = tmp_path / "modelwatch.db"
     shutil.copy(FIXTURE, path)
     before = snapshot(path)
-    assert [name for name, _ in before["legacy"]] == MIGRATION_NAMES and len(before["rows"]) == 12
+    assert [name for name, _ in before["legacy"]] == RELEASE_0_1_0 and len(before["rows"]) == 12
 
     db, applied = opened(path)
-    assert applied == []  # nothing runs again
+    assert applied == ["m006_daily_rollups"]  # only what came after 0.1.0 runs
     records = MIGRATIONS.applied(db)
     assert [m.name for m in records] == MIGRATION_NAMES
     # the records are the old ones, carried over with their times, not new runs
-    assert [m.applied_at for m in records] == [
+    assert [m.applied_at for m in records[:5]] == [
         str(dt.datetime.fromtimestamp(ts, dt.timezone.utc)) for _, ts in before["legacy"]]
     assert not db[LEGACY_MIGRATIONS_TABLE].exists()
     assert migrate(db) == [] and MIGRATIONS.applied(db) == records  # and a second open does nothing
@@ -67,8 +73,12 @@ def test_a_database_of_release_0_1_0_upgrades_in_place(tmp_path, caplog):
         ("adopted the migration records of an older release", {"migrations": 5})]
 
     after = snapshot(path)
-    assert after["schema"] == before["schema"]  # tables, columns and indexes unchanged
+    # tables, columns and indexes unchanged, the daily rollups added
+    assert [s for s in after["schema"] if s[1] != rollups.DAILY_TABLE] == before["schema"]
+    assert len(after["schema"]) == len(before["schema"]) + 1
     assert after["rows"] == before["rows"] and after["rollups"] == before["rollups"]
+    assert_same_rollups(after["daily"], summed_by_day(before["rollups"]))
+    assert sum(r["probes"] for r in after["daily"].values()) == 12
 
     store = Store(path, retention_s=10 ** 10, rollup_retention_s=10 ** 10)  # and it takes new rows
     store.submit(result("new", ts=1_790_000_000.0, ttft_s=0.2, duration_s=0.4))
@@ -77,6 +87,7 @@ def test_a_database_of_release_0_1_0_upgrades_in_place(tmp_path, caplog):
     rows = [dict(r) for r in db["probe_results"].rows]
     assert len(rows) == 13 and rows[-1]["target"] == "new"
     assert rollup_table(db.conn) == backfilled(rows)  # its rollups counted, the old ones kept
+    assert_same_rollups(rollup_table(db.conn, rollups.DAILY), summed_by_day(backfilled(rows)))
     db.conn.close()
 
 
@@ -96,9 +107,10 @@ def test_a_database_of_a_release_before_rollups_adopts_its_records_and_runs_the_
     database_before_rollups(path, rows)
     legacy_records(path)
     db, applied = opened(path)
-    assert applied == ["m004_hourly_rollups", "m005_loop_lag"]
+    assert applied == ["m004_hourly_rollups", "m005_loop_lag", "m006_daily_rollups"]
     assert [m.name for m in MIGRATIONS.applied(db)] == MIGRATION_NAMES
     assert rollup_table(db.conn) == backfilled(rows)
+    assert_same_rollups(rollup_table(db.conn, rollups.DAILY), summed_by_day(backfilled(rows)))
     db.conn.close()
 
 
@@ -109,7 +121,7 @@ def test_an_empty_legacy_record_left_by_a_kill_before_the_first_migration_runs_t
     conn.execute(f"CREATE TABLE {LEGACY_MIGRATIONS_TABLE} (name TEXT PRIMARY KEY, applied_at REAL)")
     conn.close()
     db, applied = opened(path)
-    assert applied == MIGRATION_NAMES and db[rollups.TABLE].exists()
+    assert applied == MIGRATION_NAMES and db[rollups.TABLE].exists() and db[rollups.DAILY_TABLE].exists()
     db.conn.close()
 
 
@@ -131,6 +143,7 @@ def test_adoption_is_one_transaction(tmp_path):
     else:
         raise AssertionError("the refused insert must fail the adoption")
     assert db[LEGACY_MIGRATIONS_TABLE].count == 5 and db[MIGRATIONS.migrations_table].count == 0
+    assert not db[rollups.DAILY_TABLE].exists()  # nothing after the failed adoption ran either
     db.execute("DROP TRIGGER refuse")
-    assert migrate(db) == [] and [m.name for m in MIGRATIONS.applied(db)] == MIGRATION_NAMES
+    assert migrate(db) == ["m006_daily_rollups"] and [m.name for m in MIGRATIONS.applied(db)] == MIGRATION_NAMES
     db.conn.close()

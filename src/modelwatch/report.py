@@ -6,16 +6,21 @@ Where the numbers come from (docs/metrics.md, "Reports over long ranges"):
   ``RAW_MAX_ROWS`` (1,000,000) probes of the selected targets, whose raw rows
   are all still stored, is answered from ``probe_results`` alone: percentiles
   are exact (nearest rank).
-- Any other range is answered from the hourly rollups for its whole hours,
-  plus the raw rows of the partial hours at either end where those still
-  exist; where they were pruned, the range is widened to the whole hour (and
-  the report says so). Counts and availability are exact either way;
-  percentiles from rollups are within ``rollups.RELATIVE_ERROR`` (4.4 %) of the
-  exact ones, and marked ``~``.
+- Any other range is answered from the rollups for its whole hours, plus the
+  raw rows of the partial hours at either end where those still exist; where
+  they were pruned, the range is widened to the whole hour (and the report
+  says so). Of those whole hours, the whole UTC days come from the daily
+  rollups and only the hours before the first and after the last whole day
+  from the hourly ones (:attr:`Plan.periods`); a daily row is the sum of its
+  hourly rows, so the numbers are the same as from hourly rollups alone, read
+  from 24 times fewer rows. A database whose daily table the daemon has not
+  added yet is read from the hourly rollups alone. Counts and availability
+  are exact either way; percentiles from rollups are within
+  ``rollups.RELATIVE_ERROR`` (4.4 %) of the exact ones, and marked ``~``.
 
 The row limit bounds the time rather than the range: reading raw rows costs
 about 3 s per million (a day of 100 targets probed every 30 s is 288,000),
-while the rollups answer 90 days of 100 targets in a few seconds
+while the rollups answer 90 days of 1,000 targets in seconds
 (docs/benchmarks.md). So the default 24 h report of such a fleet is exact, a
 7-day one is exact for a few targets and approximate for all of them.
 ``--source raw|rollups`` overrides.
@@ -34,7 +39,7 @@ from pathlib import Path
 from modelwatch import rollups
 from modelwatch.config import format_duration, parse_duration
 from modelwatch.outcomes import NOT_PROVIDER_JUDGED, PROVIDER_OUTCOMES, Outcome
-from modelwatch.rollups import HOUR_S, hour_of
+from modelwatch.rollups import DAY_S, HOUR_S, day_of, hour_of
 
 PERCENTILES = (50, 95, 99)
 RAW_MAX_RANGE_S = 7 * 86400.0
@@ -81,6 +86,26 @@ def ceil_hour(ts: float) -> int:
     return start if start == ts else start + HOUR_S
 
 
+def ceil_day(ts: float) -> int:
+    """Start of the first UTC day that begins at or after ``ts``."""
+    start = day_of(ts)
+    return start if start == ts else start + DAY_S
+
+
+def whole_days(first: int, end: int) -> tuple[int, int] | None:
+    """The whole UTC days [first day, end day) inside the hours [first, end), or None when there are none."""
+    start, stop = ceil_day(first), day_of(end)
+    return (start, stop) if start < stop else None
+
+
+def periods(hours: tuple[int, int], days: tuple[int, int] | None) -> tuple[tuple[rollups.Grain, int, int], ...]:
+    """The rollup reads covering ``hours``: ``days`` from the daily table, the hours around them hourly."""
+    if not days:
+        return ((rollups.HOURLY, *hours),)
+    parts = ((rollups.HOURLY, hours[0], days[0]), (rollups.DAILY, *days), (rollups.HOURLY, days[1], hours[1]))
+    return tuple(p for p in parts if p[1] < p[2])
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """Which parts of the (possibly widened) range [since, until) come from raw rows and rollups."""
@@ -89,6 +114,12 @@ class Plan:
     until: float
     raw: tuple[tuple[float, float], ...]
     hours: tuple[int, int] | None = None  # [first, end) hour starts read from the rollups
+    days: tuple[int, int] | None = None  # [first, end) day starts of those, read from the daily rollups
+
+    @property
+    def periods(self) -> tuple[tuple[rollups.Grain, int, int], ...]:
+        """The rollup reads as (grain, first, end) periods: whole days daily, the other hours hourly."""
+        return periods(self.hours, self.days) if self.hours else ()
 
     @property
     def source(self) -> str:
@@ -103,12 +134,23 @@ class Plan:
         return not self.hours
 
 
-def plan_ranges(since: float, until: float, source: str, coverage: float | None, probes: int = 0) -> Plan:
+def plan_ranges(since: float, until: float, source: str, coverage: float | None, probes: int = 0,
+                daily: bool = True) -> Plan:
     """Split [since, until) between raw rows (complete from ``coverage`` on) and rollups.
 
     ``coverage`` is None when the database has no rollups; ``probes`` is how
-    many probes of the selected targets the rollups count in the range.
+    many probes of the selected targets the rollups count in the range (only
+    looked at for ranges of at most ``RAW_MAX_RANGE_S``); ``daily`` says
+    whether whole days may be read from the daily rollups.
     """
+    plan = _plan_hours(since, until, source, coverage, probes)
+    if daily and plan.hours:
+        return dataclasses.replace(plan, days=whole_days(*plan.hours))
+    return plan
+
+
+def _plan_hours(since: float, until: float, source: str, coverage: float | None, probes: int) -> Plan:
+    """The plan's raw ranges and whole hours, before any are read as whole days."""
     if source == "raw" or coverage is None:
         return Plan(since, until, ((since, until),))
     if source == "rollups":
@@ -210,15 +252,19 @@ def build_report(db_path: str | Path, since: float, until: float, *, targets: tu
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5.0)
     try:
         has_rollups = _has_table(conn, rollups.TABLE)
+        has_daily = has_rollups and _has_table(conn, rollups.DAILY_TABLE)
         if source == "rollups" and not has_rollups:
             raise ReportError("this database has no rollups yet; the daemon adds them when it next starts")
         coverage = raw_coverage_start(conn) if has_rollups else None
-        names = _matching_targets(conn, targets, since, until, has_rollups) if targets else None
+        names = _matching_targets(conn, targets, since, until, has_rollups, has_daily) if targets else None
         where = _Filter(names, kind)
-        probes = _rolled_up_probes(conn, since, until, where) if has_rollups and source == "auto" else 0
-        plan = plan_ranges(since, until, source, coverage, probes)
+        # Only a range short enough for raw rows needs their count: a long one is never read raw,
+        # and counting it would read every hourly row the daily ones are there to spare.
+        probes = (_rolled_up_probes(conn, since, until, where)
+                  if has_rollups and source == "auto" and until - since <= RAW_MAX_RANGE_S else 0)
+        plan = plan_ranges(since, until, source, coverage, probes, daily=has_daily)
         notes = _notes(plan, since, until, coverage, has_rollups, source)
-        oldest = _oldest(conn, has_rollups)
+        oldest = _oldest(conn, has_rollups, has_daily)
         if oldest is not None and since < oldest:
             notes += (f"nothing is stored before {_iso(oldest)}: raw rows are kept for "
                       "storage.retention and hourly rollups for storage.rollup_retention",)
@@ -235,16 +281,21 @@ def _tally(conn: sqlite3.Connection, tallies: dict, plan: Plan, where: _Filter) 
     for start, end in plan.raw:
         _raw_counts(conn, tallies, start, end, where)
         _raw_latencies(conn, tallies, start, end, where, plan.exact)
-    if plan.hours:
-        _rollup_counts(conn, tallies, plan.hours, where)
-        _rollup_buckets(conn, tallies, plan.hours, where)
+    for grain, first, end in plan.periods:
+        _rollup_counts(conn, tallies, grain, (first, end), where)
+        _rollup_buckets(conn, tallies, grain, (first, end), where)
 
 
-def _oldest(conn: sqlite3.Connection, has_rollups: bool) -> float | None:
-    """When the oldest result this database still holds, raw or rolled up, started."""
+def _oldest(conn: sqlite3.Connection, has_rollups: bool, has_daily: bool = False) -> float | None:
+    """When the oldest result this database still holds, raw or rolled up, started.
+
+    A daily row outlives the first hours of its day (it is pruned only once
+    the whole day is past the retention), so it can be the oldest.
+    """
     starts = [conn.execute("SELECT min(ts) FROM probe_results").fetchone()[0]]
-    if has_rollups:
-        starts.append(conn.execute(f"SELECT min(hour) FROM {rollups.TABLE}").fetchone()[0])
+    grains = (rollups.HOURLY, rollups.DAILY) if has_daily else (rollups.HOURLY,) if has_rollups else ()
+    for grain in grains:
+        starts.append(conn.execute(f"SELECT min({grain.key_column}) FROM {grain.table}").fetchone()[0])
     starts = [s for s in starts if s is not None]
     return min(starts) if starts else None
 
@@ -255,13 +306,15 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 
 
 def _matching_targets(conn: sqlite3.Connection, patterns: tuple[str, ...], since: float, until: float,
-                      has_rollups: bool) -> tuple[str, ...]:
+                      has_rollups: bool, has_daily: bool = False) -> tuple[str, ...]:
     """Target names in the range that match any glob; the rollups list them cheaply."""
     import fnmatch
 
     if has_rollups:  # rollups hold every series the raw rows do, and whole hours cover any widening
-        found = conn.execute(f"SELECT DISTINCT target FROM {rollups.TABLE} WHERE hour >= ? AND hour < ?",
-                             [hour_of(since), ceil_hour(until)]).fetchall()
+        hours = (hour_of(since), ceil_hour(until))
+        found = [row for grain, first, end in periods(hours, whole_days(*hours) if has_daily else None)
+                 for row in conn.execute(f"SELECT DISTINCT target FROM {grain.table} "
+                                         f"WHERE {grain.key_column} >= ? AND {grain.key_column} < ?", [first, end])]
     else:
         found = conn.execute("SELECT DISTINCT target FROM probe_results WHERE ts >= ? AND ts < ?",
                              [since, until]).fetchall()
@@ -315,20 +368,24 @@ def _raw_latencies(conn: sqlite3.Connection, tallies: dict, start: float, end: f
                 tally.merge(name, {str(rollups.bucket_of(value)): 1})
 
 
-def _rollup_counts(conn: sqlite3.Connection, tallies: dict, hours: tuple[int, int], where: _Filter) -> None:
+def _rollup_counts(conn: sqlite3.Connection, tallies: dict, grain: rollups.Grain, span: tuple[int, int],
+                   where: _Filter) -> None:
+    """Add the outcome counts and cost of the ``grain`` rollups of periods starting in ``span``."""
     clause, params = where.sql()
     sums = ", ".join(f"sum({o})" for o in rollups.OUTCOMES)
+    key = grain.key_column
     for target, kind, cost, *counts in conn.execute(
-            f"SELECT target, kind, sum(cost_usd), {sums} FROM {rollups.TABLE} "
-            f"WHERE hour >= ? AND hour < ?{clause} GROUP BY target, kind", [*hours, *params]):
+            f"SELECT target, kind, sum(cost_usd), {sums} FROM {grain.table} "
+            f"WHERE {key} >= ? AND {key} < ?{clause} GROUP BY target, kind", [*span, *params]):
         tally = _tally_for(tallies, target, kind)
         for outcome, n in zip(rollups.OUTCOMES, counts):
             tally.count(outcome, n)
         tally.spend(cost)
 
 
-def _rollup_buckets(conn: sqlite3.Connection, tallies: dict, hours: tuple[int, int], where: _Filter) -> None:
-    """Merge the hourly histograms per target and kind.
+def _rollup_buckets(conn: sqlite3.Connection, tallies: dict, grain: rollups.Grain, span: tuple[int, int],
+                    where: _Filter) -> None:
+    """Merge the histograms of the ``grain`` rollups of periods starting in ``span`` per target and kind.
 
     Parsed (one JSON array per series) and added up in Python: SQLite's
     json_each with GROUP BY sorts every bucket of every hour and took twice as
@@ -337,9 +394,10 @@ def _rollup_buckets(conn: sqlite3.Connection, tallies: dict, hours: tuple[int, i
     clause, params = where.sql()
     cols = [rollups.HISTOGRAMS[raw] for raw in LATENCIES.values()]
     texts: dict[tuple[str, str, str], list[str]] = {}
+    key = grain.key_column
     for target, kind, *hists in conn.execute(
-            f"SELECT target, kind, {', '.join(cols)} FROM {rollups.TABLE} "
-            f"WHERE hour >= ? AND hour < ?{clause}", [*hours, *params]):
+            f"SELECT target, kind, {', '.join(cols)} FROM {grain.table} "
+            f"WHERE {key} >= ? AND {key} < ?{clause}", [*span, *params]):
         for name, text in zip(LATENCIES, hists):
             texts.setdefault((target, kind, name), []).append(text)
     for (target, kind, name), parts in texts.items():
@@ -431,9 +489,12 @@ def _table(report: Report) -> str:
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     table = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    grains = {grain for grain, _, _ in plan.periods}
+    rolled = " and ".join(g for g, grain in (("daily", rollups.DAILY), ("hourly", rollups.HOURLY))
+                          if grain in grains) + " rollups"
     source = {"raw": "raw rows; percentiles exact",
-              "rollups": "hourly rollups",
-              "raw+rollups": "hourly rollups and raw rows"}[plan.source]
+              "rollups": rolled,
+              "raw+rollups": f"{rolled} and raw rows"}[plan.source]
     if not plan.exact:
         source += f"; ~ percentiles approximate (within {rollups.RELATIVE_ERROR:.1%})"
     footer = [f"{span}, from {source}.",
