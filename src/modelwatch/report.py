@@ -38,7 +38,8 @@ from pathlib import Path
 
 from modelwatch import rollups
 from modelwatch.config import format_duration, parse_duration
-from modelwatch.outcomes import NOT_PROVIDER_JUDGED, PROVIDER_OUTCOMES, Outcome
+from modelwatch.figures import counts, iso as _iso, percentile
+from modelwatch.outcomes import Outcome
 from modelwatch.rollups import DAY_S, HOUR_S, day_of, hour_of
 
 PERCENTILES = (50, 95, 99)
@@ -47,14 +48,6 @@ RAW_MAX_ROWS = 1_000_000
 SOURCES = ("auto", "raw", "rollups")
 FORMATS = ("table", "json", "csv")
 LATENCIES = {"ttft": "ttft_s", "duration": "duration_s"}
-
-
-def percentile(sorted_values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile of an ascending list (None when empty)."""
-    if not sorted_values:
-        return None
-    rank = max(1, -(-len(sorted_values) * p // 100))
-    return sorted_values[int(rank) - 1]
 
 
 class ReportError(Exception):
@@ -406,13 +399,9 @@ def _rollup_buckets(conn: sqlite3.Connection, tallies: dict, grain: rollups.Grai
 
 def _summary(target: str, kind: str, tally: _Tally, plan: Plan) -> dict:
     outcomes = tally.outcomes
-    total = sum(outcomes.values())
-    ok = outcomes.get(Outcome.OK.value, 0)
-    provider_failures = sum(n for o, n in outcomes.items() if o in PROVIDER_OUTCOMES)
-    judged = total - sum(n for o, n in outcomes.items() if o in NOT_PROVIDER_JUDGED)
-    row = {"target": target, "kind": kind, "probes": total,
-           "availability": round(ok / total, 6) if total else None,
-           "provider_availability": round(1 - provider_failures / judged, 6) if judged else None}
+    figures = counts(outcomes)  # the definitions the status page and its API use too
+    row = {"target": target, "kind": kind, "probes": figures["runs"],
+           "availability": figures["availability"], "provider_availability": figures["provider_availability"]}
     for name in LATENCIES:
         row.update(_percentiles(name, tally, plan.exact))
     for outcome in Outcome:
@@ -448,9 +437,6 @@ def _notes(plan: Plan, since: float, until: float, coverage: float | None, has_r
         notes.append(f"range widened to whole hours ({why})")
     return tuple(notes)
 
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def render(report: Report, fmt: str) -> str:

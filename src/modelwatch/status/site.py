@@ -287,11 +287,10 @@ def _history(db_path: str, target: str, kind: str, grain: str, since: float, unt
     first = int(since) // period * period
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5.0)
     try:
-        table, key = (rollups.TABLE, "hour")
-        daily = getattr(rollups, "DAILY_TABLE", None)
-        if grain == "day" and daily and conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = ?", [daily]).fetchone():
-            table, key = daily, "day"
+        table, key = rollups.HOURLY.table, rollups.HOURLY.key_column
+        if grain == "day" and conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
+                                           [rollups.DAILY.table]).fetchone():
+            table, key = rollups.DAILY.table, rollups.DAILY.key_column
         tallies: dict[int, Tally] = {}
         for _t, _k, at, tally in rollup_rows(conn, table, key, first, int(until), (target, kind)):
             tallies.setdefault(at // period * period, Tally()).add(tally)

@@ -178,10 +178,9 @@ class _Days:
 
     @staticmethod
     def _source(conn: sqlite3.Connection) -> tuple[str, str]:
-        daily = getattr(rollups, "DAILY_TABLE", None)
-        if daily and _has_table(conn, daily):
-            return daily, "day"
-        return rollups.TABLE, "hour"
+        if _has_table(conn, rollups.DAILY.table):
+            return rollups.DAILY.table, rollups.DAILY.key_column
+        return rollups.HOURLY.table, rollups.HOURLY.key_column  # a database not yet upgraded
 
     @staticmethod
     def _read(conn: sqlite3.Connection, table: str, key: str, start: int, end: int,
