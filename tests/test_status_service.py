@@ -114,7 +114,7 @@ def test_the_page_equals_the_report_and_the_database(daemon):
     snap = json.loads(fetch(url + "/api/v1/targets/gpt-4o-mini")[2])
     w = snap["probes"][0]["windows"]["24h"]
     time.sleep(0.5)  # rows of probes that ended before as_of are committed by now
-    since, as_of = _ts(w["since"]), _ts(snap["as_of"])
+    since, as_of = _ts(w["since"]), _ts(snap["as_of"]) + 1  # as_of is printed to the whole second
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     stored = conn.execute("SELECT count(*), sum(outcome != 'ok') FROM probe_results WHERE target = ? "
                           "AND ts >= ? AND ts < ?", ["gpt-4o-mini", since, as_of]).fetchone()
@@ -177,6 +177,32 @@ def test_status_without_a_database_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "modelwatch", "status", "--db", str(tmp_path / "none.db")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "no database" in done.stderr
+
+
+def test_a_reload_shows_new_targets_and_settings(daemon):
+    _, url, _, config = daemon
+    text = config.read_text()
+    config.write_text(text.replace("targets:\n", "targets:\n  - name: added-later\n    provider: sim\n"
+                                   "    model: gpt-4o-mini\n    probes: [{kind: rest}]\n", 1)
+                      .replace("min_runs: 2", "min_runs: 2\n  title: Reloaded title"))
+    from daemon_helpers import http_post
+    assert http_post(url + "/-/reload")[0] == 200
+    status = json.loads(fetch(url + "/api/v1/status")[2])
+    assert [t["target"] for t in status["targets"]] == ["added-later", "gpt-4o-mini"]  # config order
+    assert b"Reloaded title" in fetch(url + "/")[2]
+
+
+def test_with_the_status_page_off_the_root_says_so_and_the_api_is_gone(sim_url, tmp_path):
+    port = free_port()
+    config = write_config(tmp_path / "modelwatch.yaml", sim_url, {"gpt-4o-mini": "gpt-4o-mini"},
+                          listen=f"127.0.0.1:{port}")
+    with config.open("a") as f:
+        f.write("status: {enabled: false}\n")
+    with running_daemon(config, port) as (proc, url):
+        status, _, body = fetch(url + "/")
+        assert status == 200 and b"status.enabled is false" in body
+        assert fetch(url + "/api/v1/status")[0] == 404
+        assert _worker_pid(proc.pid, allow_missing=True) is None
 
 
 def _ts(text: str) -> float:
