@@ -604,8 +604,8 @@ def test_bundled_demo_scenario():
     assert set(scenario.models) == {"gpt-4o-mini", "flaky-model", "slow-model", "gpt-4o-mini-realtime-preview",
                                     "claude-haiku-4-5", "gemini-2.5-flash", "gemini-live-2.5-flash-preview"}
     assert scenario.default is None and scenario.keys == []
-    assert scenario.models["flaky-model"].errors == {"rate_limited": 0.10, "server_error": 0.05,
-                                                     "overloaded": 0.03}
+    assert scenario.models["flaky-model"].errors == {"server_error": 0.10, "overloaded": 0.05,
+                                                     "rate_limited": 0.03}
     assert scenario.models["slow-model"].ttft_ms >= 1500
     assert scenario.models["gpt-4o-mini"].tokens == 8
 

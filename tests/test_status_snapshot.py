@@ -90,6 +90,14 @@ def test_our_side_failures_are_shown_apart_and_do_not_make_a_provider_outage(db_
     assert incident["attribution"] == "ours" and incident["ongoing"]
 
 
+def test_a_probe_failing_only_on_our_side_shows_the_outage_its_users_see(db_path):
+    write(db_path, runs(NOW - 600, ["model_unavailable"] * 8, code="model_not_found"))
+    probe = probe_of(builder(db_path).build(NOW))
+    assert probe["windows"]["24h"]["provider_availability"] is None  # nothing judged the provider
+    assert probe["state"] == "major_outage" and probe["daily"][-1]["state"] == "major_outage"
+    assert probe["our_side"]["errors"] == 8
+
+
 def test_a_probe_without_runs_has_no_data_and_no_figures(db_path):
     write(db_path, runs(NOW - 600, ["ok"] * 3))
     b = SnapshotBuilder(db_path, Settings(min_runs=5), [Series("gpt", "rest", "openai", "m"),

@@ -12,7 +12,8 @@ from :data:`modelwatch.outcomes.ATTRIBUTION` (prometheus/rules.py). Definitions
   denominator, since they say nothing about the provider's health (None when no run is left).
 - ``our_errors``: those runs ("our side"); ``provider_errors``: the provider's failures.
 - Percentiles: nearest rank over ``ok`` runs, None when there are none.
-- ``state``: from provider availability and the thresholds (:func:`state_of`).
+- ``state``: from provider availability and the thresholds (:func:`state_for`), or from
+  availability when every run failed on our side.
 """
 
 from __future__ import annotations
@@ -69,6 +70,19 @@ def state_of(provider_availability: float | None, thresholds: Mapping[str, float
     if provider_availability < thresholds["degraded"]:
         return "degraded"
     return "operational"
+
+
+def state_for(figures: Mapping[str, float | None], thresholds: Mapping[str, float] = DEFAULT_THRESHOLDS) -> str:
+    """The state of runs summed up by :func:`counts`.
+
+    From provider availability; but when every run failed on our side (a dead key, a wrong
+    model name: nothing judges the provider) from availability, because then the model is
+    down for whoever uses that key, and "no data" beside "Errors 8 / 8 runs" would hide it.
+    """
+    measure = figures["provider_availability"]
+    if measure is None:
+        measure = figures["availability"]
+    return state_of(measure, thresholds)
 
 
 def worst(states: Sequence[str]) -> str:

@@ -272,7 +272,7 @@ class SnapshotBuilder:
         decided = figures.counts(_outcome_counts(deciding))
         ours = {o: n for o, n in _outcome_counts(deciding).items() if figures.attribution(o) == "ours"}
         return {"kind": s.kind,
-                "state": figures.state_of(decided["provider_availability"], settings.threshold_map),
+                "state": figures.state_for(decided, settings.threshold_map),
                 "last_run": recent[-1] if recent else None,
                 "recent": recent[-RECENT_RUNS:],
                 "our_side": {"errors": decided["our_errors"], "outcomes": ours},
@@ -296,8 +296,7 @@ def _daily(per_day: dict[int, Tally], today: int, thresholds: dict[str, float]) 
         bars.append({"date": iso(at)[:10], "runs": c["runs"], "errors": c["errors"],
                      "availability": c["availability"],
                      "provider_availability": c["provider_availability"],
-                     "state": figures.state_of(c["provider_availability"], thresholds)
-                     if c["runs"] else "no_data"})
+                     "state": figures.state_for(c, thresholds)})
     return bars
 
 
