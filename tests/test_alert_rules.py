@@ -471,3 +471,16 @@ def test_schedule_slipping_inhibits_the_overdue_tickets_of_its_provider_only(ale
         ("ModelwatchProbesOverdue", "other:9477", "gpt"): "active",   # another daemon
         ("ModelwatchTTFTAboveBaseline", "mw:9477", "gpt-4o"): "active",   # the wait is not in the timings
     }
+
+
+@pytest.mark.parametrize("outcome", [o.value for o in outcomes.Outcome])
+def test_the_status_page_and_report_count_each_outcome_as_the_rules_do(outcome):
+    """One definition: figures.counts (report, status page, API) splits outcomes like the rules."""
+    from modelwatch import figures
+
+    sets = generator.outcome_sets(generator.DEFAULT_ATTRIBUTION)
+    counted = figures.counts({outcome: 1})
+    assert counted["provider_errors"] == (outcome in sets.provider)
+    assert counted["our_errors"] == (outcome in sets.not_judged)
+    assert counted["errors"] == (outcome != "ok")
+    assert (counted["provider_availability"] is None) == (outcome in sets.not_judged)
