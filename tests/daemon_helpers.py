@@ -26,13 +26,18 @@ def running_daemon(config: Path, port: int, *args: str):
         assert proc.poll() is None, proc.stderr.read()
         yield proc, url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_daemon(proc)
+
+
+def stop_daemon(proc: subprocess.Popen) -> None:
+    """SIGTERM a daemon still running; SIGKILL it if it has not stopped within 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def http_get(url: str) -> str | None:

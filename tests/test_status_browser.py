@@ -16,7 +16,6 @@ import http.server
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 import pytest
 from browser import chrome, full_page, png_size, require_chromium, set_viewport
 from conftest import TEST_KEY, free_port, start_process
-from daemon_helpers import http_get, wait_for
+from daemon_helpers import http_get, stop_daemon, wait_for
 
 from modelwatch import figures
 from modelwatch.status.html import STATES, fmt_percent
@@ -160,13 +159,7 @@ def site(tmp_path_factory):
         wait_for(ready, 40, every=0.5)
         yield Site(url, db, host.origin), host
     finally:
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(15)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+        stop_daemon(daemon)
         log.close()
         host.shutdown()
         host.server_close()

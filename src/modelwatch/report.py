@@ -38,7 +38,9 @@ from pathlib import Path
 
 from modelwatch import rollups
 from modelwatch.config import format_duration, parse_duration
-from modelwatch.figures import counts, iso as _iso, percentile
+from modelwatch.figures import counts as summed_up
+from modelwatch.figures import iso as _iso
+from modelwatch.figures import percentile
 from modelwatch.outcomes import Outcome
 from modelwatch.rollups import DAY_S, HOUR_S, day_of, hour_of
 
@@ -399,7 +401,7 @@ def _rollup_buckets(conn: sqlite3.Connection, tallies: dict, grain: rollups.Grai
 
 def _summary(target: str, kind: str, tally: _Tally, plan: Plan) -> dict:
     outcomes = tally.outcomes
-    figures = counts(outcomes)  # the definitions the status page and its API use too
+    figures = summed_up(outcomes)  # the definitions the status page and its API use too
     row = {"target": target, "kind": kind, "probes": figures["runs"],
            "availability": figures["availability"], "provider_availability": figures["provider_availability"]}
     for name in LATENCIES:

@@ -302,16 +302,20 @@ def _index_figures(probe: dict, window_name: str) -> str:
     return f"<p class=\"figures\" data-window=\"{esc(name)}\">{' '.join(figures)}</p>\n"
 
 
-def _index_probe(target: dict, probe: dict) -> str:
-    """One row of the index: a target's probe kind with state, figures, strip and daily bars."""
+def _probe_block(target: dict, probe: dict, head_tag: str, figures: str) -> str:
+    """A probe's block: its kind and state in ``head_tag``, ``figures``, our side, strip and bars."""
     s = state_of(probe.get("state"))
     return (
         f"<div class=\"probe\" data-target=\"{esc(target.get('target'))}\" "
         f"data-kind=\"{esc(probe.get('kind'))}\" data-state=\"{s}\">\n"
-        f"<p class=\"probe-head\"><span class=\"kind\">{esc(probe.get('kind'))}</span> {_state(s)}</p>\n"
-        f"{_index_figures(probe, INDEX_WINDOW)}{_our_side(probe)}{_strip(probe)}{_bars(probe)}"
-        "</div>\n"
+        f"<{head_tag} class=\"probe-head\"><span class=\"kind\">{esc(probe.get('kind'))}</span> "
+        f"{_state(s)}</{head_tag}>\n{figures}{_our_side(probe)}{_strip(probe)}{_bars(probe)}</div>\n"
     )
+
+
+def _index_probe(target: dict, probe: dict) -> str:
+    """One row of the index: a target's probe kind with state, figures, strip and daily bars."""
+    return _probe_block(target, probe, "p", _index_figures(probe, INDEX_WINDOW))
 
 
 def _index_target(target: dict, root: str) -> str:
@@ -477,14 +481,7 @@ def _last_run(run: dict | None) -> str:
 
 def _target_probe(target: dict, probe: dict) -> str:
     """One kind's column on the target page: state, last run, recent strip, daily bars."""
-    s = state_of(probe.get("state"))
-    return (
-        f"<div class=\"probe\" data-target=\"{esc(target.get('target'))}\" "
-        f"data-kind=\"{esc(probe.get('kind'))}\" data-state=\"{s}\">\n"
-        f"<h2 class=\"probe-head\"><span class=\"kind\">{esc(probe.get('kind'))}</span> {_state(s)}</h2>\n"
-        f"<p class=\"figures\">{_last_run(probe.get('last_run'))}</p>\n"
-        f"{_our_side(probe)}{_strip(probe)}{_bars(probe)}</div>\n"
-    )
+    return _probe_block(target, probe, "h2", f"<p class=\"figures\">{_last_run(probe.get('last_run'))}</p>\n")
 
 
 def render_target(snapshot: dict, target: dict, root: str = "../../") -> str:

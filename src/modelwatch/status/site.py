@@ -73,11 +73,6 @@ def _bad(what: str) -> Answer:
     return _json({"error": what}, 400)
 
 
-def _root(path: str) -> str:
-    """The relative URL of the site root from a page at ``path`` (a directory URL ending in /)."""
-    return "../" * path.strip("/").count("/") + ("../" if path.strip("/") else "")
-
-
 class Site:
     """The status site of one database: a snapshot refreshed on demand, answers from it."""
 
@@ -123,29 +118,32 @@ class Site:
         pages = max(1, -(-len(self._targets) // html.INDEX_PAGE_TARGETS))
         if not number.isdigit() or not 2 <= int(number) <= pages:
             return _not_found(f"the index has pages 1 to {pages}")
-        page = html.render_index(self.snapshot, "../../", int(number))
+        page = html.render_index(self.snapshot, html.root_for_path(path), int(number))
         return Answer(200, HTML_TYPE, page.encode(), "page")
 
     def _find(self, name: str) -> dict | None:
         return self._targets.get(name.strip("/"))
 
-    def _target_page(self, path: str, name: str, query: dict) -> Answer:
-        target = self._find(name)
-        if target is None:
-            return _not_found(f"no target named {name.strip('/')!r}")
-        page = html.render_target(self.snapshot, target, _root(path if path.endswith("/") else path + "/"))
-        return Answer(200, HTML_TYPE, page.encode(), "page")
-
-    def _embed(self, path: str, name: str, query: dict) -> Answer:
+    def _chosen(self, name: str, query: dict) -> tuple[dict, dict, str] | Answer:
+        """The target, its probe (``kind``, else the first) and the ``window`` a query names."""
         target = self._find(name)
         if target is None:
             return _not_found(f"no target named {name.strip('/')!r}")
         found = _probe_and_window(target, query)
-        if isinstance(found, Answer):
-            return found
-        probe, window = found
-        page = html.render_embed(self.snapshot, target, probe, window,
-                                 _root(path if path.endswith("/") else path + "/"))
+        return found if isinstance(found, Answer) else (target, *found)
+
+    def _target_page(self, path: str, name: str, query: dict) -> Answer:
+        target = self._find(name)
+        if target is None:
+            return _not_found(f"no target named {name.strip('/')!r}")
+        page = html.render_target(self.snapshot, target, html.root_for_path(path))
+        return Answer(200, HTML_TYPE, page.encode(), "page")
+
+    def _embed(self, path: str, name: str, query: dict) -> Answer:
+        chosen = self._chosen(name, query)
+        if isinstance(chosen, Answer):
+            return chosen
+        page = html.render_embed(self.snapshot, *chosen, html.root_for_path(path))
         return Answer(200, HTML_TYPE, page.encode(), "embed")
 
     def _api_target(self, path: str, name: str, query: dict) -> Answer:
@@ -161,13 +159,10 @@ class Site:
         stem, dot, suffix = name.rpartition(".")
         if not dot or suffix not in ("svg", "json"):
             return _not_found("a badge is /badge/TARGET.svg or /badge/TARGET.json")
-        target = self._find(stem)
-        if target is None:
-            return _not_found(f"no target named {stem!r}")
-        found = _probe_and_window(target, query)
-        if isinstance(found, Answer):
-            return found
-        probe, window = found
+        chosen = self._chosen(stem, query)
+        if isinstance(chosen, Answer):
+            return chosen
+        _target, probe, window = chosen
         metric = query.get("metric", "availability")
         if metric not in METRICS:
             return _bad(f"metric must be one of {', '.join(METRICS)}")

@@ -208,7 +208,6 @@ class SnapshotBuilder:
         self._incidents = IncidentTracker(self._rules())
 
     def _rules(self) -> Rules:
-        s = self.settings
         return _rules(self.settings)
 
     def configure(self, settings: Settings, series: Sequence[Series] | None) -> None:
