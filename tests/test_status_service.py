@@ -138,8 +138,7 @@ def test_a_worker_that_dies_is_replaced_and_counted(daemon):
     os.kill(worker, signal.SIGKILL)
     wait_for(lambda: (_metrics_value(url, "modelwatch_status_refresh_failures_total") or 0) >= 1, 15, every=0.2)
     wait_for(lambda: _worker_pid(proc.pid, allow_missing=True) not in (None, worker), 15, every=0.2)
-    before = json.loads(fetch(url + "/api/v1/status")[2])["as_of"]
-    wait_for(lambda: json.loads(fetch(url + "/api/v1/status")[2])["as_of"] != before, 15, every=0.2)
+    wait_for(lambda: fetch(url + "/api/v1/status")[0] == 200, 20, every=0.2)  # 503 until its first snapshot
     assert fetch(url + "/")[0] == 200
 
 
@@ -187,6 +186,8 @@ def test_a_reload_shows_new_targets_and_settings(daemon):
                       .replace("min_runs: 2", "min_runs: 2\n  title: Reloaded title"))
     from daemon_helpers import http_post
     assert http_post(url + "/-/reload")[0] == 200
+    # the next snapshot, whose build the reload started, shows them
+    wait_for(lambda: len(json.loads(fetch(url + "/api/v1/status")[2])["targets"]) == 2, 10, every=0.2)
     status = json.loads(fetch(url + "/api/v1/status")[2])
     assert [t["target"] for t in status["targets"]] == ["added-later", "gpt-4o-mini"]  # config order
     assert b"Reloaded title" in fetch(url + "/")[2]

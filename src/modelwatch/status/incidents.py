@@ -14,6 +14,8 @@ at the first failure of the run (or of the window) that opened it. Its ``dominan
 the most frequent failure, ``error_code`` the provider's most frequent code for that outcome,
 and ``attribution`` who that outcome is put down to (:func:`modelwatch.figures.attribution`).
 
+The tracker also keeps each probe's newest runs (the page's strip, last run and state).
+
 Runs are read in row-id order (the order they were written, which for one probe is the order
 they ran: runs of one target never overlap), once from the start and then only the new rows
 of each refresh, so a refresh costs what was written since the last one.
@@ -68,9 +70,10 @@ class _Open:
 class _Probe:
     """The running state of one probe: its failure streak, last judged runs, open incident."""
 
-    __slots__ = ("streak", "judged", "open", "closed")
+    __slots__ = ("streak", "judged", "open", "closed", "recent")
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, recent: int) -> None:
+        self.recent: collections.deque = collections.deque(maxlen=recent)  # (ts, run as the API shows it)
         self.streak: list[tuple[float, str, str | None]] = []
         self.judged: collections.deque = collections.deque(maxlen=window)  # (ts, outcome, code)
         self.open: _Open | None = None
@@ -80,8 +83,9 @@ class _Probe:
 class IncidentTracker:
     """Incidents of every probe, kept up to date from new rows."""
 
-    def __init__(self, rules: Rules) -> None:
+    def __init__(self, rules: Rules, recent: int = 30) -> None:
         self.rules = rules
+        self._recent = recent
         self._after_id = 0
         self._probes: dict[tuple[str, str], _Probe] = {}
 
@@ -89,19 +93,26 @@ class IncidentTracker:
         """Read the rows written since the last scan (the first reads from ``since_ts``); return how many."""
         seen = 0
         cursor = conn.execute(
-            "SELECT id, target, kind, ts, outcome, error_code FROM probe_results WHERE id > ? AND ts >= ? "
-            "ORDER BY id", [self._after_id, since_ts if self._after_id == 0 else 0])
+            "SELECT id, target, kind, ts, outcome, error_code, ttft_s, duration_s FROM probe_results "
+            "WHERE id > ? AND ts >= ? ORDER BY id", [self._after_id, since_ts if self._after_id == 0 else 0])
         while rows := cursor.fetchmany(SCAN_BATCH):
-            for row_id, target, kind, ts, outcome, code in rows:
-                self._add(target, kind, ts, outcome, code)
+            for row_id, target, kind, ts, outcome, code, ttft, duration in rows:
+                probe = self._add(target, kind, ts, outcome, code)
+                probe.recent.append((ts, {"ts": figures.iso(ts), "outcome": outcome, "error_code": code,
+                                          "ttft_s": _round(ttft), "duration_s": _round(duration)}))
             self._after_id = rows[-1][0]
             seen += len(rows)
         return seen
 
-    def _add(self, target: str, kind: str, ts: float, outcome: str, code: str | None) -> None:
+    def recent(self, target: str, kind: str, since_ts: float) -> list[dict]:
+        """The newest runs of one probe that started at or after ``since_ts``, oldest first."""
+        probe = self._probes.get((target, kind))
+        return [] if probe is None else [run for ts, run in probe.recent if ts >= since_ts]
+
+    def _add(self, target: str, kind: str, ts: float, outcome: str, code: str | None) -> _Probe:
         probe = self._probes.get((target, kind))
         if probe is None:
-            probe = self._probes[(target, kind)] = _Probe(self.rules.window)
+            probe = self._probes[(target, kind)] = _Probe(self.rules.window, self._recent)
         run = (ts, outcome, code)
         if outcome == figures.OK:
             probe.streak.clear()
@@ -116,6 +127,7 @@ class IncidentTracker:
                 probe.open = None
         elif self._failing(probe):
             probe.open = self._opened(probe)
+        return probe
 
     def _failing(self, probe: _Probe) -> bool:
         rules = self.rules
@@ -145,14 +157,20 @@ class IncidentTracker:
     def incidents(self, now: float, target: str | None = None, kind: str | None = None) -> list[dict]:
         """Incidents that ended within 90 days of ``now`` or are ongoing, newest first."""
         found = []
-        for (t, k), probe in self._probes.items():
-            if (target is not None and t != target) or (kind is not None and k != kind):
-                continue
+        if target is not None and kind is not None:  # one probe: a lookup, not a walk over all of them
+            probes = [((target, kind), self._probes[(target, kind)])] if (target, kind) in self._probes else []
+        else:
+            probes = list(self._probes.items())
+        for (t, k), probe in probes:
             found += [i for i in probe.closed if i["_end"] >= now - KEEP_S]
             if probe.open is not None:
                 found.append(_finish(probe.open, t, k, None, now))
         found.sort(key=lambda i: i["_start"], reverse=True)
         return [{k: v for k, v in i.items() if not k.startswith("_")} for i in found]
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 def _availability(judged: collections.deque) -> float:

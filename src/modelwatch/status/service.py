@@ -31,6 +31,7 @@ log = logging.getLogger("modelwatch.status")
 MAX_WAITING = 32
 MAX_CACHED = 512
 ANSWER_TIMEOUT_S = 10.0
+POLL_S = 1.0
 BASE_CSP = "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'"
 
 
@@ -49,7 +50,6 @@ class StatusService:
         self._as_of: str | None = None
         self._waiting = 0
         self._task: asyncio.Task | None = None
-        self._refreshed = asyncio.Event()
         self._failing = False
 
     def start(self) -> None:
@@ -73,12 +73,12 @@ class StatusService:
 
     async def configure(self, settings: Settings, series: Sequence[Series], refresh_s: float,
                         frame_ancestors: Sequence[str], cors_origins: Sequence[str]) -> None:
-        """A reload: new probes and settings, shown from the next refresh (started now)."""
+        """A reload: new probes and settings, shown from the next snapshot (its build starts now)."""
         self._args = (self._args[0], settings, tuple(series))
         self.refresh_s = refresh_s
         self.frame_ancestors, self.cors_origins = tuple(frame_ancestors), tuple(cors_origins)
         await self._call(worker.configure, settings, tuple(series))
-        await self.refresh()
+        await self.refresh(force=True)
 
     async def _call(self, fn, *args):  # noqa: ANN001, ANN202
         loop = asyncio.get_running_loop()
@@ -88,17 +88,23 @@ class StatusService:
             log.error("status page worker stopped; starting a new one")
             old, self._pool = self._pool, self._new_pool()
             old.shutdown(wait=False, cancel_futures=True)
+            self._as_of = None  # "starting" until the new worker's first snapshot: it has none yet
+            self._cache.clear()
             raise
 
     async def _refresh_forever(self) -> None:
+        # Polled every second (a cheap call): the worker starts a build when refresh_s has passed
+        # since the last one began and none is running, and a finished one is served at once.
         while True:
             await self.refresh()
-            await asyncio.sleep(self.refresh_s)
+            await asyncio.sleep(POLL_S)
 
-    async def refresh(self) -> bool:
-        """Refresh the snapshot now; return whether it worked (a failure keeps the last one)."""
+    async def refresh(self, force: bool = False) -> bool:
+        """Ask the worker for a new snapshot when due; take a finished one. False on a failure."""
         try:
-            as_of, took = await self._call(worker.refresh)
+            as_of, took, error = await self._call(worker.refresh, self.refresh_s, force)
+            if error is not None:
+                raise RuntimeError(error)
         except Exception as exc:  # noqa: BLE001 - the page keeps its last figures and says so
             if self._metrics is not None:
                 self._metrics.status_failures.inc()
@@ -107,12 +113,13 @@ class StatusService:
                           extra=fields(error=f"{type(exc).__name__}: {exc}"[:300]))
             self._failing = True
             return False
+        if as_of is None or as_of == self._as_of:
+            return True
         if self._failing:
             log.info("status page refreshes again")
         self._failing = False
         self._as_of = as_of
         self._cache.clear()
-        self._refreshed.set()
         if self._metrics is not None:
             self._metrics.status_refresh.set(round(took, 6))
             self._metrics.status_as_of.set(datetime.fromisoformat(as_of.replace("Z", "+00:00")).timestamp())

@@ -29,6 +29,7 @@ daemon                                          static export
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import os
 import sqlite3
@@ -47,6 +48,7 @@ METRICS = ("availability", "ttft_p50", "ttft_p95")
 GRAINS = {"hour": (3600, 31 * 86400.0, 86400.0), "day": (86400, 400 * 86400.0, 90 * 86400.0)}
 STATIC = {"status.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml"}
 HTML_TYPE = "text/html; charset=utf-8"
+GZIP_LEVEL = 6
 JSON_TYPE = "application/json"
 
 
@@ -74,37 +76,68 @@ def _bad(what: str) -> Answer:
 
 
 class Site:
-    """The status site of one database: a snapshot refreshed on demand, answers from it."""
+    """The status site of one database: the builder, and a view of its latest snapshot.
+
+    :meth:`refresh` may run in one thread while :meth:`answer` runs in another (the worker
+    process answers requests while it builds the next snapshot): each answer reads the
+    view once, and a refresh replaces the whole view at once.
+    """
 
     def __init__(self, builder: SnapshotBuilder) -> None:
         self.builder = builder
-        self.snapshot: dict | None = None
-        self._targets: dict[str, dict] = {}
-        self._index: bytes = b""
-        self._status: bytes = b""
+        self.view: View | None = None
+
+    @property
+    def snapshot(self) -> dict | None:
+        view = self.view
+        return None if view is None else view.snapshot
 
     def refresh(self, now: float | None = None) -> dict:
-        """Read the database again; return the new snapshot."""
+        """Read the database again, render what every visitor asks for; return the new snapshot."""
         snapshot = self.builder.build(now)
-        self.snapshot = snapshot
-        self._targets = {t["target"]: t for t in snapshot["targets"]}
-        self._index = html.render_index(snapshot, "").encode()
-        self._status = _json(api_status(snapshot)).body
+        self.view = View(snapshot, self.builder.db_path, self.builder.settings.min_runs)
         return snapshot
 
     def answer(self, path: str, query: dict[str, str]) -> Answer:
         """The response to GET ``path`` (percent-encoded, as requested) with ``query``."""
-        if self.snapshot is None:
+        view = self.view
+        if view is None:
             self.refresh()
+            view = self.view
+        return view.answer(path, query)
+
+    def export(self, out: str | Path) -> int:
+        """Write the whole site under ``out``; return how many files."""
+        if self.view is None:
+            self.refresh()
+        return self.view.export(out)
+
+
+class View:
+    """Every answer from one snapshot; the index pages and the status JSON rendered up front."""
+
+    def __init__(self, snapshot: dict, db_path: str, min_runs: int) -> None:
+        self.snapshot = snapshot
+        self.db_path = db_path
+        self.min_runs = min_runs
+        self._targets = {t["target"]: t for t in snapshot["targets"]}
+        self.pages = max(1, -(-len(snapshot["targets"]) // html.INDEX_PAGE_TARGETS))
+        root = {1: ""}
+        self._index = {n: _gzipped(Answer(200, HTML_TYPE, html.render_index(
+            snapshot, root.get(n, "../../"), n).encode(), "page")) for n in range(1, self.pages + 1)}
+        self._status = _gzipped(_json(api_status(snapshot)))
+
+    def answer(self, path: str, query: dict[str, str]) -> Answer:
+        """The response to GET ``path`` (percent-encoded, as requested) with ``query``."""
         path = unquote(path)
         if path in ("", "/", "/index.html"):
-            return Answer(200, HTML_TYPE, self._index, "page")
+            return self._index[1]
         if path.startswith("/pages/"):
             return self._index_page(path)
         if path.startswith("/static/"):
             return _static(path[len("/static/"):])
         if path in ("/api/v1/status", "/api/v1/status.json"):
-            return Answer(200, JSON_TYPE, self._status, "api")
+            return self._status
         if path in ("/api/v1/incidents", "/api/v1/incidents.json"):
             return self._incidents(query)
         for prefix, handler in (("/targets/", self._target_page), ("/embed/", self._embed),
@@ -115,11 +148,9 @@ class Site:
 
     def _index_page(self, path: str) -> Answer:
         number = path[len("/pages/"):].strip("/")
-        pages = max(1, -(-len(self._targets) // html.INDEX_PAGE_TARGETS))
-        if not number.isdigit() or not 2 <= int(number) <= pages:
-            return _not_found(f"the index has pages 1 to {pages}")
-        page = html.render_index(self.snapshot, html.root_for_path(path), int(number))
-        return Answer(200, HTML_TYPE, page.encode(), "page")
+        if not number.isdigit() or not 2 <= int(number) <= self.pages:
+            return _not_found(f"the index has pages 1 to {self.pages}")
+        return self._index[int(number)]
 
     def _find(self, name: str) -> dict | None:
         return self._targets.get(name.strip("/"))
@@ -203,8 +234,7 @@ class Site:
             return _bad(f"since/until {exc}")
         if not since < until or until - since > longest:
             return _bad(f"since must be before until, at most {int(longest // 86400)} days apart for {grain}s")
-        points = _history(self.builder.db_path, target["target"], probe["kind"], grain, since, until,
-                          self.builder.settings.min_runs)
+        points = _history(self.db_path, target["target"], probe["kind"], grain, since, until, self.min_runs)
         return _json({"target": target["target"], "kind": probe["kind"], "grain": grain,
                       "since": figures.iso(since // period * period), "until": figures.iso(until),
                       "points": points})
@@ -212,14 +242,13 @@ class Site:
     def export(self, out: str | Path) -> int:
         """Write the whole site under ``out``; return how many files."""
         out = Path(out)
-        snapshot = self.snapshot or self.refresh()
-        files: dict[str, bytes] = {"index.html": self._index, "api/v1/status.json": self._status}
+        snapshot = self.snapshot
+        files: dict[str, bytes] = {"index.html": self._index[1].body, "api/v1/status.json": self._status.body}
         for name in STATIC:
             files[f"static/{name}"] = _static(name).body
         files["api/v1/incidents.json"] = self._incidents({}).body
-        pages = max(1, -(-len(snapshot["targets"]) // html.INDEX_PAGE_TARGETS))
-        for n in range(2, pages + 1):
-            files[f"pages/{n}/index.html"] = self._index_page(f"/pages/{n}/").body
+        for n in range(2, self.pages + 1):
+            files[f"pages/{n}/index.html"] = self._index[n].body
         for target in snapshot["targets"]:
             files.update(self._target_files(target))
         for rel, body in files.items():
@@ -247,6 +276,11 @@ class Site:
                         files[f"badge/{name}/{kind}/{metric}-{window}.{suffix}"] = self._badge(
                             "", f"{name}.{suffix}", {**query, "metric": metric}).body
         return files
+
+
+def _gzipped(answer: Answer) -> Answer:
+    """The answer with its gzip form, made once per snapshot (a 4 MB status JSON costs 100 ms)."""
+    return dataclasses.replace(answer, gzipped=gzip.compress(answer.body, GZIP_LEVEL))
 
 
 def _probe_and_window(target: dict, query: dict) -> tuple[dict, str] | Answer:

@@ -1,16 +1,16 @@
 """Read a database into a status snapshot (the dict described in ``modelwatch.status``).
 
-Where each figure comes from, so that it costs the same at 1,000 targets as at 10:
+Where each figure comes from, so that a refresh costs about the same at 1,000 targets as at 10:
 
 - Windows and daily bars come from the rollups: ``24h`` is the current UTC hour and the 23
   before it (hourly rollups), ``7d``/``30d``/``90d`` the current UTC day and the 6/29/89
   before it (daily rollups). Counts are exact; percentiles come from the rollups' log buckets
   (within 4.4 %, docs/metrics.md), so ``modelwatch report --since W.since --source rollups``
-  prints the same numbers. Days that are over are read and merged once per UTC day; each
-  refresh reads only yesterday and today.
-- The last runs (strip, last run, current state) are the newest rows of each probe in
-  ``probe_results`` (an index range per probe).
-- Incidents come from the raw rows, scanned once and then incrementally by row id
+  prints the same numbers. Periods that are over (hours before the last one, days before
+  yesterday) are read and merged into each window once, when the hour or day turns; a refresh
+  reads only the last two hours and the last two days.
+- The last runs (strip, last run, current state) and the incidents come from the raw rows,
+  read once and then only the rows written since the last refresh
   (:mod:`modelwatch.status.incidents`).
 """
 
@@ -33,6 +33,7 @@ RECENT_RUNS = 30
 HOUR_S, DAY_S = 3600, 86400
 LATENCIES = {"ttft": "ttft_hist", "duration": "duration_hist"}
 PERCENTILES = (50, 95, 99)
+_OUTCOMES = tuple(rollups.OUTCOMES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,67 +62,66 @@ class Settings:
 
 
 class Tally:
-    """Outcome counts and latency histograms of one probe over some rollup rows."""
+    """Outcome counts and latency histograms (bucket index as text, as stored) over rollup rows."""
 
     __slots__ = ("outcomes", "hists")
 
     def __init__(self) -> None:
         self.outcomes: dict[str, int] = {}
-        self.hists: dict[str, dict[int, int]] = {name: {} for name in LATENCIES}
+        self.hists: dict[str, dict[str, int]] = {name: {} for name in LATENCIES}
 
-    def add_row(self, outcomes: Iterable[tuple[str, int]], hists: Sequence[dict[int, int]]) -> None:
-        for outcome, n in outcomes:
-            if n:
-                self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n
+    def add_counts(self, outcomes: dict[str, int]) -> None:
+        mine = self.outcomes
+        for outcome, n in outcomes.items():
+            mine[outcome] = mine.get(outcome, 0) + n
+
+    def add_hists(self, hists: Sequence[dict[str, int]]) -> None:
         for name, hist in zip(LATENCIES, hists):
             mine = self.hists[name]
+            get = mine.get
             for index, n in hist.items():
-                mine[index] = mine.get(index, 0) + n
+                mine[index] = get(index, 0) + n
 
     def add(self, other: Tally) -> None:
-        self.add_row(other.outcomes.items(), [other.hists[name] for name in LATENCIES])
+        self.add_counts(other.outcomes)
+        self.add_hists([other.hists[name] for name in LATENCIES])
 
     def window(self, since: float, until: float, min_runs: int) -> dict:
+        """The window ``W`` of DESIGN.md over these counts."""
         w = {"since": iso(since), "until": iso(until), **figures.counts(self.outcomes)}
         for name in LATENCIES:
+            hist = {int(index): n for index, n in self.hists[name].items()}
             for p in PERCENTILES:
-                value = rollups.hist_percentile(self.hists[name], p)
+                value = rollups.hist_percentile(hist, p)
                 w[f"{name}_p{p}_s"] = None if value is None else round(value, 6)
         w["outcomes"] = dict(sorted(self.outcomes.items()))
         w["enough_data"] = w["runs"] >= min_runs
         return w
 
 
-def rollup_rows(conn: sqlite3.Connection, table: str, key: str, start: int, end: int,
-                probe: tuple[str, str] | None = None) -> Iterable[tuple[str, str, int, Tally]]:
-    """(target, kind, period start, tally) for each rollup row with start <= key < end (of one probe)."""
-    names = list(rollups.OUTCOMES)
-    cols = ", ".join(names)
-    sql = (f"SELECT target, kind, {key}, {cols}, {', '.join(LATENCIES.values())} FROM {table} "
-           f"WHERE {key} >= ? AND {key} < ?")
+def _rows(conn: sqlite3.Connection, table: str, key: str, start: int, end: int,
+          probe: tuple[str, str] | None = None) -> Iterable[tuple]:
+    """(target, kind, key, outcome counts dict, ttft hist text, duration hist text) per rollup row."""
+    sql = (f"SELECT target, kind, {key}, {', '.join(_OUTCOMES)}, {', '.join(LATENCIES.values())} "
+           f"FROM {table} WHERE {key} >= ? AND {key} < ?")
     params: list = [start, end]
     if probe is not None:
         sql += " AND target = ? AND kind = ?"
         params += probe
+    width = len(_OUTCOMES)
     for target, kind, at, *rest in conn.execute(sql, params):
+        counts = {o: n for o, n in zip(_OUTCOMES, rest[:width]) if n}
+        yield target, kind, at, counts, rest[width], rest[width + 1]
+
+
+def rollup_rows(conn: sqlite3.Connection, table: str, key: str, start: int, end: int,
+                probe: tuple[str, str] | None = None) -> Iterable[tuple[str, str, int, Tally]]:
+    """(target, kind, period start, tally) for each rollup row with start <= key < end (of one probe)."""
+    for target, kind, at, counts, ttft, duration in _rows(conn, table, key, start, end, probe):
         tally = Tally()
-        hists = [{int(i): n for i, n in json.loads(text).items()} for text in rest[len(names):]]
-        tally.add_row(zip(names, rest[:len(names)]), hists)
+        tally.add_counts(counts)
+        tally.add_hists([json.loads(ttft), json.loads(duration)])
         yield target, kind, at, tally
-
-
-def _merge_windows(per_day: dict[int, Tally], today: int) -> dict[str, Tally]:
-    """The kept days of each day window merged: days from its first up to (not incl.) yesterday."""
-    merged = {}
-    for name, (grain, n) in WINDOWS.items():
-        if grain != "day":
-            continue
-        since, tally = today - (n - 1) * DAY_S, Tally()
-        for at, day in per_day.items():
-            if at >= since:
-                tally.add(day)
-        merged[name] = tally
-    return merged
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
@@ -129,71 +129,73 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
                         [name]).fetchone() is not None
 
 
-class _Days:
-    """Per-day tallies of every probe over the last 90 days; days that are over are kept.
+class _Periods:
+    """Windows of every probe over whole periods (hours or days) ending with the current one.
 
-    So are their merges per window: a refresh then adds only yesterday and today to
-    each window instead of merging up to 90 histograms per probe.
+    Periods before the previous one are *settled*: read once when the period turns, merged
+    into each window they belong to and counted per period (for the daily bars). The previous
+    and the current period stay *fresh* and are read on every refresh: a probe that started
+    before the hour or midnight is written when it ends.
     """
 
-    def __init__(self) -> None:
-        self._settled_before: int | None = None  # day start: every day before it is kept
-        self.settled: dict[tuple[str, str], dict[int, Tally]] = {}
-        self.settled_windows: dict[tuple[str, str], dict[str, Tally]] = {}
+    def __init__(self, period_s: int, windows: dict[str, int]) -> None:
+        self.period_s = period_s
+        self.windows = windows  # name -> how many periods, the current one included
+        self._settled_before: int | None = None
+        self._merged: dict[tuple[str, str], dict[str, Tally]] = {}
+        self.settled_counts: dict[tuple[str, str], dict[int, dict[str, int]]] = {}
         self.fresh: dict[tuple[str, str], dict[int, Tally]] = {}
+        self.current = 0
 
-    def read(self, conn: sqlite3.Connection, today: int) -> None:
-        """Read the days from ``today - 89 d`` to today (only yesterday and today when kept)."""
-        table, key = self._source(conn)
-        first = today - (DAYS - 1) * DAY_S
-        # Yesterday stays open: a probe started before midnight is written when it ends.
-        settled_before = today - DAY_S
+    def read(self, conn: sqlite3.Connection, table: str, key: str, now: float) -> None:
+        """Bring the periods up to the one holding ``now`` (``table``'s ``key`` is a period start)."""
+        p = self.period_s
+        self.current = current = int(now) // p * p
+        settled_before = current - p
         if self._settled_before != settled_before:
-            self.settled = {}
-            for target, kind, at, tally in self._read(conn, table, key, first, settled_before):
-                self.settled.setdefault((target, kind), {})[at] = tally
-            self.settled_windows = {series: _merge_windows(per_day, today)
-                                    for series, per_day in self.settled.items()}
+            self._settle(conn, table, key, current - (max(self.windows.values()) - 1) * p, settled_before)
             self._settled_before = settled_before
         self.fresh = {}
-        for target, kind, at, tally in self._read(conn, table, key, settled_before, today + DAY_S):
-            self.fresh.setdefault((target, kind), {})[at] = tally
+        for target, kind, at, counts, ttft, duration in _rows(conn, table, key, settled_before, current + p):
+            tally = self.fresh.setdefault((target, kind), {}).setdefault(at // p * p, Tally())
+            tally.add_counts(counts)  # rows of one probe differ in provider, model or location: add up
+            tally.add_hists([json.loads(ttft), json.loads(duration)])
+
+    def _settle(self, conn: sqlite3.Connection, table: str, key: str, first: int, before: int) -> None:
+        since = {name: self.current - (n - 1) * self.period_s for name, n in self.windows.items()}
+        merged: dict[tuple[str, str], dict[str, Tally]] = {}
+        counts: dict[tuple[str, str], dict[int, dict[str, int]]] = {}
+        p = self.period_s
+        for target, kind, at, row_counts, ttft, duration in _rows(conn, table, key, first, before):
+            series = (target, kind)
+            period = at // p * p
+            per_period = counts.setdefault(series, {}).setdefault(period, {})
+            for outcome, n in row_counts.items():
+                per_period[outcome] = per_period.get(outcome, 0) + n
+            hists = [json.loads(ttft), json.loads(duration)]
+            windows = merged.get(series)
+            if windows is None:
+                windows = merged[series] = {name: Tally() for name in self.windows}
+            for name, start in since.items():
+                if period >= start:
+                    windows[name].add_counts(row_counts)
+                    windows[name].add_hists(hists)
+        self._merged, self.settled_counts = merged, counts
 
     def probes(self) -> set[tuple[str, str]]:
-        return set(self.settled) | set(self.fresh)
+        return set(self.settled_counts) | set(self.fresh)
 
-    def per_day(self, series: tuple[str, str]) -> dict[int, Tally]:
-        return {**self.settled.get(series, {}), **self.fresh.get(series, {})}
-
-    def window(self, series: tuple[str, str], name: str, since: int) -> Tally:
-        """The tally of one day window: its kept days merged once, plus yesterday and today."""
+    def window(self, series: tuple[str, str], name: str) -> tuple[int, Tally]:
+        """(start, tally) of one window: its settled periods merged once, plus the fresh ones."""
+        start = self.current - (self.windows[name] - 1) * self.period_s
         tally = Tally()
-        settled = self.settled_windows.get(series, {}).get(name)
+        settled = self._merged.get(series)
         if settled is not None:
-            tally.add(settled)
-        for at, day in self.fresh.get(series, {}).items():
-            if at >= since:
-                tally.add(day)
-        return tally
-
-    @staticmethod
-    def _source(conn: sqlite3.Connection) -> tuple[str, str]:
-        if _has_table(conn, rollups.DAILY.table):
-            return rollups.DAILY.table, rollups.DAILY.key_column
-        return rollups.HOURLY.table, rollups.HOURLY.key_column  # a database not yet upgraded
-
-    @staticmethod
-    def _read(conn: sqlite3.Connection, table: str, key: str, start: int, end: int,
-              ) -> Iterable[tuple[str, str, int, Tally]]:
-        if key == "day":
-            yield from rollup_rows(conn, table, key, start, end)
-            return
-        merged: dict[tuple[str, str, int], Tally] = {}  # a database without daily rollups
-        for target, kind, at, tally in rollup_rows(conn, table, key, start, end):
-            day = at // DAY_S * DAY_S
-            merged.setdefault((target, kind, day), Tally()).add(tally)
-        for (target, kind, day), tally in merged.items():
-            yield target, kind, day, tally
+            tally.add(settled[name])
+        for at, period in self.fresh.get(series, {}).items():
+            if at >= start:
+                tally.add(period)
+        return start, tally
 
 
 class SnapshotBuilder:
@@ -204,18 +206,20 @@ class SnapshotBuilder:
         self.db_path = str(db_path)
         self.settings = settings
         self.series = None if series is None else tuple(series)
-        self._days = _Days()
-        self._incidents = IncidentTracker(self._rules())
+        self._reset()
 
-    def _rules(self) -> Rules:
-        return _rules(self.settings)
+    def _reset(self) -> None:
+        self._hours = _Periods(HOUR_S, {"24h": 24})
+        self._days = _Periods(DAY_S, {n: count for n, (grain, count) in WINDOWS.items() if grain == "day"})
+        self._bars: dict[tuple[str, str], list[dict]] = {}
+        self._bars_day: int | None = None
+        self._incidents = IncidentTracker(_rules(self.settings), max(RECENT_RUNS, self.settings.state_runs))
 
     def configure(self, settings: Settings, series: Sequence[Series] | None) -> None:
-        """New settings or probes (a reload); incidents are re-derived when their rules change."""
-        if self._rules() != _rules(settings):
+        """New settings or probes (a reload); with new settings everything is read again."""
+        if settings != self.settings:
             self.settings = settings
-            self._incidents = IncidentTracker(self._rules())
-        self.settings = settings
+            self._reset()
         self.series = None if series is None else tuple(series)
 
     def build(self, now: float | None = None) -> dict:
@@ -223,50 +227,36 @@ class SnapshotBuilder:
         now = time.time() if now is None else now
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=5.0)
         try:
-            today = int(now) // DAY_S * DAY_S
-            self._days.read(conn, today)
-            days = self._days
-            hour = int(now) // HOUR_S * HOUR_S
-            hours = self._hours(conn, hour)
-            series = self.series if self.series is not None else _series_in(conn, days, hours)
+            self._hours.read(conn, rollups.HOURLY.table, rollups.HOURLY.key_column, now)
+            if _has_table(conn, rollups.DAILY.table):
+                self._days.read(conn, rollups.DAILY.table, rollups.DAILY.key_column, now)
+            else:  # a database not yet upgraded: days from the hourly rollups
+                self._days.read(conn, rollups.HOURLY.table, rollups.HOURLY.key_column, now)
+            series = self.series if self.series is not None else _series_in(conn, self._days, self._hours)
             self._incidents.scan(conn, now - DAYS * DAY_S)
-            targets = [self._target(conn, group, days, hours, now, today, hour)
-                       for group in _by_target(series)]
         finally:
             conn.close()
-        incidents = self._incidents.incidents(now)
+        targets = [self._target(group, now) for group in _by_target(series)]
         probes = [p for t in targets for p in t["probes"]]
         return {"as_of": iso(now), "title": self.settings.title,
                 "state": figures.worst([p["state"] for p in probes]),
                 "windows": list(WINDOWS), "min_runs": self.settings.min_runs,
                 "thresholds": self.settings.threshold_map, "targets": targets,
-                "incidents": incidents}
+                "incidents": self._incidents.incidents(now)}
 
-    def _hours(self, conn: sqlite3.Connection, hour: int) -> dict[tuple[str, str], Tally]:
-        tallies: dict[tuple[str, str], Tally] = {}
-        for target, kind, _at, tally in rollup_rows(conn, rollups.TABLE, "hour", hour - 23 * HOUR_S,
-                                                      hour + HOUR_S):
-            tallies.setdefault((target, kind), Tally()).add(tally)
-        return tallies
-
-    def _target(self, conn: sqlite3.Connection, group: list[Series], days: dict, hours: dict,
-                now: float, today: int, hour: int) -> dict:
+    def _target(self, group: list[Series], now: float) -> dict:
         first = group[0]
-        probes = [self._probe(conn, s, days, hours.get((s.target, s.kind)), now, today, hour)
-                  for s in group]
+        probes = [self._probe(s, now) for s in group]
         return {"target": first.target, "provider": first.provider, "model": first.model,
                 "state": figures.worst([p["state"] for p in probes]), "probes": probes}
 
-    def _probe(self, conn: sqlite3.Connection, s: Series, days: _Days,
-               last_24h: Tally | None, now: float, today: int, hour: int) -> dict:
-        settings = self.settings
-        windows = {"24h": (last_24h or Tally()).window(hour - 23 * HOUR_S, now, settings.min_runs)}
-        for name, (_grain, n) in WINDOWS.items():
-            if name == "24h":
-                continue
-            since = today - (n - 1) * DAY_S
-            windows[name] = days.window((s.target, s.kind), name, since).window(since, now, settings.min_runs)
-        recent = _recent(conn, s, max(RECENT_RUNS, settings.state_runs), now - DAY_S)
+    def _probe(self, s: Series, now: float) -> dict:
+        settings, key = self.settings, (s.target, s.kind)
+        windows = {}
+        for name, (grain, _n) in WINDOWS.items():
+            start, tally = (self._hours if grain == "hour" else self._days).window(key, name)
+            windows[name] = tally.window(start, now, settings.min_runs)
+        recent = self._incidents.recent(s.target, s.kind, now - DAY_S)
         deciding = recent[-settings.state_runs:]
         decided = figures.counts(_outcome_counts(deciding))
         ours = {o: n for o, n in _outcome_counts(deciding).items() if figures.attribution(o) == "ours"}
@@ -276,8 +266,22 @@ class SnapshotBuilder:
                 "recent": recent[-RECENT_RUNS:],
                 "our_side": {"errors": decided["our_errors"], "outcomes": ours},
                 "windows": windows,
-                "daily": _daily(days.per_day((s.target, s.kind)), today, settings.threshold_map),
+                "daily": self._daily(key),
                 "incidents": self._incidents.incidents(now, s.target, s.kind)}
+
+    def _daily(self, key: tuple[str, str]) -> list[dict]:
+        """90 bars, oldest first: the settled ones made once a day, yesterday's and today's each time."""
+        days, thresholds = self._days, self.settings.threshold_map
+        if self._bars_day != days.current:
+            self._bars, self._bars_day = {}, days.current
+        settled = self._bars.get(key)
+        if settled is None:
+            counts = days.settled_counts.get(key, {})
+            settled = self._bars[key] = [_bar(at, counts.get(at, {}), thresholds)
+                                         for at in range(days.current - (DAYS - 1) * DAY_S, days.current - DAY_S, DAY_S)]
+        fresh = days.fresh.get(key, {})
+        return settled + [_bar(at, fresh[at].outcomes if at in fresh else {}, thresholds)
+                          for at in (days.current - DAY_S, days.current)]
 
 
 def _rules(settings: Settings) -> Rules:
@@ -286,32 +290,10 @@ def _rules(settings: Settings) -> Rules:
                  threshold=thresholds["partial_outage"], recovered=thresholds["degraded"])
 
 
-def _daily(per_day: dict[int, Tally], today: int, thresholds: dict[str, float]) -> list[dict]:
-    bars = []
-    for i in range(DAYS - 1, -1, -1):
-        at = today - i * DAY_S
-        tally = per_day.get(at)
-        c = figures.counts(tally.outcomes if tally else {})
-        bars.append({"date": iso(at)[:10], "runs": c["runs"], "errors": c["errors"],
-                     "availability": c["availability"],
-                     "provider_availability": c["provider_availability"],
-                     "state": figures.state_for(c, thresholds)})
-    return bars
-
-
-def _recent(conn: sqlite3.Connection, s: Series, limit: int, since: float) -> list[dict]:
-    """The newest ``limit`` runs of one probe since ``since``, oldest first."""
-    rows = conn.execute(
-        "SELECT ts, outcome, error_code, ttft_s, duration_s FROM probe_results "
-        "WHERE target = ? AND kind = ? AND ts >= ? ORDER BY ts DESC LIMIT ?",
-        [s.target, s.kind, since, limit]).fetchall()
-    return [{"ts": iso(ts), "outcome": outcome, "error_code": code, "ttft_s": _round(ttft),
-             "duration_s": _round(duration)}
-            for ts, outcome, code, ttft, duration in reversed(rows)]
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
+def _bar(day: int, outcomes: dict[str, int], thresholds: dict[str, float]) -> dict:
+    c = figures.counts(outcomes)
+    return {"date": iso(day)[:10], "runs": c["runs"], "errors": c["errors"], "availability": c["availability"],
+            "provider_availability": c["provider_availability"], "state": figures.state_for(c, thresholds)}
 
 
 def _outcome_counts(runs: list[dict]) -> dict[str, int]:
@@ -329,13 +311,9 @@ def _by_target(series: Sequence[Series]) -> list[list[Series]]:
     return list(groups.values())
 
 
-def _series_in(conn: sqlite3.Connection, days: _Days, hours: dict) -> list[Series]:
+def _series_in(conn: sqlite3.Connection, days: _Periods, hours: _Periods) -> list[Series]:
     """Without a config: every probe the last 90 days hold, with its latest provider and model."""
-    found = sorted(days.probes() | set(hours))
-    series = []
-    for target, kind in found:
-        row = conn.execute(
-            f"SELECT provider, model FROM {rollups.TABLE} WHERE target = ? AND kind = ? "
-            "ORDER BY hour DESC LIMIT 1", [target, kind]).fetchone() or ("", "")
-        series.append(Series(target, kind, row[0], row[1]))
-    return series
+    latest = {(t, k): (p, m) for t, k, p, m, _h in conn.execute(
+        f"SELECT target, kind, provider, model, max(hour) FROM {rollups.HOURLY.table} "
+        "WHERE hour >= ? GROUP BY target, kind", [days.current - DAYS * DAY_S])}
+    return [Series(t, k, *latest.get((t, k), ("", ""))) for t, k in sorted(days.probes() | hours.probes())]

@@ -3,23 +3,31 @@
 Reading 90 days of rollups and rendering a thousand targets is CPU work in Python; in a
 thread of the daemon it would hold the GIL and delay every probe's reading by up to the
 interpreter's 5 ms switch interval. In a process of its own it runs on another core and the
-event loop only copies finished bytes. The process keeps the site (and the snapshot
-builder's caches) in this module between calls.
+event loop only copies finished bytes.
+
+Inside the process, snapshots are built in a thread of their own, so requests keep being
+answered from the last snapshot while the next one is built (at 1,000 targets a build takes
+seconds); a new snapshot replaces the old one whole (:class:`~modelwatch.status.site.Site`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import threading
 import time
 from collections.abc import Sequence
 
-from modelwatch.status.site import Answer, Site
+from modelwatch.status.site import GZIP_LEVEL, Answer, Site
 from modelwatch.status.snapshot import Series, Settings, SnapshotBuilder
 
 GZIP_FROM_BYTES = 2048
-GZIP_LEVEL = 6  # the index of 1,000 targets: a tenth of its size, compressed once per refresh
 _site: Site | None = None
+_builder: threading.Thread | None = None
+_started = float("-inf")  # monotonic time the last build began
+_last: tuple[str, float] | None = None  # the last snapshot's as_of, and how long it took
+_error: str | None = None  # why the last build failed, until refresh() reports it
+_pending: tuple[Settings, tuple[Series, ...] | None] | None = None
 
 
 def start(db_path: str, settings: Settings, series: Sequence[Series] | None) -> None:
@@ -29,20 +37,45 @@ def start(db_path: str, settings: Settings, series: Sequence[Series] | None) -> 
 
 
 def configure(settings: Settings, series: Sequence[Series] | None) -> None:
-    """A reload: new settings and probes, used from the next refresh on."""
-    _site.builder.configure(settings, series)
+    """A reload: new settings and probes, taken by the next build (never in the middle of one)."""
+    global _pending
+    _pending = (settings, None if series is None else tuple(series))
 
 
-def refresh() -> tuple[str, float]:
-    """Read the database again; return the snapshot's as_of and the seconds it took."""
+def refresh(every_s: float = 0.0, force: bool = False) -> tuple[str | None, float | None, str | None]:
+    """Start a build unless one runs or one began less than ``every_s`` ago (``force``: the latter
+    does not apply); return the last snapshot's as_of and build seconds, and a failure since the
+    last call."""
+    global _builder, _started, _error
+    idle = _builder is None or not _builder.is_alive()
+    if idle and (force or time.monotonic() - _started >= every_s):
+        _started = time.monotonic()
+        _builder = threading.Thread(target=_build, name="status-build", daemon=True)
+        _builder.start()
+    error, _error = _error, None
+    as_of, took = _last if _last is not None else (None, None)
+    return as_of, took, error
+
+
+def _build() -> None:
+    global _last, _error, _pending
+    if _pending is not None:
+        pending, _pending = _pending, None
+        _site.builder.configure(*pending)
     started = time.perf_counter()
-    snapshot = _site.refresh()
-    return snapshot["as_of"], time.perf_counter() - started
+    try:
+        snapshot = _site.refresh()
+    except Exception as exc:  # noqa: BLE001 - reported to the daemon, which counts and logs it
+        _error = f"{type(exc).__name__}: {exc}"[:300]
+        return
+    _last = (snapshot["as_of"], time.perf_counter() - started)
 
 
 def answer(path: str, query: dict[str, str]) -> Answer:
     """The answer to one request, from the current snapshot, gzipped too when large."""
+    if _site.view is None:
+        return Answer(503, "text/plain; charset=utf-8", b"the status page is starting\n", "page")
     found = _site.answer(path, query)
-    if len(found.body) >= GZIP_FROM_BYTES:
+    if found.gzipped is None and len(found.body) >= GZIP_FROM_BYTES:
         found = dataclasses.replace(found, gzipped=gzip.compress(found.body, GZIP_LEVEL))
     return found
