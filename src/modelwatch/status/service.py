@@ -10,7 +10,6 @@ distinct URLs costs the worker's core, never the probes' loop.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import multiprocessing
 from collections import OrderedDict
@@ -145,7 +144,7 @@ class StatusService:
                                     headers={"Retry-After": "2"})
             finally:
                 self._waiting -= 1
-            cached = (answer, '"' + hashlib.sha256(answer.body).hexdigest()[:20] + '"')
+            cached = (answer, f'"{answer.etag}"')
             self._cache[key] = cached
             while len(self._cache) > MAX_CACHED:
                 self._cache.popitem(last=False)

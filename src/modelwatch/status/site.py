@@ -61,6 +61,7 @@ class Answer:
     body: bytes
     role: str
     gzipped: bytes | None = None  # the body gzipped, for clients that take it (large answers)
+    etag: str | None = None  # a hash of the body (the worker adds it)
 
 
 def _json(data: object, status: int = 200, role: str = "api") -> Answer:
