@@ -48,10 +48,15 @@ def attribution(outcome: str) -> str:
 
 def counts(outcomes: Mapping[str, int]) -> dict:
     """runs, ok, errors, provider_errors, our_errors, availability, provider_availability."""
-    runs = sum(outcomes.values())
-    ok = outcomes.get(OK, 0)
-    provider_errors = sum(n for o, n in outcomes.items() if o in PROVIDER_OUTCOMES)
-    our_errors = sum(n for o, n in outcomes.items() if o in NOT_PROVIDER_JUDGED)
+    runs = ok = provider_errors = our_errors = 0
+    for outcome, n in outcomes.items():  # one pass: this runs for every daily bar of every probe
+        runs += n
+        if outcome == OK:
+            ok += n
+        elif outcome in PROVIDER_OUTCOMES:
+            provider_errors += n
+        elif outcome in NOT_PROVIDER_JUDGED:
+            our_errors += n
     judged = runs - our_errors
     return {"runs": runs, "ok": ok, "errors": runs - ok, "provider_errors": provider_errors,
             "our_errors": our_errors,

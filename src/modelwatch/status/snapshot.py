@@ -162,8 +162,11 @@ class _Periods:
             tally.add_hists([json.loads(ttft), json.loads(duration)])
 
     def _settle(self, conn: sqlite3.Connection, table: str, key: str, first: int, before: int) -> None:
-        since = {name: self.current - (n - 1) * self.period_s for name, n in self.windows.items()}
-        merged: dict[tuple[str, str], dict[str, Tally]] = {}
+        # Each row is added to one segment, the shortest window holding it; the windows are then
+        # the segments added up, shortest first (7d, 7d + the rest of 30d, ...): one merge per row.
+        names = sorted(self.windows, key=self.windows.__getitem__)
+        starts = [(name, self.current - (self.windows[name] - 1) * self.period_s) for name in names]
+        segments: dict[tuple[str, str], dict[str, Tally]] = {}
         counts: dict[tuple[str, str], dict[int, dict[str, int]]] = {}
         p = self.period_s
         for target, kind, at, row_counts, ttft, duration in _rows(conn, table, key, first, before):
@@ -172,14 +175,21 @@ class _Periods:
             per_period = counts.setdefault(series, {}).setdefault(period, {})
             for outcome, n in row_counts.items():
                 per_period[outcome] = per_period.get(outcome, 0) + n
-            hists = [json.loads(ttft), json.loads(duration)]
-            windows = merged.get(series)
-            if windows is None:
-                windows = merged[series] = {name: Tally() for name in self.windows}
-            for name, start in since.items():
-                if period >= start:
-                    windows[name].add_counts(row_counts)
-                    windows[name].add_hists(hists)
+            segment = next((name for name, start in starts if period >= start), None)
+            if segment is None:
+                continue
+            tally = segments.setdefault(series, {}).setdefault(segment, Tally())
+            tally.add_counts(row_counts)
+            tally.add_hists([json.loads(ttft), json.loads(duration)])
+        merged = {}
+        for series, parts in segments.items():
+            running, windows = Tally(), {}
+            for name in names:
+                if name in parts:
+                    running.add(parts[name])
+                windows[name] = Tally()
+                windows[name].add(running)
+            merged[series] = windows
         self._merged, self.settled_counts = merged, counts
 
     def probes(self) -> set[tuple[str, str]]:
@@ -213,6 +223,7 @@ class SnapshotBuilder:
         self._days = _Periods(DAY_S, {n: count for n, (grain, count) in WINDOWS.items() if grain == "day"})
         self._bars: dict[tuple[str, str], list[dict]] = {}
         self._bars_day: int | None = None
+        self._dates: dict[int, str] = {}
         self._incidents = IncidentTracker(_rules(self.settings), max(RECENT_RUNS, self.settings.state_runs))
 
     def configure(self, settings: Settings, series: Sequence[Series] | None) -> None:
@@ -274,13 +285,15 @@ class SnapshotBuilder:
         days, thresholds = self._days, self.settings.threshold_map
         if self._bars_day != days.current:
             self._bars, self._bars_day = {}, days.current
+            self._dates = {at: iso(at)[:10] for at in range(days.current - (DAYS - 1) * DAY_S,
+                                                             days.current + DAY_S, DAY_S)}
         settled = self._bars.get(key)
         if settled is None:
             counts = days.settled_counts.get(key, {})
-            settled = self._bars[key] = [_bar(at, counts.get(at, {}), thresholds)
-                                         for at in range(days.current - (DAYS - 1) * DAY_S, days.current - DAY_S, DAY_S)]
+            settled = self._bars[key] = [_bar(date, counts.get(at, {}), thresholds)
+                                         for at, date in list(self._dates.items())[:DAYS - 2]]
         fresh = days.fresh.get(key, {})
-        return settled + [_bar(at, fresh[at].outcomes if at in fresh else {}, thresholds)
+        return settled + [_bar(self._dates[at], fresh[at].outcomes if at in fresh else {}, thresholds)
                           for at in (days.current - DAY_S, days.current)]
 
 
@@ -290,9 +303,9 @@ def _rules(settings: Settings) -> Rules:
                  threshold=thresholds["partial_outage"], recovered=thresholds["degraded"])
 
 
-def _bar(day: int, outcomes: dict[str, int], thresholds: dict[str, float]) -> dict:
+def _bar(date: str, outcomes: dict[str, int], thresholds: dict[str, float]) -> dict:
     c = figures.counts(outcomes)
-    return {"date": iso(day)[:10], "runs": c["runs"], "errors": c["errors"], "availability": c["availability"],
+    return {"date": date, "runs": c["runs"], "errors": c["errors"], "availability": c["availability"],
             "provider_availability": c["provider_availability"], "state": figures.state_for(c, thresholds)}
 
 
