@@ -130,15 +130,19 @@ def test_daemon_under_a_stepping_wall_clock_keeps_its_cadence(tmp_path, sim_url)
         for step in ("-3600", "+3600", "+0"):  # back an hour, then an hour ahead, then true time
             before = len(_ts(db))
             offset.write_text(step + "\n")
-            time.sleep(1.5)  # three intervals of real time
+            # six intervals of real time: on a loaded machine the daemon's loop has stalled for up
+            # to 2 s right after a step (loop_lag_s shows it; with the status page on and off, so
+            # likely libfaketime re-reading its file on every clock call under FAKETIME_NO_CACHE);
+            # a phase must outlast that to judge the cadence
+            time.sleep(3.0)
             added[step] = len(_ts(db)) - before
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
     ts = _ts(db)
     steps = [b - a for a, b in zip(ts, ts[1:])]
-    # The cadence went through the steps: about three runs per phase, never none, never a flood...
-    assert all(1 <= n <= 5 for n in added.values()), added
+    # The cadence went through the steps: about six runs per phase, never none, never a flood...
+    assert all(1 <= n <= 9 for n in added.values()), added
     # ...and the stored ts is the (faked) wall time, so the steps really reached the daemon.
     assert min(steps) < -3000 and max(steps) > 6000, steps
 

@@ -239,7 +239,7 @@ def test_index_without_javascript_shows_the_databases_figures(site):
                 # its window (a target's probes run one at a time, so they are committed in the
                 # order they started). N is at least the rows that ended a commit period before
                 # as_of, and the rows of probes that had started by the read at most.
-                rows = db_rows(s.db, name, kind, since, as_of + 0.5)
+                rows = db_rows(s.db, name, kind, since, as_of + 1.0)  # as_of is printed to the second
                 settled = sum(1 for ts, end, _ in rows if ts < as_of and end + 2 * COMMIT_S < as_of)
                 assert settled <= w["runs"] <= len(rows), (name, kind, settled, w, len(rows))
                 assert len(rows) - settled <= 3, (name, kind, rows)  # the uncertainty stays small
