@@ -145,7 +145,8 @@ class StatusService:
             finally:
                 self._waiting -= 1
             cached = (answer, f'"{answer.etag}"')
-            self._cache[key] = cached
+            if answer.status != 503:  # "starting" is not an answer to keep for the snapshot
+                self._cache[key] = cached
             while len(self._cache) > MAX_CACHED:
                 self._cache.popitem(last=False)
         answer, etag = cached
