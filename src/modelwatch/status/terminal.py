@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from modelwatch.status.html import fmt_duration, fmt_latency
 from modelwatch.status.snapshot import WINDOWS
 
 STATE_WORDS = {"operational": "operational", "degraded": "degraded", "partial_outage": "partial outage",
@@ -22,7 +23,7 @@ def render_terminal(snapshot: dict, incidents: int = 10) -> str:
                 target["target"], probe["kind"], STATE_WORDS[probe["state"]],
                 "-" if last is None else f"{last['ts'][11:19]} {last['outcome']}",
                 f"{day['errors']} / {day['runs']} runs" if day["enough_data"] else "no measurements yet",
-                f"{_ms(day['ttft_p50_s'])}/{_ms(day['ttft_p95_s'])}" if day["enough_data"] else "-",
+                f"{fmt_latency(day['ttft_p50_s'])} / {fmt_latency(day['ttft_p95_s'])}" if day["enough_data"] else "-",
                 *(_percent(probe["windows"][w]) for w in WINDOWS),
                 ", ".join(f"{o}={n}" for o, n in sorted(ours.items())) or "-",
             ])
@@ -35,7 +36,7 @@ def render_terminal(snapshot: dict, incidents: int = 10) -> str:
         for i in shown:
             end = "ongoing" if i["ongoing"] else f"to {i['end']}"
             code = f" ({i['error_code']})" if i["error_code"] else ""
-            out.append(f"  {i['target']} {i['kind']}: {i['start']} {end}, {_duration(i['duration_s'])}, "
+            out.append(f"  {i['target']} {i['kind']}: {i['start']} {end}, {fmt_duration(i['duration_s'])}, "
                        f"{i['failures']} of {i['runs']} runs failed, mostly {i['dominant_outcome']}{code}")
     out += ["", f"Availability: ok / runs; windows fewer than {snapshot['min_runs']} runs say "
                 "'no measurements yet' (status.min_runs). State: provider availability of the last runs."]
@@ -47,14 +48,3 @@ def _percent(window: dict) -> str:
         return "-"
     return f"{window['availability'] * 100:.2f}%"
 
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.0f}ms"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
