@@ -136,3 +136,29 @@ def test_the_index_pages_fifty_targets_at_a_time(db_path, tmp_path):
     assert first.count('<article class="target"') == 50 and third.count('<article class="target"') == 20
     assert 'href="pages/2/"' in first and 'href="../../"' in third
     assert site.export(tmp_path / "out") and (tmp_path / "out/pages/3/index.html").exists()
+
+
+def test_a_target_name_cannot_write_outside_the_export(db_path, tmp_path):
+    """Names read from a database (--db) may be anything: the export skips those that are not a path."""
+    evil = "x/../../../../escaped"
+    write(db_path, runs(NOW - 600, ["ok"] * 3) + runs(NOW - 600, ["ok"] * 3, target=evil))
+    site = Site(SnapshotBuilder(db_path, Settings()))  # no config: the names come from the database
+    site.refresh(NOW)
+    assert evil in [t["target"] for t in site.snapshot["targets"]]
+    out = tmp_path / "deep" / "out"
+    site.export(out)
+    assert (out / "targets/gpt/index.html").exists()
+    outside = [p for p in tmp_path.rglob("*") if p.is_file() and out not in p.parents and "modelwatch.db" not in p.name]
+    assert outside == [], outside
+
+
+@pytest.mark.parametrize("name", ["a/../b", "a//b", "a/./b", "a/", "../a"])
+def test_config_refuses_target_names_that_are_not_paths(tmp_path, name):
+    from modelwatch.config import ConfigError, load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("providers: {p: {type: openai-compatible, base_url: 'http://127.0.0.1:1/v1'}}\n"
+                   f"targets: [{{name: '{name}', provider: p, model: m, probes: [{{kind: rest}}]}}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert any("targets[0].name" in line for line in err.value.problems)

@@ -357,6 +357,14 @@ class TargetConfig(_Strict):
     price: PriceConfig | None = None
     probes: list[ProbeConfig] = Field(min_length=1)
 
+    @field_validator("name")
+    @classmethod
+    def _path_safe(cls, v: str) -> str:
+        # The name is a path in the status site's URLs and static export (targets/NAME/index.html).
+        if any(part in ("", ".", "..") for part in v.split("/")):
+            raise ValueError("must not have an empty, . or .. part between slashes")
+        return v
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:

@@ -251,7 +251,8 @@ class View:
         for n in range(2, self.pages + 1):
             files[f"pages/{n}/index.html"] = self._index[n].body
         for target in snapshot["targets"]:
-            files.update(self._target_files(target))
+            if path_safe(target["target"]):  # a name read from a database (--db) may be anything
+                files.update(self._target_files(target))
         for rel, body in files.items():
             _write(out / rel, body)
         return len(files)
@@ -277,6 +278,12 @@ class View:
                         files[f"badge/{name}/{kind}/{metric}-{window}.{suffix}"] = self._badge(
                             "", f"{name}.{suffix}", {**query, "metric": metric}).body
         return files
+
+
+def path_safe(name: str) -> bool:
+    """Whether a target name can be a relative path under the export directory as it is."""
+    return not name.startswith("/") and all(part not in ("", ".", "..") for part in name.split("/")) \
+        and "\\" not in name and "\x00" not in name
 
 
 def _gzipped(answer: Answer) -> Answer:
