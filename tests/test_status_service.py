@@ -91,6 +91,7 @@ def test_cors_only_for_configured_origins(daemon):
     assert headers["Access-Control-Allow-Origin"] == OTHER
     _, headers, _ = fetch(url + "/api/v1/status", Origin="https://evil.example")
     assert "Access-Control-Allow-Origin" not in headers
+    assert "Origin" in headers["Vary"]  # a shared cache must not hand this answer to the allowed origin
     _, headers, _ = fetch(url + "/", Origin=OTHER)
     assert "Access-Control-Allow-Origin" not in headers  # pages are not an API
 
@@ -209,3 +210,10 @@ def test_with_the_status_page_off_the_root_says_so_and_the_api_is_gone(sim_url, 
 def _ts(text: str) -> float:
     from datetime import datetime
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.parametrize("header, gz", [("gzip", True), ("gzip, deflate, br", True), ("br;q=1, GZIP;q=0.5", True),
+                                        ("gzip;q=0", False), ("identity", False), ("", False), ("*", True)])
+def test_accept_encoding_is_read_with_its_q_values(header, gz):
+    from modelwatch.status.service import _accepts_gzip
+    assert _accepts_gzip(header) is gz

@@ -294,12 +294,16 @@ class Daemon:
         for job in added:
             self.metrics.add_job(job)
         self.config = new
-        if self.status is not None:
-            st = new.status
-            await self.status.configure(settings_from(st), series_from(new.jobs), st.refresh,
-                                        st.frame_ancestors, st.cors_origins)
         await self._set_budget(new)
         self._scheduler.set_max_concurrent(new.max_concurrent_probes)
+        if self.status is not None:
+            st = new.status
+            try:  # the probes have their new config; a busy or dead status worker must not undo that
+                await self.status.configure(settings_from(st), series_from(new.jobs), st.refresh,
+                                            st.frame_ancestors, st.cors_origins)
+            except Exception as exc:  # noqa: BLE001 - the page catches up with its next snapshot
+                log.warning("reload: the status page takes the new config with its next snapshot",
+                            extra=fields(error=type(exc).__name__))
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())
         log.info("reloaded", extra=fields(probes=len(new.jobs)))

@@ -81,12 +81,15 @@ class StatusService:
 
     async def _call(self, fn, *args):  # noqa: ANN001, ANN202
         loop = asyncio.get_running_loop()
+        pool = self._pool
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._pool, fn, *args), ANSWER_TIMEOUT_S)
+            return await asyncio.wait_for(loop.run_in_executor(pool, fn, *args), ANSWER_TIMEOUT_S)
         except BrokenProcessPool:  # the worker died (killed, out of memory): start another one
+            if pool is not self._pool:  # another call saw it die first and replaced it
+                raise
             log.error("status page worker stopped; starting a new one")
-            old, self._pool = self._pool, self._new_pool()
-            old.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            pool.shutdown(wait=False, cancel_futures=True)
             self._as_of = None  # "starting" until the new worker's first snapshot: it has none yet
             self._cache.clear()
             raise
@@ -151,7 +154,7 @@ class StatusService:
                 self._cache.popitem(last=False)
         answer, etag = cached
         body = answer.body
-        gz = answer.gzipped is not None and "gzip" in request.headers.get("Accept-Encoding", "")
+        gz = answer.gzipped is not None and _accepts_gzip(request.headers.get("Accept-Encoding", ""))
         if gz:
             body, etag = answer.gzipped, etag[:-1] + '-gz"'  # a strong ETag per representation
         headers = self._headers(answer, etag, request.headers.get("Origin"))
@@ -176,10 +179,21 @@ class StatusService:
         if answer.role in ("api", "badge") and self.cors_origins:
             if "*" in self.cors_origins:
                 headers["Access-Control-Allow-Origin"] = "*"
-            elif origin in self.cors_origins:
-                headers["Access-Control-Allow-Origin"] = origin
+            else:  # the answer depends on Origin whether or not this one is allowed: say so to caches
                 headers["Vary"] = "Origin"
+                if origin in self.cors_origins:
+                    headers["Access-Control-Allow-Origin"] = origin
         return headers
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header takes gzip (``gzip;q=0`` refuses it)."""
+    for part in accept_encoding.split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip().lower() in ("gzip", "*"):
+            q = params.strip().lower()
+            return not (q.startswith("q=") and q[2:].strip() in ("0", "0.0", "0.00", "0.000"))
+    return False
 
 
 def settings_from(status) -> Settings:  # noqa: ANN001 - config.StatusConfig

@@ -230,7 +230,9 @@ class View:
         now = self._now()
         try:
             until = parse_time(query.get("until", "now"), now)
-            since = parse_time(query["since"], now) if "since" in query else until - default
+            # by default the periods of the page's own window: 24 hours, 90 days, the current one last
+            since = parse_time(query["since"], now) if "since" in query else \
+                until // period * period - (default // period - 1) * period
         except ValueError as exc:
             return _bad(f"since/until {exc}")
         if not since < until or until - since > longest:
@@ -251,7 +253,8 @@ class View:
         for n in range(2, self.pages + 1):
             files[f"pages/{n}/index.html"] = self._index[n].body
         for target in snapshot["targets"]:
-            if path_safe(target["target"]):  # a name read from a database (--db) may be anything
+            # names read from a database (--db) may be anything: only those that are paths
+            if path_safe(target["target"]) and all(path_safe(p["kind"]) for p in target["probes"]):
                 files.update(self._target_files(target))
         for rel, body in files.items():
             _write(out / rel, body)

@@ -29,6 +29,8 @@ _started = float("-inf")  # monotonic time the last build began
 _last: tuple[str, float] | None = None  # the last snapshot's as_of, and how long it took
 _error: str | None = None  # why the last build failed, until refresh() reports it
 _pending: tuple[Settings, tuple[Series, ...] | None] | None = None
+_due = False  # a reload came: build next, whatever every_s says
+_lock = threading.Lock()
 
 
 def start(db_path: str, settings: Settings, series: Sequence[Series] | None) -> None:
@@ -38,18 +40,22 @@ def start(db_path: str, settings: Settings, series: Sequence[Series] | None) -> 
 
 
 def configure(settings: Settings, series: Sequence[Series] | None) -> None:
-    """A reload: new settings and probes, taken by the next build (never in the middle of one)."""
-    global _pending
-    _pending = (settings, None if series is None else tuple(series))
+    """A reload: new settings and probes, taken by the next build (never in the middle of one),
+    which starts as soon as no build runs."""
+    global _pending, _due
+    with _lock:
+        _pending = (settings, None if series is None else tuple(series))
+        _due = True
 
 
 def refresh(every_s: float = 0.0, force: bool = False) -> tuple[str | None, float | None, str | None]:
     """Start a build unless one runs or one began less than ``every_s`` ago (``force``: the latter
     does not apply); return the last snapshot's as_of and build seconds, and a failure since the
     last call."""
-    global _builder, _started, _error
+    global _builder, _started, _error, _due
     idle = _builder is None or not _builder.is_alive()
-    if idle and (force or time.monotonic() - _started >= every_s):
+    if idle and (force or _due or time.monotonic() - _started >= every_s):
+        _due = False
         _started = time.monotonic()
         _builder = threading.Thread(target=_build, name="status-build", daemon=True)
         _builder.start()
@@ -60,8 +66,9 @@ def refresh(every_s: float = 0.0, force: bool = False) -> tuple[str | None, floa
 
 def _build() -> None:
     global _last, _error, _pending
-    if _pending is not None:
+    with _lock:
         pending, _pending = _pending, None
+    if pending is not None:
         _site.builder.configure(*pending)
     started = time.perf_counter()
     try:
