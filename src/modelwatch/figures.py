@@ -98,3 +98,8 @@ def worst(states: Sequence[str]) -> str:
 def iso(ts: float) -> str:
     """Unix seconds as ISO 8601 UTC to the second, ending in Z (the API's and report's times)."""
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def timestamp(text: str) -> float:
+    """Unix seconds of a time written by :func:`iso`."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

@@ -246,8 +246,8 @@ def build_report(db_path: str | Path, since: float, until: float, *, targets: tu
     """One dict per (target, kind) with counts, availability and percentiles over [since, until)."""
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5.0)
     try:
-        has_rollups = _has_table(conn, rollups.TABLE)
-        has_daily = has_rollups and _has_table(conn, rollups.DAILY_TABLE)
+        has_rollups = has_table(conn, rollups.TABLE)
+        has_daily = has_rollups and has_table(conn, rollups.DAILY_TABLE)
         if source == "rollups" and not has_rollups:
             raise ReportError("this database has no rollups yet; the daemon adds them when it next starts")
         coverage = raw_coverage_start(conn) if has_rollups else None
@@ -295,7 +295,8 @@ def _oldest(conn: sqlite3.Connection, has_rollups: bool, has_daily: bool = False
     return min(starts) if starts else None
 
 
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+def has_table(conn: sqlite3.Connection, name: str) -> bool:
+    """Whether the database has a table of this name (an old one may lack the rollups)."""
     found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone()
     return found is not None
 

@@ -16,10 +16,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from datetime import datetime
 
 from aiohttp import web
 
+from modelwatch.figures import timestamp
 from modelwatch.logs import fields
 from modelwatch.status import worker
 from modelwatch.status.site import Answer
@@ -124,7 +124,7 @@ class StatusService:
         self._cache.clear()
         if self._metrics is not None:
             self._metrics.status_refresh.set(round(took, 6))
-            self._metrics.status_as_of.set(datetime.fromisoformat(as_of.replace("Z", "+00:00")).timestamp())
+            self._metrics.status_as_of.set(timestamp(as_of))
         return True
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

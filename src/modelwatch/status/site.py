@@ -34,7 +34,6 @@ import json
 import os
 import sqlite3
 import tempfile
-from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from urllib.parse import unquote
@@ -42,7 +41,7 @@ from urllib.parse import unquote
 from modelwatch import figures, rollups
 from modelwatch.report import parse_time
 from modelwatch.status import badges, html
-from modelwatch.status.snapshot import WINDOWS, SnapshotBuilder, Tally, rollup_rows
+from modelwatch.status.snapshot import WINDOWS, SnapshotBuilder, Tally, day_rollups, rollup_rows
 
 METRICS = ("availability", "ttft_p50", "ttft_p95")
 GRAINS = {"hour": (3600, 31 * 86400.0, 86400.0), "day": (86400, 400 * 86400.0, 90 * 86400.0)}
@@ -210,12 +209,12 @@ class View:
         except ValueError as exc:
             return _bad(f"since {exc}")
         found = [i for i in self.snapshot["incidents"]
-                 if i["ongoing"] or _ts(i["end"]) >= since]
+                 if i["ongoing"] or figures.timestamp(i["end"]) >= since]
         return _json({"as_of": self.snapshot["as_of"], "incidents": found})
 
     def _now(self) -> float:
         """The snapshot's time: relative times in queries count back from what the page shows."""
-        return _ts(self.snapshot["as_of"])
+        return figures.timestamp(self.snapshot["as_of"])
 
     def history(self, target: dict, query: dict) -> Answer:
         """Windows per hour or day of one probe: ``grain``, ``since`` and ``until`` bounded."""
@@ -327,10 +326,7 @@ def _history(db_path: str, target: str, kind: str, grain: str, since: float, unt
     first = int(since) // period * period
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5.0)
     try:
-        table, key = rollups.HOURLY.table, rollups.HOURLY.key_column
-        if grain == "day" and conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
-                                           [rollups.DAILY.table]).fetchone():
-            table, key = rollups.DAILY.table, rollups.DAILY.key_column
+        table, key = day_rollups(conn) if grain == "day" else (rollups.HOURLY.table, rollups.HOURLY.key_column)
         tallies: dict[int, Tally] = {}
         for _t, _k, at, tally in rollup_rows(conn, table, key, first, int(until), (target, kind)):
             tallies.setdefault(at // period * period, Tally()).add(tally)
@@ -341,10 +337,6 @@ def _history(db_path: str, target: str, kind: str, grain: str, since: float, unt
         w = tallies.get(start, Tally()).window(start, start + period, min_runs)
         points.append(w)
     return points
-
-
-def _ts(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def _static(name: str) -> Answer:

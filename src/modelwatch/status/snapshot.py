@@ -25,6 +25,7 @@ from pathlib import Path
 
 from modelwatch import figures, rollups
 from modelwatch.figures import iso
+from modelwatch.report import has_table
 from modelwatch.status.incidents import IncidentTracker, Rules
 
 WINDOWS = {"24h": ("hour", 24), "7d": ("day", 7), "30d": ("day", 30), "90d": ("day", 90)}
@@ -124,9 +125,11 @@ def rollup_rows(conn: sqlite3.Connection, table: str, key: str, start: int, end:
         yield target, kind, at, tally
 
 
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                        [name]).fetchone() is not None
+def day_rollups(conn: sqlite3.Connection) -> tuple[str, str]:
+    """(table, key column) to read days from: the daily rollups, or the hourly ones of a database
+    not yet upgraded (rows are grouped by day where they are read)."""
+    grain = rollups.DAILY if has_table(conn, rollups.DAILY.table) else rollups.HOURLY
+    return grain.table, grain.key_column
 
 
 class _Periods:
@@ -239,10 +242,7 @@ class SnapshotBuilder:
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=5.0)
         try:
             self._hours.read(conn, rollups.HOURLY.table, rollups.HOURLY.key_column, now)
-            if _has_table(conn, rollups.DAILY.table):
-                self._days.read(conn, rollups.DAILY.table, rollups.DAILY.key_column, now)
-            else:  # a database not yet upgraded: days from the hourly rollups
-                self._days.read(conn, rollups.HOURLY.table, rollups.HOURLY.key_column, now)
+            self._days.read(conn, *day_rollups(conn), now)
             series = self.series if self.series is not None else _series_in(conn, self._days, self._hours)
             self._incidents.scan(conn, now - DAYS * DAY_S)
         finally:
