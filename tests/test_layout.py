@@ -1,8 +1,10 @@
 """The code's layout holds: provider modules stand alone, and the registry is the one list.
 
-A provider module (one whose prober is in the registry) imports the neutral
-modules (base, http, websocket, parsing, spec, audio) and its family's, never
-another provider module; the probes never import the config loader (it
+A provider module (one whose prober is in the registry and speaks one wire
+protocol) imports the neutral modules (base, http, websocket, parsing, spec,
+audio) and its family's, never another provider module. A session-shape
+module (a voice chain, a conversation) composes provider modules' sans-I/O
+pieces into a longer session; no provider module imports one; the probes never import the config loader (it
 imports them). Every provider type and kind the registry declares is accepted
 by config, read by cost, and documented.
 """
@@ -24,7 +26,10 @@ ROOT = Path(__file__).parent.parent
 PACKAGE = ROOT / "src" / "modelwatch"
 PROBES_MD = (ROOT / "docs" / "probes.md").read_text()
 CONFIGURATION_MD = (ROOT / "docs" / "configuration.md").read_text()
-PROVIDER_MODULES = sorted({spec.prober.__module__ for spec in registry.SPECS})
+# The voice-agent kinds are session shapes over the wire protocols, not protocols of their own.
+SHAPE_KINDS = ("voice-chain", "conversation")
+PROVIDER_MODULES = sorted({spec.prober.__module__ for spec in registry.SPECS if spec.kind not in SHAPE_KINDS})
+SHAPE_MODULES = sorted({spec.prober.__module__ for spec in registry.SPECS if spec.kind in SHAPE_KINDS})
 
 
 def runtime_imports(path: Path) -> set[str]:
@@ -61,6 +66,13 @@ def test_the_registry_names_the_provider_modules():
 def test_a_provider_module_imports_no_other_provider_module(module):
     others = set(PROVIDER_MODULES) - {module}
     assert not runtime_imports(module_file(module)) & others
+    assert not runtime_imports(module_file(module)) & set(SHAPE_MODULES)
+
+
+def test_the_registry_names_the_session_shape_modules():
+    assert SHAPE_MODULES == ["modelwatch.probes." + m for m in ("conversation", "conversation_realtime",
+                                                                "voice_chain")]
+    assert set(SHAPE_MODULES).isdisjoint(PROVIDER_MODULES)
 
 
 @pytest.mark.parametrize("path", sorted((PACKAGE / "probes").glob("*.py")) + [PACKAGE / "job.py"],

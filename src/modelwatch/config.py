@@ -28,8 +28,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       field_validator, model_validator)
 
 from modelwatch.job import ProbeJob
-from modelwatch.probes import (PROBE_APIS, PROBE_KINDS, PROVIDER_TYPES, PROVIDERS, api_problem, option_problem,
-                               spec_for, supported_kinds)
+from modelwatch.probes import (PROBE_APIS, PROBE_KINDS, PROVIDER_TYPES, PROVIDERS, api_problem, default_api,
+                               option_problem, spec_for, supported_kinds)
 from modelwatch.probes.audio import DEFAULT_VOICE
 from modelwatch.secrets import Secret, register_secret
 from modelwatch.validation import Problems as _Problems
@@ -51,6 +51,7 @@ MAX_DURATION_S = 3650 * 86400.0  # ten years: beyond any retention, and finite
 MIN_DURATION_S = 0.001
 MAX_CONFIG_BYTES = 1_048_576  # a config or included file
 MAX_KEY_FILE_BYTES = 65_536
+MAX_TURNS = 100  # a conversation probe's turns: enough to see a session age, bounded in cost
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")  # an HTTP header name (RFC 9110 token)
 _HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -254,6 +255,14 @@ class ProbeSettings(_Strict):
     thinking_budget: int | None = Field(None, ge=0, le=32768)
     thinking_level: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
     extra_body: dict[str, Any] | None = None
+    # Voice-agent kinds (docs/probes.md): the speech models of a voice chain, and its audio format.
+    stt_model: str | None = Field(None, min_length=1, max_length=128)
+    tts_model: str | None = Field(None, min_length=1, max_length=128)
+    stt_stream: bool | None = None
+    tts_format: Literal["pcm", "wav", "mp3", "opus", "aac", "flac"] | None = None
+    tts_stream_format: Literal["audio", "sse"] | None = None
+    turns: int | None = Field(None, ge=1, le=MAX_TURNS)
+    interrupt_after: Annotated[Duration, AfterValidator(_within(0.01, 60.0))] | None = None
 
     @field_validator("extra_body")
     @classmethod
@@ -280,6 +289,12 @@ class ProbeConfig(ProbeSettings):
     """One probe of a target: its kind plus any probe setting."""
 
     kind: ProbeKind
+
+    @model_validator(mode="after")
+    def _interrupt_needs_audio(self) -> ProbeConfig:
+        if self.interrupt_after is not None and self.modality != "audio":
+            raise ValueError("interrupt_after needs modality: audio (barge-in interrupts a spoken answer)")
+        return self
 
 
 class ProviderConfig(_Strict):
@@ -339,13 +354,26 @@ class ProviderConfig(_Strict):
         return v
 
 
+class StagePrice(_Strict):
+    """What a voice chain's speech model costs: USD per million tokens, or per minute of audio."""
+
+    input: float = Field(0, ge=0)
+    output: float = Field(0, ge=0)
+    audio_input: float | None = Field(None, ge=0)
+    audio_output: float | None = Field(None, ge=0)
+    # Duration-billed models (whisper-1, tts-1), and the fallback when no usage is reported.
+    per_minute: float | None = Field(None, ge=0)
+
+
 class PriceConfig(_Strict):
-    """What the model costs, in USD per million tokens."""
+    """What the model costs, in USD per million tokens (a voice chain adds its speech models')."""
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
     audio_input: float | None = Field(None, ge=0)
     audio_output: float | None = Field(None, ge=0)
+    stt: StagePrice | None = None
+    tts: StagePrice | None = None
 
 
 class TargetConfig(_Strict):
@@ -615,13 +643,18 @@ def _resolve_targets(pieces: _Pieces, providers: dict, default_values: dict, loc
                 continue
             problem = api_problem(provider.type, probe.kind, probe.api)
             if problem and "api" not in explicit[i]:
-                probe = probe.model_copy(update={"api": "chat"})  # a default that does not apply here
+                # a default that does not apply here
+                probe = probe.model_copy(update={"api": default_api(provider.type, probe.kind)})
             elif problem:
                 problems.add(file, f"{ppath}.api", problem)
                 continue
             problem = _option_problem(provider.type, probe)
             if problem:
                 problems.add(file, f"{ppath}.{problem[0]}", problem[1])
+                continue
+            problem = _price_problem(probe, target.price)
+            if problem:
+                problems.add(file, f"{path}.price", problem)
                 continue
             if probe.enabled:
                 jobs.append(ProbeJob(target.name, target.provider, provider, key, target.model,
@@ -634,6 +667,14 @@ def _option_problem(provider_type: str, probe: ProbeConfig) -> tuple[str, str] |
     if probe.thinking_level is not None and probe.thinking_budget is not None:
         return "thinking_level", "set thinking_level or thinking_budget, not both (Gemini refuses both)"
     return option_problem(spec_for(provider_type, probe.kind, probe.api), provider_type, probe)
+
+
+def _price_problem(probe: ProbeConfig, price: PriceConfig | None) -> str | None:
+    """A priced voice chain must price its speech models too: otherwise its cost is a guess."""
+    if probe.kind == "voice-chain" and price is not None and (price.stt is None or price.tts is None):
+        return ("a voice-chain target's price needs stt and tts entries (its transcription and speech "
+                "models' prices) beside the chat model's input and output")
+    return None
 
 
 def default_config_path() -> str:

@@ -71,8 +71,11 @@ def is_paid(job: ProbeJob) -> bool:
     per token. An unpriced probe counts as paid: its cost is unknown, not zero.
     """
     price = job.price
+    stage_rates = [rate for stage in (price.stt, price.tts) if stage is not None
+                   for rate in (stage.input, stage.output, stage.audio_input, stage.audio_output,
+                                stage.per_minute)] if price is not None else []
     free_price = price is not None and not any((price.input, price.output, price.audio_input,
-                                                price.audio_output))
+                                                price.audio_output, *stage_rates))
     return job_spec(job).paid and not free_price
 
 
@@ -85,8 +88,12 @@ def daily_cost_usd(job: ProbeJob) -> float | None:
     """Upper-bound USD a day for one probe at its interval, or None without a price."""
     if not is_paid(job):
         return 0.0
-    text_in, text_out, audio_in, audio_out = tokens_per_probe(job)
-    per_probe = probe_cost_usd(job.price, text_in + audio_in, text_out + audio_out, audio_in, audio_out)
+    spec = job_spec(job)
+    if spec.cost is not None:  # priced stage by stage (a voice chain's three models)
+        per_probe = spec.cost(job)
+    else:
+        text_in, text_out, audio_in, audio_out = tokens_per_probe(job)
+        per_probe = probe_cost_usd(job.price, text_in + audio_in, text_out + audio_out, audio_in, audio_out)
     return None if per_probe is None else per_probe * DAY_S / job.probe.interval
 
 
@@ -108,7 +115,7 @@ def dry_run_lines(jobs: list[ProbeJob], daily_budget_usd: float | None = None) -
         tokens = f"<= {(text_in + audio_in) * per_day:,.0f} in + {(text_out + audio_out) * per_day:,.0f} out"
         if audio_in or audio_out:
             tokens += " (audio)"
-        lines.append(f"{job.target:<{width}}  {job.probe.kind:<8} {per_day:>6.0f} probes/day  "
+        lines.append(f"{job.target:<{width}}  {job.probe.kind:<12} {per_day:>6.0f} probes/day  "
                      f"{tokens} tokens/day  {usd}")
     tail = f"total: ${total_usd:.4f}/day (upper bound: every probe uses its full output cap)"
     if unpriced:

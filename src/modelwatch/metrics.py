@@ -27,7 +27,8 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, dis
 
 from modelwatch import __version__
 from modelwatch.job import ProbeJob
-from modelwatch.outcomes import Outcome, ProbeResult
+from modelwatch.outcomes import Outcome, ProbeResult, turn_band
+from modelwatch.probes import detail_series
 
 # The *_created series would double what every scrape renders and say nothing useful here.
 disable_created_metrics()
@@ -53,6 +54,9 @@ def _num(value: float) -> str:
 
 
 _LE = tuple(_num(b) for b in LLM_BUCKETS) + ("+Inf",)
+# Barge-in acknowledgements: a round trip (tens of ms) to a server that finishes its sentence first.
+INTERRUPT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5)
+_INTERRUPT_LE = tuple(_num(b) for b in INTERRUPT_BUCKETS) + ("+Inf",)
 
 
 def _escape(value: str) -> str:
@@ -86,7 +90,7 @@ class _Series:
     """Everything exported about one job."""
 
     __slots__ = ("labels", "success", "last_run", "outcomes", "duration", "ttft", "tokens", "skipped",
-                 "cost_usd", "interval", "phases")
+                 "cost_usd", "interval", "phases", "stages", "turn_bands", "interrupt")
 
     def __init__(self, labels: str, interval: float) -> None:
         self.labels = labels
@@ -100,6 +104,10 @@ class _Series:
         self.skipped = 0
         self.cost_usd = 0.0
         self.phases: tuple[float | None, ...] = (None,) * len(PHASES)  # of the last completed probe
+        # Only the probes that have them: a voice chain's stages, a conversation's turn bands, barge-in.
+        self.stages: dict[str, _Histogram] = {}
+        self.turn_bands: dict[str, _Histogram] = {}
+        self.interrupt: _Histogram | None = None
 
 
 def _family(name: str, kind: str, help_text: str,
@@ -134,6 +142,21 @@ def _token_lines(s: _Series) -> Iterator[str]:
     yield f'modelwatch_probe_tokens_total{{{s.labels},direction="output"}} {s.tokens[1]}.0\n'
 
 
+def _stage_lines(s: _Series) -> Iterator[str]:
+    for stage, hist in s.stages.items():
+        yield from hist.lines("modelwatch_probe_stage_seconds", f'{s.labels},stage="{stage}"')
+
+
+def _turn_lines(s: _Series) -> Iterator[str]:
+    for band, hist in s.turn_bands.items():
+        yield from hist.lines("modelwatch_probe_turn_ttft_seconds", f'{s.labels},turn_band="{band}"')
+
+
+def _interrupt_lines(s: _Series) -> Iterator[str]:
+    if s.interrupt is not None:
+        yield from s.interrupt.lines("modelwatch_probe_interrupt_seconds", s.labels)
+
+
 PROBE_FAMILIES = (
     _family("modelwatch_probe_success", "gauge",
             "1 if the last completed probe succeeded, else 0", _gauge_line("modelwatch_probe_success", "success")),
@@ -156,6 +179,15 @@ PROBE_FAMILIES = (
     _family("modelwatch_probe_cost_usd_total", "counter",
             "USD the probes cost, from reported tokens and the target's price table (0 without one)",
             lambda s: iter((f"modelwatch_probe_cost_usd_total{{{s.labels}}} {_num(s.cost_usd)}\n",))),
+    _family("modelwatch_probe_stage_seconds", "histogram",
+            "Voice chains: what each stage adds to the time to first audio (stt, llm: until its output is "
+            "complete; tts: until its first audio byte), from the stage's own start", _stage_lines),
+    _family("modelwatch_probe_turn_ttft_seconds", "histogram",
+            "Conversations: time to first token (or audio) of each turn from the turn's own start, by "
+            "band of turns", _turn_lines),
+    _family("modelwatch_probe_interrupt_seconds", "histogram",
+            "Barge-in: seconds from response.cancel sent to the server's acknowledgement",
+            _interrupt_lines),
     _family("modelwatch_skipped_runs_total", "counter",
             "Scheduled runs skipped because the previous run was still going (or, for a whole interval, "
             "another kind of the same target)",
@@ -308,6 +340,13 @@ class ProbeMetrics:
         key = self._job_key(job)
         series = self._series.setdefault(key, _Series(self._labels(key), job.probe.interval))
         series.interval = job.probe.interval
+        shape = detail_series(job)
+        for stage in shape.stages:
+            series.stages.setdefault(stage, _Histogram())
+        for band in shape.turn_bands:
+            series.turn_bands.setdefault(band, _Histogram())
+        if shape.interrupt and series.interrupt is None:
+            series.interrupt = _Histogram(INTERRUPT_BUCKETS, _INTERRUPT_LE)
 
     def remove_job(self, job: ProbeJob) -> None:
         """Drop a job's series (after a reload removed it)."""
@@ -334,6 +373,16 @@ class ProbeMetrics:
             s.duration.observe(r.duration_s)
         if r.ttft_s is not None:
             s.ttft.observe(r.ttft_s)
+        for stage in r.stages:
+            hist, ready = s.stages.get(stage.stage), stage.ready_s()
+            if hist is not None and ready is not None:
+                hist.observe(ready)
+        for turn in r.turns:
+            hist = s.turn_bands.get(turn_band(turn.turn))
+            if hist is not None and turn.ttft_s is not None:
+                hist.observe(turn.ttft_s)
+        if s.interrupt is not None and r.interrupt_s is not None:
+            s.interrupt.observe(r.interrupt_s)
         s.tokens[0] += r.input_tokens or 0
         s.tokens[1] += r.output_tokens or 0
         s.cost_usd += r.cost_usd or 0.0

@@ -101,6 +101,51 @@ def outcome_for_status(status: int) -> Outcome:
     return Outcome.PROTOCOL_ERROR
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class StageTiming:
+    """One stage of a voice chain (a row of ``probe_stages``): seconds from the stage's own start.
+
+    ``start_s`` is when the stage's request was sent, from the probe's start; the
+    other times count from there. A stage that failed keeps what it reached.
+    """
+
+    stage: str  # stt | llm | tts
+    start_s: float
+    ttfb_s: float | None = None
+    ttft_s: float | None = None  # first transcript text, first token, first audio byte
+    duration_s: float | None = None  # the stage's answer complete
+
+    def ready_s(self) -> float | None:
+        """What the stage adds to the chain's time to first audio: until its output is complete
+        (stt, llm: the next stage needs all of it), or until its first audio byte (tts)."""
+        return self.ttft_s if self.stage == "tts" else self.duration_s
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TurnTiming:
+    """One turn of a conversation (a row of ``probe_turns``): seconds from the turn's own start."""
+
+    turn: int  # 1-based
+    start_s: float  # when the turn was sent, from the probe's start
+    ttft_s: float | None = None
+    duration_s: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+# Per-turn TTFT is exported by band of turns (DESIGN.md): the turn a band starts at, and its label.
+TURN_BANDS: tuple[tuple[int, str], ...] = ((1, "1-5"), (6, "6-10"), (11, "11-20"), (21, "21-50"), (51, "51+"))
+
+
+def turn_band(turn: int) -> str:
+    """The ``turn_band`` label of a 1-based turn number."""
+    label = TURN_BANDS[0][1]
+    for first, name in TURN_BANDS:
+        if turn >= first:
+            label = name
+    return label
+
+
 @dataclasses.dataclass(slots=True)
 class ProbeResult:
     """One row of ``probe_results``: field names are the column names."""
@@ -128,13 +173,21 @@ class ProbeResult:
     # The worst event-loop lag seen while the probe ran: the daemon's own delay inside the
     # timings above (None where nothing watched the loop, as in `modelwatch probe`).
     loop_lag_s: float | None = None
+    # Barge-in (``interrupt_after``): seconds from response.cancel sent to its acknowledgement.
+    interrupt_s: float | None = None
+    # Not columns: rows of their own tables (probe_stages, probe_turns), keyed by the row's id.
+    stages: tuple[StageTiming, ...] = ()
+    turns: tuple[TurnTiming, ...] = ()
 
     def as_row(self) -> dict:
-        """The result as a dict keyed by column name."""
-        return dataclasses.asdict(self)
+        """The result as a dict keyed by column name (stages and turns are not columns)."""
+        return {name: getattr(self, name) for name in COLUMNS}
 
 
-COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ProbeResult))
+DETAIL_FIELDS = frozenset({"stages", "turns"})
+COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ProbeResult) if f.name not in DETAIL_FIELDS)
+STAGE_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(StageTiming))
+TURN_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TurnTiming))
 
 
 _SURROGATES = re.compile("[\ud800-\udfff]")

@@ -34,7 +34,7 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from modelwatch import rollups
-from modelwatch.outcomes import COLUMNS, ProbeResult, storable_text
+from modelwatch.outcomes import COLUMNS, STAGE_COLUMNS, TURN_COLUMNS, ProbeResult, storable_text
 from modelwatch.logs import fields
 
 log = logging.getLogger("modelwatch.store")
@@ -108,6 +108,22 @@ def m006_daily_rollups(db: sqlite_utils.Database) -> None:
     rows = rollups.backfill_daily(db.conn)
     if first is not None:
         log.info("summed hourly rollups into daily rollups", extra=fields(rollup_rows=rows))
+
+
+@MIGRATIONS()
+def m007_voice_details(db: sqlite_utils.Database) -> None:
+    """Voice-agent probes: a voice chain's stages, a conversation's turns, barge-in's interrupt_s.
+
+    Stage and turn rows point at their probe's ``probe_results.id``; they are
+    written in the probe's transaction and pruned with it.
+    """
+    db["probe_results"].add_column("interrupt_s", float)
+    db["probe_stages"].create({"probe_id": int, "stage": str, "start_s": float, "ttfb_s": float,
+                               "ttft_s": float, "duration_s": float})
+    db["probe_stages"].create_index(["probe_id"])
+    db["probe_turns"].create({"probe_id": int, "turn": int, "start_s": float, "ttft_s": float,
+                              "duration_s": float, "input_tokens": int, "output_tokens": int})
+    db["probe_turns"].create_index(["probe_id"])
 
 
 def open_db(path: str | Path) -> sqlite_utils.Database:
@@ -258,7 +274,7 @@ class Store:
                 return closing
             if len(pending) >= self.max_pending_rows:
                 self._drop_oldest(pending)
-            pending.append(item.as_row())
+            pending.append(row_of(item))
 
     def _drop_oldest(self, pending: list[dict]) -> None:
         """Bounded memory: the oldest unwritable row goes first, counted, logged once per outage."""
@@ -335,7 +351,11 @@ class Store:
             return
         try:
             with self._db.conn:
-                self._db.execute("DELETE FROM probe_results WHERE ts < ?", [now - self.retention_s])
+                cutoff = [now - self.retention_s]
+                for table in DETAIL_TABLES:  # first: they are found through their probe's row
+                    self._db.execute(f"DELETE FROM {table} WHERE probe_id IN "
+                                     "(SELECT id FROM probe_results WHERE ts < ?)", cutoff)
+                self._db.execute("DELETE FROM probe_results WHERE ts < ?", cutoff)
                 rollups.prune(self._db.conn, now - self.rollup_retention_s)
         except sqlite3.Error as exc:
             log.warning("store prune failed", extra=fields(error=str(exc)))
@@ -360,23 +380,40 @@ class Store:
 _INT64 = 2 ** 63
 
 
+# The tables of a probe's detail rows, with the ProbeResult field each comes from.
+DETAIL_TABLES = {"probe_stages": "stages", "probe_turns": "turns"}
+_DETAIL_COLUMNS = {"stages": STAGE_COLUMNS, "turns": TURN_COLUMNS}
+
+
+def row_of(result: ProbeResult) -> dict:
+    """A result as the writer holds it: its columns, plus its stage and turn rows if it has any."""
+    row = result.as_row()
+    for name in DETAIL_TABLES.values():
+        details = getattr(result, name)
+        if details:
+            row[name] = [tuple(getattr(d, c) for c in _DETAIL_COLUMNS[name]) for d in details]
+    return row
+
+
 def storable(row: dict) -> dict:
     """A row every column of which SQLite accepts: valid text, finite floats, 64-bit integers."""
-    out = {}
+    out = {name: [tuple(_storable_value(v) for v in detail) for detail in row[name]]
+           for name in DETAIL_TABLES.values() if row.get(name)}
     for name in COLUMNS:
-        value = row.get(name)
-        if isinstance(value, str):
-            value = storable_text(value)
-        elif isinstance(value, bool):
-            value = int(value)
-        elif isinstance(value, int):
-            value = value if -_INT64 <= value < _INT64 else None
-        elif isinstance(value, float):
-            value = value if math.isfinite(value) else None
-        elif value is not None:
-            value = storable_text(str(value))
-        out[name] = value
+        out[name] = _storable_value(row.get(name))
     return out
+
+
+def _storable_value(value: object) -> object:
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value if -_INT64 <= value < _INT64 else None
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return None if value is None else storable_text(str(value))
 
 
 def _describe(exc: BaseException) -> str:
@@ -392,7 +429,10 @@ def write_batch(db: sqlite_utils.Database, rows: list[dict]) -> None:
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             # Plain executemany: less than half the CPU of sqlite-utils' insert_all, which holds the GIL.
-            conn.executemany(_INSERT_SQL, [tuple(row.get(c) for c in COLUMNS) for row in rows])
+            if any(row.get(name) for row in rows for name in DETAIL_TABLES.values()):
+                _insert_with_details(conn, rows)
+            else:
+                conn.executemany(_INSERT_SQL, [tuple(row.get(c) for c in COLUMNS) for row in rows])
             rollups.add_rows(conn, rows)
     finally:
         if conn.in_transaction:  # a failed COMMIT can leave the transaction open
@@ -401,3 +441,19 @@ def write_batch(db: sqlite_utils.Database, rows: list[dict]) -> None:
 
 _INSERT_SQL = (f"INSERT INTO probe_results ({', '.join(COLUMNS)}) "
                f"VALUES ({', '.join('?' for _ in COLUMNS)})")
+_INSERT_WITH_ID_SQL = (f"INSERT INTO probe_results (id, {', '.join(COLUMNS)}) "
+                       f"VALUES (?, {', '.join('?' for _ in COLUMNS)})")
+_DETAIL_INSERT_SQL = {
+    name: f"INSERT INTO {table} (probe_id, {', '.join(_DETAIL_COLUMNS[name])}) "
+          f"VALUES (?, {', '.join('?' for _ in _DETAIL_COLUMNS[name])})"
+    for table, name in DETAIL_TABLES.items()}
+
+
+def _insert_with_details(conn: sqlite3.Connection, rows: list[dict]) -> None:
+    """Insert rows with ids chosen here (after the largest, as SQLite would), so that their stage
+    and turn rows can name them; the write lock is held, so no other writer takes an id between."""
+    first = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM probe_results").fetchone()[0]
+    conn.executemany(_INSERT_WITH_ID_SQL, [(first + i, *(row.get(c) for c in COLUMNS))
+                                           for i, row in enumerate(rows)])
+    for name, sql in _DETAIL_INSERT_SQL.items():
+        conn.executemany(sql, [(first + i, *detail) for i, row in enumerate(rows) for detail in row.get(name) or ()])

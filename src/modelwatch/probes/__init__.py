@@ -15,12 +15,13 @@ from collections.abc import Iterable
 import aiohttp
 
 from modelwatch.job import ProbeJob
-from modelwatch.probes import anthropic, gemini, gemini_live, openai_chat, openai_realtime, openai_responses
+from modelwatch.probes import (anthropic, conversation, conversation_realtime, gemini, gemini_live, openai_chat,
+                               openai_realtime, openai_responses, voice_chain)
 from modelwatch.probes.base import Measurement, Prober
 from modelwatch.probes.google_family import GEMINI
 from modelwatch.probes.models import models_spec
 from modelwatch.probes.openai_family import AZURE_OPENAI, OPENAI, OPENAI_COMPATIBLE
-from modelwatch.probes.spec import RESTRICTED_OPTIONS, ProbeSpec, ProviderType
+from modelwatch.probes.spec import NO_DETAILS, RESTRICTED_OPTIONS, DetailSeries, ProbeSpec, ProviderType
 
 # In the order config messages list them.
 PROVIDERS: dict[str, ProviderType] = {p.name: p for p in (
@@ -33,6 +34,10 @@ SPECS: tuple[ProbeSpec, ...] = (
     gemini.SPEC,
     openai_realtime.SPEC,
     gemini_live.SPEC,
+    voice_chain.SPEC,
+    conversation.SPEC_REST,
+    conversation_realtime.SPEC_REALTIME,
+    conversation_realtime.SPEC_LIVE,
     *(models_spec(p) for p in PROVIDERS.values()),  # the free check, every provider type
 )
 
@@ -53,6 +58,19 @@ def job_spec(job: ProbeJob) -> ProbeSpec:
     return _BY_KEY[(job.provider.type, job.probe.kind, job.probe.api)]
 
 
+def detail_series(job: ProbeJob) -> DetailSeries:
+    """The extra series (stages, turn bands, interrupt) a job exports; none for an unknown job."""
+    spec = _BY_KEY.get((job.provider.type, job.probe.kind, job.probe.api))
+    return NO_DETAILS if spec is None else spec.details(job)
+
+
+def default_api(provider_type: str, kind: str) -> str:
+    """The ``api`` a probe that names none gets: ``chat``, or the kind's only API for the type
+    (a Gemini conversation is a Live session: it has no REST form yet)."""
+    apis = [api for (ptype, k, api) in _BY_KEY if ptype == provider_type and k == kind]
+    return apis[0] if len(apis) == 1 else "chat"
+
+
 def supported_kinds(provider_type: str) -> set[str]:
     """The probe kinds a provider type has."""
     return {kind for (ptype, kind, _) in _BY_KEY if ptype == provider_type}
@@ -69,7 +87,8 @@ def _probers() -> dict[tuple[str, str], Prober]:
     variants: dict[tuple[str, str], dict[str, Prober]] = {}
     for (ptype, kind, api), spec in _BY_KEY.items():
         variants.setdefault((ptype, kind), {})[api] = spec.prober
-    return {key: by_api["chat"] if len(by_api) == 1 else _by_api(by_api) for key, by_api in variants.items()}
+    return {key: next(iter(by_api.values())) if len(by_api) == 1 else _by_api(by_api)
+            for key, by_api in variants.items()}
 
 
 PROBERS: dict[tuple[str, str], Prober] = _probers()

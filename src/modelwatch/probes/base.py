@@ -40,7 +40,7 @@ from contextvars import ContextVar
 import aiohttp
 
 from modelwatch.job import ProbeJob
-from modelwatch.outcomes import LocalFault, Outcome, ProbeFailure, ProbeResult, storable_text
+from modelwatch.outcomes import LocalFault, Outcome, ProbeFailure, ProbeResult, StageTiming, TurnTiming, storable_text
 from modelwatch.pricing import probe_cost_usd
 from modelwatch.probes.http import read_body, request_id_from
 from modelwatch.secrets import redact, short_error
@@ -57,7 +57,7 @@ class Measurement:
     __slots__ = ("start", "phase", "connect_s", "ttfb_s", "ttft_s", "duration_s", "http_status",
                  "input_tokens", "output_tokens", "input_audio_tokens", "output_audio_tokens",
                  "request_id", "bytes_read", "byte_limit", "budget", "websocket", "handshake_body",
-                 "_scope")
+                 "stage", "stages", "turns", "interrupt_s", "cost_usd", "parent", "budget_phase", "first_output_ends_ttft", "_scope")
 
     def __init__(self, budget: Budget, byte_limit: int) -> None:
         self.start = time.perf_counter()
@@ -74,7 +74,31 @@ class Measurement:
         self.budget = budget
         self.websocket = False
         self.handshake_body: bytes | None = None
+        # A probe of several steps (a voice chain's stages, a conversation's turns) names the step
+        # it is in: every failure's error_code is then prefixed with it ("tts:rate_limit_exceeded").
+        self.stage: str | None = None
+        self.stages: list[StageTiming] = []
+        self.turns: list[TurnTiming] = []
+        self.interrupt_s: float | None = None
+        self.cost_usd: float | None = None  # set by probes priced stage by stage; else from the tokens
+        self.parent: Measurement | None = None
+        self.budget_phase = "connect"  # the phase whose deadline bounds the probe now
+        self.first_output_ends_ttft = False  # a step whose first output is the probe's ttft
         self._scope: asyncio.Timeout | None = None
+
+    def child(self, first_output_ends_ttft: bool = False) -> Measurement:
+        """A clock for one step of the probe (a stage, a turn), starting now.
+
+        It shares the probe's budget and byte cap and times the step from its own
+        start. Only the probe itself moves the deadline: a step waiting for headers
+        makes a timeout say ``ttfb``; past them, the phase whose budget runs. A step
+        whose first output is the probe's first token (a chain's first audio, a
+        conversation's first turn) hands the probe on to its total budget there.
+        """
+        step = Measurement(self.budget, self.byte_limit)
+        step.parent = self
+        step.first_output_ends_ttft = first_output_ends_ttft
+        return step
 
     def elapsed(self) -> float:
         """Seconds since the probe started."""
@@ -83,6 +107,12 @@ class Measurement:
     def enter(self, phase: str) -> None:
         """Start waiting for ``phase``: its budget now bounds the wait."""
         self.phase = phase
+        if self.parent is not None:
+            if phase == "total" and self.first_output_ends_ttft:
+                self.parent.enter("total")
+            self.parent.phase = phase if phase in ("connect", "ttfb") else self.parent.budget_phase
+            return
+        self.budget_phase = phase
         if self._scope is not None:
             self._scope.reschedule(self.budget.deadline(phase))
 
@@ -147,6 +177,8 @@ async def run_probe(job: ProbeJob, http: aiohttp.ClientSession, prober: Prober) 
     finally:
         m._scope = None
         _current.reset(token)
+    if m.stage and outcome is not Outcome.OK:
+        code = f"{m.stage}:{code or outcome.value}"
     return _result(job, ts, m, outcome, code, message)
 
 
@@ -161,8 +193,9 @@ def _result(job: ProbeJob, ts: float, m: Measurement, outcome: Outcome, code: st
         input_tokens=m.input_tokens, output_tokens=m.output_tokens,
         input_audio_tokens=m.input_audio_tokens, output_audio_tokens=m.output_audio_tokens,
         request_id=clean_request_id(m.request_id), location=job.location,
-        cost_usd=probe_cost_usd(job.price, m.input_tokens, m.output_tokens, m.input_audio_tokens,
-                                m.output_audio_tokens),
+        cost_usd=m.cost_usd if m.cost_usd is not None else probe_cost_usd(
+            job.price, m.input_tokens, m.output_tokens, m.input_audio_tokens, m.output_audio_tokens),
+        interrupt_s=_r(m.interrupt_s), stages=tuple(m.stages), turns=tuple(m.turns),
     )
 
 

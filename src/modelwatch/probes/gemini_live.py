@@ -190,6 +190,11 @@ class LiveSession:
         self.usage: dict = {}
         self.session_id: str | None = None
 
+    def next_turn(self) -> None:
+        """Forget the last turn: a conversation's next turn starts."""
+        self.output = self.finished = False
+        self.usage = {}
+
     def feed(self, message: Any) -> str | None:
         """Consume one message; return the furthest stage it reaches, if any.
 

@@ -24,14 +24,15 @@ from modelwatch.probes.parsing import as_int, error_fields, parse_body
 from modelwatch.probes.spec import ProbeSpec, text_tokens
 
 
-def build_request(job: ProbeJob) -> tuple[str, dict[str, str], bytes]:
-    """URL, headers and JSON body of the probe request."""
+def build_request(job: ProbeJob, messages: list[dict] | None = None) -> tuple[str, dict[str, str], bytes]:
+    """URL, headers and JSON body of the probe request (``messages``: a conversation so far,
+    or a voice chain's transcript; default the probe's prompt)."""
     p = job.probe
     cap_field = p.max_tokens_field or (
         "max_completion_tokens" if job.provider.type == "openai" else "max_tokens")
     body = {
         "model": job.model,
-        "messages": [{"role": "user", "content": p.prompt}],
+        "messages": messages or [{"role": "user", "content": p.prompt}],
         "stream": True,
         "stream_options": {"include_usage": True},
         cap_field: p.max_tokens,
@@ -57,7 +58,7 @@ class ChatStream:
     """State of one Chat Completions stream, fed with each SSE ``data`` payload."""
 
     __slots__ = ("done", "finish_reason", "usage", "content_chunks", "refusal", "require_done",
-                 "require_finish")
+                 "require_finish", "parts")
 
     def __init__(self, require_done: bool = True, require_finish: bool = True) -> None:
         # OpenAI always ends with [DONE]; some compatible servers just close after the
@@ -71,6 +72,7 @@ class ChatStream:
         self.usage: dict | None = None
         self.content_chunks = 0
         self.refusal = False
+        self.parts: list[str] = []  # the answer's text (a conversation's history, a chain's speech)
 
     @property
     def finished(self) -> bool:
@@ -119,6 +121,7 @@ class ChatStream:
             text = choice.get("text")  # legacy completion-style chunks (Together)
         if isinstance(text, str) and text:
             self.content_chunks += 1
+            self.parts.append(text)
             return True
         return False
 
@@ -138,6 +141,10 @@ class ChatStream:
             return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_content",
                                 f"stream finished ({self.finish_reason or 'done'}) without content")
         return None
+
+    def answer(self) -> str:
+        """The answer's text so far."""
+        return "".join(self.parts)
 
     def tokens(self) -> tuple[int | None, int | None]:
         """(input, output) tokens from the usage report, if any."""

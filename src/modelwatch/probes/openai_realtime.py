@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+from functools import cache
 from typing import Any
 from urllib.parse import quote
 
@@ -33,10 +35,15 @@ from modelwatch.probes.audio import prompt_audio
 from modelwatch.probes.base import Measurement
 from modelwatch.probes.openai_family import FAMILY, classify_openai_error, openai_auth
 from modelwatch.probes.parsing import as_int
-from modelwatch.probes.spec import ProbeSpec, realtime_tokens
-from modelwatch.probes.websocket import Stage, run_session
+from modelwatch.probes.spec import INTERRUPT_MAX_TOKENS, DetailSeries, ProbeSpec, realtime_tokens
+from modelwatch.probes.websocket import Stage, read_until, run_session, send_messages
 
 INSTRUCTIONS = "Reply with one word."
+BYTES_PER_MS = 48  # output audio: PCM16 at 24 kHz
+# Barge-in needs an answer long enough to interrupt, whatever the spoken prompt asked; the cancel
+# stops it (and its billing) early, the cap bounds it if the cancel is ignored.
+INTERRUPT_INSTRUCTIONS = "Whatever the user says, count slowly from one to fifty."
+QUIET_S = 0.3  # after the cancel's acknowledgement, how long the probe listens for audio that should not come
 # Transcript deltas (response.output_audio_transcript.delta, ...) are neither: never the TTFT.
 TEXT_DELTAS = {"response.output_text.delta", "response.text.delta"}
 AUDIO_DELTAS = {"response.output_audio.delta", "response.audio.delta"}
@@ -70,16 +77,19 @@ def session_update(job: ProbeJob) -> dict:
     """The ``session.update`` event in the shape the interface expects."""
     p = job.probe
     audio = p.modality == "audio"
+    instructions, cap = INSTRUCTIONS, p.max_tokens
+    if p.interrupt_after is not None:
+        instructions, cap = INTERRUPT_INSTRUCTIONS, max(p.max_tokens, INTERRUPT_MAX_TOKENS)
     if p.interface == "beta":
         session: dict[str, Any] = {"modalities": ["audio", "text"] if audio else ["text"],
-                                   "instructions": INSTRUCTIONS,
-                                   "max_response_output_tokens": p.max_tokens,
+                                   "instructions": instructions,
+                                   "max_response_output_tokens": cap,
                                    "turn_detection": None}
         if audio:
             session |= {"voice": p.voice, "input_audio_format": "pcm16", "output_audio_format": "pcm16"}
         return {"type": "session.update", "session": session}
     session = {"type": "realtime", "output_modalities": ["audio"] if audio else ["text"],
-               "instructions": INSTRUCTIONS, "max_output_tokens": p.max_tokens}
+               "instructions": instructions, "max_output_tokens": cap}
     if audio:
         pcm = {"type": "audio/pcm", "rate": 24000}
         session["audio"] = {"input": {"format": pcm, "turn_detection": None},
@@ -92,11 +102,16 @@ def configure(job: ProbeJob) -> list[dict]:
     return [session_update(job)]
 
 
+@cache
+def _prompt_b64() -> str:
+    return base64.b64encode(prompt_audio()).decode("ascii")
+
+
 def user_turn(job: ProbeJob) -> list[dict]:
     """The events that ask for one response: the user's message (text or audio), then
     ``response.create``."""
     if job.probe.modality == "audio":
-        audio = base64.b64encode(prompt_audio()).decode("ascii")
+        audio = _prompt_b64()
         turn = [{"type": "input_audio_buffer.append", "audio": audio},
                 {"type": "input_audio_buffer.commit"}]
     else:
@@ -139,13 +154,24 @@ def _decode(data: str | bytes) -> Any:
 class RealtimeSession:
     """What a realtime session said so far; :meth:`feed` one decoded server event at a time."""
 
-    __slots__ = ("modality", "created", "updated", "output", "usage", "session_id")
+    __slots__ = ("modality", "created", "updated", "output", "usage", "session_id", "cancelling", "cancelled",
+                 "audio_bytes", "item_id")
 
     def __init__(self, modality: str) -> None:
         self.modality = modality
         self.created = self.updated = self.output = False
         self.usage: dict = {}
         self.session_id: str | None = None
+        self.cancelling = self.cancelled = False  # barge-in: response.cancel sent / acknowledged
+        self.audio_bytes = 0  # audio of the current response so far (what a player would have heard)
+        self.item_id: str | None = None  # the current response's output item
+
+    def next_turn(self) -> None:
+        """Forget the last response: a conversation's next turn starts."""
+        self.output = self.cancelling = self.cancelled = False
+        self.usage = {}
+        self.audio_bytes = 0
+        self.item_id = None
 
     decode = staticmethod(_decode)
 
@@ -168,13 +194,22 @@ class RealtimeSession:
             self.updated = True
             return "configure"
         if kind in TEXT_DELTAS or kind in AUDIO_DELTAS:
+            if self.item_id is None and isinstance(event.get("item_id"), str):
+                self.item_id = event["item_id"]
             return self._delta(kind, event.get("delta"))
         if kind == "response.done":
             return self._response_done(event.get("response"))
         return None
 
     def _delta(self, kind: str, delta: Any) -> str | None:
-        if not isinstance(delta, str) or not delta or self.output:
+        if not isinstance(delta, str) or not delta:
+            return None
+        if kind in AUDIO_DELTAS:
+            if self.cancelled:
+                raise ProbeFailure(Outcome.PROTOCOL_ERROR, "audio_after_cancel",
+                                   "audio kept coming after the server acknowledged response.cancel")
+            self.audio_bytes += len(delta) * 3 // 4  # base64: counted, not decoded
+        if self.output:
             return None
         if kind in (AUDIO_DELTAS if self.modality == "audio" else TEXT_DELTAS):
             self.output = True
@@ -191,6 +226,12 @@ class RealtimeSession:
         reason = details.get("reason")
         if reason == "content_filter":
             raise ProbeFailure(Outcome.CONTENT_BLOCKED, "content_filter", "response stopped by the content filter")
+        if self.cancelling:
+            if status == "cancelled":
+                self.cancelled = True
+                return "cancelled"
+            raise ProbeFailure(Outcome.PROTOCOL_ERROR, "cancel_ignored",
+                               f"response.cancel was sent, yet the response ended {status or 'done'}")
         if status == "cancelled":
             raise ProbeFailure(Outcome.PROTOCOL_ERROR, "response_cancelled",
                                f"response cancelled ({reason or 'no reason'})")
@@ -226,11 +267,53 @@ STAGES = (Stage("session", stamp="ttfb_s"), Stage("configure", send=configure),
           Stage("ttft", send=user_turn, stamp="ttft_s"), Stage("response", stamp="duration_s"))
 
 
+BARGE_IN_STAGES = STAGES[:3]  # the answer's first audio; then barge_in instead of its end
+
+
 async def probe_openai_realtime(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
-    """One staged realtime session, timed stage by stage."""
-    await run_session(job, http, m, realtime_endpoint(job), classify_openai_error,
-                      RealtimeSession(job.probe.modality), STAGES)
+    """One staged realtime session, timed stage by stage (with ``interrupt_after``: interrupted)."""
+    session = RealtimeSession(job.probe.modality)
+    if job.probe.interrupt_after is None:
+        await run_session(job, http, m, realtime_endpoint(job), classify_openai_error, session, STAGES)
+        return
+    await run_session(job, http, m, realtime_endpoint(job), classify_openai_error, session, BARGE_IN_STAGES,
+                      then=lambda ws: barge_in(job, ws, session, m))
+
+
+async def barge_in(job: ProbeJob, ws: aiohttp.ClientWebSocketResponse, session: RealtimeSession,
+                   m: Measurement) -> None:
+    """Interrupt the answer ``interrupt_after`` past its first audio, as a user talking over it would.
+
+    Sends ``response.cancel`` and truncates the item to the audio heard so far;
+    ``interrupt_s`` is cancel sent -> ``response.done`` (cancelled). Audio that
+    still comes in the next ``QUIET_S`` fails the probe (``audio_after_cancel``).
+    """
+    m.enter("interrupt")
+    at = m.start + m.ttft_s + job.probe.interrupt_after
+    reached, _ = await read_until(ws, session, m, "response", until=at)
+    if reached is not None:
+        raise ProbeFailure(Outcome.BAD_REQUEST, "interrupt_after_too_long",
+                           f"the answer ended {time.perf_counter() - m.start - m.ttft_s:.3f}s after its first audio, "
+                           f"before interrupt_after ({job.probe.interrupt_after:g}s): nothing left to interrupt")
+    heard_ms = min(round(job.probe.interrupt_after * 1000), session.audio_bytes // BYTES_PER_MS)
+    session.cancelling = True
+    cancel = [{"type": "response.cancel"}]
+    if session.item_id is not None:
+        cancel.append({"type": "conversation.item.truncate", "item_id": session.item_id, "content_index": 0,
+                       "audio_end_ms": heard_ms})
+    sent = time.perf_counter()
+    await send_messages(ws, session, m, cancel)
+    _, acked = await read_until(ws, session, m, "cancelled")
+    m.interrupt_s = acked - sent
+    m.duration_s = acked - m.start
+    m.finishing(QUIET_S + 0.5)  # measured: the quiet window may outlast the probe's budget
+    await read_until(ws, session, m, "never", until=acked + QUIET_S)  # audio past the ack raises
+
+
+def _details(job: ProbeJob) -> DetailSeries:
+    return DetailSeries(interrupt=job.probe.interrupt_after is not None)
 
 
 SPEC = ProbeSpec("realtime", FAMILY, probe_openai_realtime, classify_openai_error, realtime_tokens(),
-                 "Realtime WebSocket session (GA or beta events), text or audio", transport="websocket")
+                 "Realtime WebSocket session (GA or beta events), text or audio; barge-in with interrupt_after",
+                 transport="websocket", details=_details, options={"interrupt_after": FAMILY})

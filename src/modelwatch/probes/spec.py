@@ -31,6 +31,8 @@ PROMPT_AUDIO_S = prompt_audio_seconds()
 # Input audio tokens per second of the spoken prompt: Google documents 32; OpenAI's realtime
 # models bill about 10 [MEM].
 DEFAULT_AUDIO_TOKENS_PER_S = 10
+# A barge-in probe's output cap: room for an answer long enough to interrupt (the cancel ends it sooner).
+INTERRUPT_MAX_TOKENS = 400
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -50,6 +52,22 @@ class ProviderType:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class DetailSeries:
+    """The extra series a probe exports beside the common ones (metrics.py renders them)."""
+
+    stages: tuple[str, ...] = ()  # modelwatch_probe_stage_seconds{stage}
+    turn_bands: tuple[str, ...] = ()  # modelwatch_probe_turn_ttft_seconds{turn_band}
+    interrupt: bool = False  # modelwatch_probe_interrupt_seconds
+
+
+NO_DETAILS = DetailSeries()
+
+
+def _no_details(job: ProbeJob) -> DetailSeries:
+    return NO_DETAILS
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ProbeSpec:
     """One prober: the kind and provider types it serves, and what it costs."""
 
@@ -64,6 +82,10 @@ class ProbeSpec:
     paid: bool = True  # spends tokens: a spent daily budget pauses it
     # Restricted probe options (RESTRICTED_OPTIONS) it honours, and for which of its provider types.
     options: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    details: Callable[[ProbeJob], DetailSeries] = _no_details
+    # Upper-bound USD of one probe, for a probe priced stage by stage (None: price ``estimate``'s
+    # tokens at the target's price, as every single-model probe is).
+    cost: Callable[[ProbeJob], float | None] | None = None
 
 
 # Probe options only some probes honour (every other option applies everywhere), and what
@@ -72,6 +94,13 @@ class ProbeSpec:
 RESTRICTED_OPTIONS: dict[str, str] = {
     "thinking_level": "applies to {types} providers only",
     "extra_body": "applies to {kinds} probes of {types} providers with api: {apis}",
+    "stt_model": "applies to {kinds} probes only ({types} providers)",
+    "tts_model": "applies to {kinds} probes only ({types} providers)",
+    "stt_stream": "applies to {kinds} probes only ({types} providers)",
+    "tts_format": "applies to {kinds} probes only ({types} providers)",
+    "tts_stream_format": "applies to {kinds} probes only ({types} providers)",
+    "turns": "applies to {kinds} probes only ({types} providers)",
+    "interrupt_after": "applies to {kinds} probes of {types} providers (it sends response.cancel)",
 }
 
 
@@ -86,7 +115,8 @@ def realtime_tokens(audio_tokens_per_s: int = DEFAULT_AUDIO_TOKENS_PER_S) -> Est
     def estimate(job: ProbeJob) -> Tokens:
         p = job.probe
         if p.modality == "audio":  # the spoken prompt replaces the text one; the reply is audio
-            return REALTIME_INSTRUCTION_TOKENS, 0, round(PROMPT_AUDIO_S * audio_tokens_per_s), p.max_tokens
+            cap = p.max_tokens if p.interrupt_after is None else max(p.max_tokens, INTERRUPT_MAX_TOKENS)
+            return REALTIME_INSTRUCTION_TOKENS, 0, round(PROMPT_AUDIO_S * audio_tokens_per_s), cap
         text_in, text_out, _, _ = text_tokens(job)
         return text_in + REALTIME_INSTRUCTION_TOKENS, text_out, 0, 0
     return estimate

@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -113,14 +113,20 @@ class Stage:
     stamp: str | None = None  # the Measurement field its arrival time goes to (ttfb_s, ttft_s, duration_s)
 
 
+# What a session does after its stages, on the open socket (a conversation's turns, a barge-in).
+Then = Callable[[aiohttp.ClientWebSocketResponse], Awaitable[None]]
+
+
 async def run_session(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement,
                       endpoint: tuple[str, dict[str, str]], classify: Callable[[int | None, Any], Any],
-                      session: StagedSession, stages: tuple[Stage, ...]) -> None:
+                      session: StagedSession, stages: tuple[Stage, ...], then: Then | None = None) -> None:
     """One staged realtime session, timed stage by stage, closed without stretching its timings."""
     url, headers = endpoint
     ws = await open_websocket(http, url, headers, m, classify)
     try:
         await _converse(job, ws, session, m, stages)
+        if then is not None:
+            await then(ws)
     except BaseException:
         close_in_background(ws)  # the outcome is decided: don't let the goodbye stretch the duration
         raise
@@ -136,21 +142,34 @@ async def _converse(job: ProbeJob, ws: aiohttp.ClientWebSocketResponse, session:
     for stage in stages:
         m.enter(stage.name)
         if stage.send is not None:
-            await _send(ws, session, m, stage.send(job))
-            reached, at = await _until(ws, session, m, stage.name)
+            await send_messages(ws, session, m, stage.send(job))
+            reached, at = await read_until(ws, session, m, stage.name)
         elif reached is None or not session.passes(reached, stage.name):
             # A frame may complete several stages (Gemini's one-message answer brings turnComplete
             # with its first text): a stage that sends nothing may then be complete already.
-            reached, at = await _until(ws, session, m, stage.name)
+            reached, at = await read_until(ws, session, m, stage.name)
         if stage.stamp is not None:
             setattr(m, stage.stamp, at - m.start)
 
 
-async def _until(ws: aiohttp.ClientWebSocketResponse, session: StagedSession, m: Measurement,
-                 stage: str) -> tuple[str, float]:
-    """Read frames until ``stage`` is reached; return the stage reached and when its frame arrived."""
+async def read_until(ws: aiohttp.ClientWebSocketResponse, session: StagedSession, m: Measurement,
+                     stage: str, until: float | None = None) -> tuple[str | None, float]:
+    """Read frames until ``stage`` is reached; return the stage reached and when its frame arrived.
+
+    With ``until`` (a ``perf_counter()`` time), stop reading then if the stage
+    has not come: (None, now).
+    """
     while True:
-        msg = await ws.receive()
+        if until is None:
+            msg = await ws.receive()
+        else:
+            remaining = until - time.perf_counter()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                msg = await ws.receive(timeout=remaining)
+            except TimeoutError:
+                return None, time.perf_counter()
         now = time.perf_counter()
         if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
             m.bytes_read += len(msg.data)
@@ -171,13 +190,13 @@ async def _until(ws: aiohttp.ClientWebSocketResponse, session: StagedSession, m:
             raise session.close_failure(1006, f"{type(exc).__name__}: {exc}")
 
 
-async def _send(ws: aiohttp.ClientWebSocketResponse, session: StagedSession, m: Measurement,
-                messages: list[dict]) -> None:
+async def send_messages(ws: aiohttp.ClientWebSocketResponse, session: StagedSession, m: Measurement,
+                        messages: list[dict]) -> None:
     """Send messages; if the server closed meanwhile, report what it said before closing."""
     try:
         for message in messages:
             await ws.send_str(json.dumps(message))
     except (ConnectionError, RuntimeError):
         # Frames and the close the server sent before going are still queued: read them for the reason.
-        await _until(ws, session, m, "never")
+        await read_until(ws, session, m, "never")
         raise ProbeFailure(Outcome.PROTOCOL_ERROR, "abnormal_close", "closed while sending") from None
