@@ -190,10 +190,17 @@ def format_result(r: ProbeResult) -> str:
     """One human line per probe result."""
     def s(v: float | None) -> str:
         return "-" if v is None else f"{v * 1000:.0f}ms"
-    line = (f"{r.target:<24} {r.kind:<8} {r.outcome:<17} connect={s(r.connect_s)} "
+    line = (f"{r.target:<24} {r.kind:<12} {r.outcome:<17} connect={s(r.connect_s)} "
             f"ttfb={s(r.ttfb_s)} ttft={s(r.ttft_s)} total={s(r.duration_s)}")
     if r.input_tokens is not None or r.output_tokens is not None:
         line += f" tokens={r.input_tokens or 0}/{r.output_tokens or 0}"
+    if r.stages:  # what each stage added to the time to first audio
+        line += " stages=" + ",".join(f"{st.stage}:{s(st.ready_s())}" for st in r.stages)
+    if r.turns:
+        ttfts = [t.ttft_s for t in r.turns if t.ttft_s is not None]
+        line += f" turns={len(r.turns)}" + (f" turn_ttft={s(min(ttfts))}..{s(max(ttfts))}" if ttfts else "")
+    if r.interrupt_s is not None:
+        line += f" interrupt={s(r.interrupt_s)}"
     if r.outcome != Outcome.OK.value:
         status = f" http={r.http_status}" if r.http_status else ""
         line += f"{status} code={r.error_code or '-'}" + (f" error={r.error!r}" if r.error else "")

@@ -28,7 +28,7 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, dis
 from modelwatch import __version__
 from modelwatch.job import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeResult, turn_band
-from modelwatch.probes import detail_series
+from modelwatch.probes import detail_series, probe_info
 
 # The *_created series would double what every scrape renders and say nothing useful here.
 disable_created_metrics()
@@ -90,7 +90,7 @@ class _Series:
     """Everything exported about one job."""
 
     __slots__ = ("labels", "success", "last_run", "outcomes", "duration", "ttft", "tokens", "skipped",
-                 "cost_usd", "interval", "phases", "stages", "turn_bands", "interrupt")
+                 "cost_usd", "interval", "phases", "stages", "turn_bands", "interrupt", "info")
 
     def __init__(self, labels: str, interval: float) -> None:
         self.labels = labels
@@ -108,6 +108,7 @@ class _Series:
         self.stages: dict[str, _Histogram] = {}
         self.turn_bands: dict[str, _Histogram] = {}
         self.interrupt: _Histogram | None = None
+        self.info = ""  # the modelwatch_probe_info labels beside the series' own
 
 
 def _family(name: str, kind: str, help_text: str,
@@ -158,6 +159,10 @@ def _interrupt_lines(s: _Series) -> Iterator[str]:
 
 
 PROBE_FAMILIES = (
+    _family("modelwatch_probe_info", "gauge",
+            "1 per probe, with what its series do not say: api, modality (text/audio: is ttft a first token "
+            "or a first audio?) and transport; join on it to compare realtime audio with voice chains",
+            lambda s: iter((f"modelwatch_probe_info{{{s.labels},{s.info}}} 1.0\n",))),
     _family("modelwatch_probe_success", "gauge",
             "1 if the last completed probe succeeded, else 0", _gauge_line("modelwatch_probe_success", "success")),
     _family("modelwatch_probes_total", "counter", "Probes completed, by outcome", _outcome_lines),
@@ -340,6 +345,7 @@ class ProbeMetrics:
         key = self._job_key(job)
         series = self._series.setdefault(key, _Series(self._labels(key), job.probe.interval))
         series.interval = job.probe.interval
+        series.info = ",".join(f'{name}="{_escape(value)}"' for name, value in probe_info(job).items())
         shape = detail_series(job)
         for stage in shape.stages:
             series.stages.setdefault(stage, _Histogram())

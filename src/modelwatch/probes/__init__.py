@@ -64,6 +64,20 @@ def detail_series(job: ProbeJob) -> DetailSeries:
     return NO_DETAILS if spec is None else spec.details(job)
 
 
+def probe_info(job: ProbeJob) -> dict[str, str]:
+    """What a probe's series labels do not say: its ``api``, ``modality`` (what its ttft_s times: a
+    first token, or a first audio) and ``transport``."""
+    spec = _BY_KEY.get((job.provider.type, job.probe.kind, job.probe.api))
+    transport = spec.transport if spec is not None else "http"
+    if job.probe.kind == "voice-chain":
+        modality = "audio"
+    elif transport == "websocket":
+        modality = job.probe.modality
+    else:
+        modality = "text"
+    return {"api": job.probe.api, "modality": modality, "transport": transport}
+
+
 def default_api(provider_type: str, kind: str) -> str:
     """The ``api`` a probe that names none gets: ``chat``, or the kind's only API for the type
     (a Gemini conversation is a Live session: it has no REST form yet)."""
