@@ -4,8 +4,8 @@ It is the test double for the test suite, the engine of ``modelwatch demo`` and
 a tool for rehearsing dashboards (``modelwatch sim``). Behaviour is chosen per
 model name from a YAML scenario (see ``scenario`` for every key); each wire
 protocol has one module that registers its routes (``openai_chat``,
-``openai_responses``, ``openai_realtime``, ``anthropic``, ``gemini``,
-``gemini_live``, ``models``; see ``app`` for the modules they share).
+``openai_responses``, ``openai_realtime``, ``openai_audio``, ``anthropic``,
+``gemini``, ``gemini_live``, ``models``; see ``app`` for the modules they share).
 
     scenario = load_scenario("scenario.yaml")        # or default_scenario()
     server = await start_sim(scenario)               # port 0: a free port

@@ -1,16 +1,16 @@
 """The simulator's aiohttp application, request log and server lifecycle.
 
 Each wire protocol lives in its own module (``openai_chat``,
-``openai_responses``, ``openai_realtime``, ``anthropic``, ``gemini``,
-``gemini_live``, and ``models`` for every provider's model list) and registers
-its routes on the app with ``register(app, state)``. A protocol too big for
-one file keeps its routes in that module and splits the rest by concern
-(``openai_chat_stream``; ``openai_realtime_session``, ``_response``,
-``_events``). What several protocols send lives in ``content`` (text, token
-estimates, audio) and ``openai_http`` (OpenAI's error table, bodies and
-headers). No module here imports from ``modelwatch.probes``: the simulator
-must not agree with the probes by construction. This module owns what the
-protocols share at run time:
+``openai_responses``, ``openai_realtime``, ``openai_audio``, ``anthropic``,
+``gemini``, ``gemini_live``, and ``models`` for every provider's model list)
+and registers its routes on the app with ``register(app, state)``. A protocol
+too big for one file keeps its routes in that module and splits the rest by
+concern (``openai_chat_stream``; ``openai_realtime_session``, ``_response``,
+``_events``; ``openai_audio_transcribe``, ``_speech``). What several protocols
+send lives in ``content`` (text, token estimates, audio) and ``openai_http``
+(OpenAI's error table, bodies and headers). No module here imports from
+``modelwatch.probes``: the simulator must not agree with the probes by
+construction. This module owns what the protocols share at run time:
 
 * ``SimState``: the scenario, the seeded RNG, the uptime clock and the log;
 * the request log, served as JSON on ``GET /_sim/requests`` (newest last,
@@ -54,6 +54,7 @@ from . import openai_responses
 from . import anthropic
 from . import gemini
 from . import gemini_live
+from . import openai_audio
 from .scenario import ModelBehaviour, Scenario
 
 __all__ = ["RequestDraws", "RequestRecord", "SimServer", "SimState", "create_app", "listen_address", "serve",
@@ -163,6 +164,7 @@ def create_app(scenario: Scenario, *, clock: Callable[[], float] | None = None) 
     openai_responses.register(app, state)
     anthropic.register(app, state)
     models.register(app, state)
+    openai_audio.register(app, state)
     return app
 
 

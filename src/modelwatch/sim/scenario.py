@@ -174,6 +174,21 @@ above map onto close codes there):
                     frames (what the SDK's tests feed it); false: compact JSON
                     in text frames.
 
+Speech keys (OpenAI's ``/v1/audio/transcriptions`` and ``/v1/audio/speech``,
+``openai_audio``; the Azure routes too). There ``ttfb_ms`` is the wait to the
+headers, ``ttft_ms`` (+ ``jitter_ms``) to the first transcript delta, the whole
+non-streamed transcription, or the first audio byte (or ``speech.audio.delta``);
+``tokens`` is the number of transcript deltas and ``inter_token_ms`` the gap
+between deltas or audio pieces. Speech sends ``audio_ms`` of audio in pieces of
+``audio_chunk_ms``, one every ``inter_token_ms`` (faster than real time).
+``error``/``errors``/``outages`` answer with the chat statuses and bodies (in
+``error_shape``); ``content_blocked`` answers 200 with no text or audio; the
+stream faults count deltas or audio pieces (``midstream_error_after`` in a raw
+audio body is a TCP reset). ``usage_mode``, ``done``, ``dialect`` and the
+realtime keys do not apply.
+    transcript      "Say OK.". The text a transcription returns, split into
+                    ``tokens`` pieces (at most one a character).
+
 Error kinds: auth_error, quota_exhausted, rate_limited, overloaded,
 server_error, bad_gateway, gateway_timeout, model_unavailable, bad_request,
 capacity_exceeded, content_blocked. Their statuses and bodies are defined by
@@ -323,6 +338,9 @@ class ModelBehaviour(BaseModel):
     legacy_event_names: bool = False
     goaway_after_s: Annotated[float, Field(gt=0)] | None = None
     binary_frames: bool = True
+    # ---- Speech keys (openai_audio) ----
+    transcript: str = "Say OK."
+    # ---- end of speech keys ----
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelBehaviour:
