@@ -318,7 +318,8 @@ def probe_trace() -> aiohttp.TraceConfig:
         m = _current.get()
         if m is not None and m.connect_s is None:
             m.connect_s = m.elapsed()
-            m.enter("ttfb")
+            if m.budget_phase == "connect":  # a probe of several steps chose its budget already
+                m.enter("ttfb")
 
     async def responded(session, ctx, params) -> None:  # noqa: ANN001
         m = _current.get()
