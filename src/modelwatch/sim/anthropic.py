@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .common import FaultyStream, LoggedExchange, base62, sleep_until, to_json
-from .content import SSE_CONTENT_TYPE, content_piece, estimate_prompt_tokens
+from .content import SSE_CONTENT_TYPE, content_piece, estimate_prompt_tokens, user_turns
 from .openai_http import error_response as openai_error_response
 from .scenario import ModelBehaviour
 
@@ -241,13 +241,14 @@ class MessagesEndpoint:
         behaviour = self.state.scenario.behaviour_for(ex.model)
         if behaviour is None:
             return self._injected(ex, "model_unavailable")
-        ex.behaviour = behaviour
+        turn = ex.record.turn = user_turns(body["messages"])
+        behaviour = ex.behaviour = behaviour.for_turn(turn)
         kind = self.state.injected_error(ex.model, behaviour, ex.draws.error_roll)
         if kind is not None and kind != "content_blocked":
             await sleep_until(ex.t0_loop + behaviour.ttfb_ms / 1000)
             return self._injected(ex, kind)
         ex.record.outcome = kind or "ok"
-        ex.record.injected_ttft_s = behaviour.first_token_delay_ms(ex.draws.jitter_roll) / 1000
+        ex.record.injected_ttft_s = behaviour.first_token_delay_ms(ex.draws.jitter_roll, turn) / 1000
         headers = anthropic_headers(ex.record.request_id, self.state.uptime_s())
         if body.get("stream") is True:
             return await _Stream(ex, headers).run()

@@ -16,7 +16,19 @@ construction. This module owns what the protocols share at run time:
 * the request log, served as JSON on ``GET /_sim/requests`` (newest last,
   at most 10,000 entries) and cleared by ``DELETE /_sim/requests``. Each entry:
   ``request_id, path, model, status, outcome, injected_ttft_s, actual_ttft_s,
-  actual_duration_s, client_disconnected, options``. ``options`` is the request
+  actual_duration_s, client_disconnected, options, turn, turns``. ``turn`` is a
+  REST request's conversation turn (its user messages, at least 1; see the
+  scenario's conversation keys); ``turns`` a Realtime or Live session's turns,
+  one dict each in order: ``turn``, ``injected_ttft_s`` and ``actual_ttft_s``
+  (from that turn's ``response.create`` or user-turn end to its planned and
+  actual first delta; the first audio chunk in Live audio), ``outcome`` (``ok``,
+  ``content_blocked``, ``response_failed``, ``error_event``, ``close``,
+  ``disconnect``, ``cancelled``, ``interrupted`` (Live: the next user turn cut
+  it), the session's ending for a turn it cut, or ``unfinished``), and for a
+  cancelled Realtime response ``cancel_latency_s`` (``response.cancel``
+  received to its ``response.done`` sent) and ``audio_after_cancel`` (late audio
+  deltas sent). ``turn`` is null for sessions, ``turns`` null for REST requests
+  and refused handshakes. ``options`` is the request
   body without its prompt (``messages``, ``input``, ``contents``, ...), so a
   test can see the effort, thinking and cap settings the server received. ``outcome`` is ``ok``, an error kind
   (see ``scenario.ERROR_KINDS``) or a stream fault: ``midstream_error``,
@@ -104,6 +116,8 @@ class RequestRecord:
     actual_duration_s: float | None = None
     client_disconnected: bool = False
     options: dict[str, Any] | None = None
+    turn: int | None = None
+    turns: list[dict[str, Any]] | None = None
 
     def log_options(self, body: Any) -> None:
         """Keep the request body's settings, without the prompt text."""
@@ -134,7 +148,10 @@ class SimState:
         """``behaviour``'s error kind for this request to ``model`` (None: a model list), or None.
 
         Counts the model's requests for ``error_draws: spread``; ``roll`` is the request's seeded draw.
+        A behaviour that cannot fail (such as one ``for_turn`` stripped of its faults) is not counted.
         """
+        if not behaviour.may_fail():
+            return None
         nth = self._asked[model] = self._asked.get(model, 0) + 1
         return behaviour.injected_error(self.uptime_s(), roll, nth)
 

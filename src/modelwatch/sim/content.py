@@ -13,7 +13,7 @@ import struct
 from typing import Any
 
 __all__ = ["SAMPLE_RATE", "SSE_CONTENT_TYPE", "WORDS", "content_piece", "estimate_prompt_tokens", "pcm_tone",
-           "text_tokens"]
+           "text_tokens", "user_turns"]
 
 WORDS = (" from", " the", " modelwatch", " simulator", ",", " streaming", " one", " token", " at", " a", " time", ".")
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
@@ -40,6 +40,20 @@ def estimate_prompt_tokens(messages: list[Any]) -> int:
         # Odd content types are the client's problem, not a reason to fail the count.
         total += 4 + math.ceil(len(content if isinstance(content, str) else "") / 4)
     return total
+
+
+def user_turns(messages: Any, default_role: str | None = None) -> int:
+    """The conversation turn a stateless request stands for: its user messages, at least 1.
+
+    A REST conversation resends its history, so its k-th request carries k user
+    messages. A plain string prompt is one turn; ``default_role`` is the role of
+    a message that names none (Gemini's ``contents`` default to ``user``).
+    """
+    if not isinstance(messages, list):
+        return 1
+    users = sum(1 for message in messages
+                if isinstance(message, dict) and message.get("role", default_role) == "user")
+    return max(1, users)
 
 
 def text_tokens(text: str) -> int:

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from aiohttp import web
 
 from .common import FaultyStream, LoggedExchange, sleep_until, to_json
-from .content import content_piece
+from .content import content_piece, user_turns
 from .scenario import ModelBehaviour
 
 if TYPE_CHECKING:
@@ -246,13 +246,14 @@ class GeminiRest:
         behaviour = self.state.scenario.behaviour_for(ex.model)
         if behaviour is None:
             return self._reject(ex, "model_unavailable", ERRORS["model_unavailable"])
-        ex.behaviour = behaviour
+        turn = ex.record.turn = user_turns(ex.body["contents"], default_role="user")
+        behaviour = ex.behaviour = behaviour.for_turn(turn)
         kind = self.state.injected_error(ex.model, behaviour, ex.draws.error_roll)
         if kind is not None and kind != "content_blocked":
             await sleep_until(ex.t0_loop + behaviour.ttfb_ms / 1000)
             return self._reject(ex, kind, ERRORS[kind])
         ex.record.outcome = kind or "ok"
-        ex.record.injected_ttft_s = behaviour.first_token_delay_ms(ex.draws.jitter_roll) / 1000
+        ex.record.injected_ttft_s = behaviour.first_token_delay_ms(ex.draws.jitter_roll, turn) / 1000
         if ex.method == "generateContent":
             return await _complete(ex)
         return await _Stream(ex).run()

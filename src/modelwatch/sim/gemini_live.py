@@ -42,7 +42,12 @@ with ``RESPONSE_REJECTED`` after the output. Faults: ``close_code`` /
 One request-log entry per session: ``status`` 101 (or the refusal status),
 ``injected_ttft_s`` and ``actual_ttft_s`` from the upgrade request to the first
 output of the asked modality (audio, not transcript), ``actual_duration_s`` to
-the first ``turnComplete`` (or to the end of a session without one).
+the first ``turnComplete`` (or to the end of a session without one); ``turns``
+one entry per user turn (see ``app``). The t-th user turn waits
+``turn_ttft_ms`` longer per turn past ``turn_ttft_after``, and the turn faults
+(``close_code`` at the first output, ``drop_after_deltas``, ``content_blocked``)
+start at ``faults_from_turn``. The conversation grows each turn's
+``promptTokenCount``: its text and the audio heard and said so far.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ import logging
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -226,6 +231,9 @@ class _Turn:
     audio: bool
     prompt_text_tokens: int
     prompt_audio_ms: float
+    faulty: bool = True  # the turn faults apply (its number >= faults_from_turn)
+    received_perf: float = 0.0  # perf_counter when the user's turn ended, the origin of its times
+    log: dict[str, Any] = field(default_factory=dict)  # this turn's entry in record.turns
     pieces: int = 0
     audio_ms_sent: float = 0.0
 
@@ -241,8 +249,8 @@ class _Session:
         self.vad = True
         self.content_blocked = False
         self.context_text_tokens = 0
-        self.input_audio_ms = 0.0
-        self.events_sent = self.deltas_sent = self.turns = 0
+        self.context_audio_ms = 0.0  # audio of the conversation so far, both ways
+        self.events_sent = self.faulty_deltas_sent = self.turns = 0
         self.turn_task: asyncio.Task | None = None
         self.ending = False
         self.ended: asyncio.Future[SessionEnd] = asyncio.get_running_loop().create_future()
@@ -260,7 +268,15 @@ class _Session:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        self._close_turn_log()
         await close_session(self.ws, self.conn, self.ended.result() if self.ended.done() else SessionEnd())
+
+    def _close_turn_log(self) -> None:
+        """Turns the session ended during get its ending as their outcome (``unfinished`` if it had none)."""
+        ending = self.conn.record.outcome
+        for entry in self.conn.record.turns or ():
+            if entry["outcome"] is None:
+                entry["outcome"] = ending if ending not in (None, "ok", "content_blocked") else "unfinished"
 
     async def _conversation(self) -> None:
         """Setup and its answer, then client messages until the client leaves."""
@@ -333,6 +349,7 @@ class _Session:
         kind = self.state.injected_error(self.conn.record.model, behaviour, self.conn.draws.error_roll)
         self.content_blocked = kind == "content_blocked"
         self.conn.record.outcome = kind or "ok"
+        self.conn.record.turns = []
         if behaviour.session_max_s is not None or behaviour.goaway_after_s is not None:
             self.tasks.append(asyncio.create_task(self._guard(self._lifetime())))
         if behaviour.close_after_events == 0:
@@ -429,7 +446,7 @@ class _Session:
         blobs = [realtime["audio"]] if isinstance(realtime.get("audio"), dict) else []
         blobs += [b for b in realtime.get("mediaChunks") or () if isinstance(b, dict)]
         for blob in blobs:
-            self.input_audio_ms += _audio_ms(blob, self)
+            self.context_audio_ms += _audio_ms(blob, self)
         if ("activityStart" in realtime or "activityEnd" in realtime) and self.vad:
             # Explicit activity marks need automatic activity detection off (setup.realtimeInputConfig).
             self.refuse(1007, INVALID, "bad_request")
@@ -443,38 +460,52 @@ class _Session:
 
     async def _start_turn(self) -> None:
         """Plan an answer from now; a new turn interrupts one still being answered."""
-        received = asyncio.get_running_loop().time()
+        received, received_perf = asyncio.get_running_loop().time(), time.perf_counter()
         if self.turn_task is not None and not self.turn_task.done():
             self.turn_task.cancel()
             await asyncio.gather(self.turn_task, return_exceptions=True)
             await self.send({"serverContent": {"interrupted": True}})
         b = self.b
         roll = self.conn.draws.jitter_roll if self.turns == 0 else self.state.rng.random()
-        delay_s = max(0.0, b.ttft_ms + (2 * roll - 1) * b.jitter_ms) / 1000
-        turn = _Turn(received + delay_s, self.audio_out, self.context_text_tokens, self.input_audio_ms)
-        if self.turns == 0:
-            self.conn.record.injected_ttft_s = turn.first_at - self.conn.t0_loop
         self.turns += 1
-        self.input_audio_ms = 0.0
+        delay_s = (max(0.0, b.ttft_ms + (2 * roll - 1) * b.jitter_ms) + b.turn_growth_ms(self.turns)) / 1000
+        turn = _Turn(received + delay_s, self.audio_out, self.context_text_tokens, self.context_audio_ms,
+                     faulty=b.faulty_turn(self.turns), received_perf=received_perf)
+        turn.log = {"turn": self.turns, "injected_ttft_s": delay_s, "actual_ttft_s": None, "outcome": None}
+        self.conn.record.turns.append(turn.log)
+        if self.turns == 1:
+            self.conn.record.injected_ttft_s = turn.first_at - self.conn.t0_loop
         self.conn.answering = True
         self.turn_task = asyncio.create_task(self._guard(self._answer(turn)))
 
     async def _answer(self, turn: _Turn) -> None:
         """Send one answer from its first output to ``turnComplete``."""
-        await sleep_until(turn.first_at)
+        try:
+            await sleep_until(turn.first_at)
+        except asyncio.CancelledError:
+            turn.log["outcome"] = "interrupted"
+            raise
         b = self.b
-        if b.close_code is not None and b.close_after_events is None:
+        if b.close_code is not None and b.close_after_events is None and turn.faulty:
+            turn.log["outcome"] = "close"
             self.refuse(b.close_code, b.close_reason, "close")
         reason = None
-        if self.content_blocked:
+        if self.content_blocked and turn.faulty:
             reason = "PROHIBITED_INPUT_CONTENT"
         else:
-            await self._output(turn)
+            try:
+                await self._output(turn)
+            except asyncio.CancelledError:
+                turn.log["outcome"] = "interrupted"
+                raise
             await self.send({"serverContent": {"generationComplete": True}})
             reason = "RESPONSE_REJECTED" if b.finish_reason == "content_filter" else None
         done: dict[str, Any] = {"turnComplete": True} | ({"turnCompleteReason": reason} if reason else {})
         await self.send({"serverContent": done, "usageMetadata": self._usage(turn)})
+        turn.log["outcome"] = "ok" if reason is None else "content_blocked"
+        # The answer joins the conversation: the next turn's prompt counts it.
         self.context_text_tokens += turn.pieces
+        self.context_audio_ms += turn.audio_ms_sent
         self.conn.answering = False
         if self.conn.record.actual_duration_s is None:
             self.conn.record.actual_duration_s = self.conn.elapsed_s()
@@ -497,9 +528,11 @@ class _Session:
 
     async def _output(self, turn: _Turn) -> None:
         """Send the output parts at their deadlines; ``drop_after_deltas`` may cut the connection."""
+        drop = self.b.drop_after_deltas if turn.faulty else None
         for at, kind, index in self._schedule(turn):
             await sleep_until(at)
-            if self.b.drop_after_deltas is not None and self.deltas_sent >= self.b.drop_after_deltas:
+            if drop is not None and self.faulty_deltas_sent >= drop:
+                turn.log["outcome"] = "disconnect"
                 self.end(SessionEnd(drop=True), "disconnect")
                 raise _SessionOver
             if kind == 0:
@@ -511,9 +544,12 @@ class _Session:
             else:
                 await self.send({"serverContent": {"modelTurn": {"parts": [{"text": content_piece(index)}]}}})
                 turn.pieces += 1
-            self.deltas_sent += 1
-            if self.conn.record.actual_ttft_s is None and (kind == 0 or not turn.audio):
-                self.conn.record.actual_ttft_s = self.conn.elapsed_s()
+            self.faulty_deltas_sent += turn.faulty
+            if kind == 0 or not turn.audio:
+                if turn.log["actual_ttft_s"] is None:
+                    turn.log["actual_ttft_s"] = time.perf_counter() - turn.received_perf
+                if self.conn.record.actual_ttft_s is None:
+                    self.conn.record.actual_ttft_s = self.conn.elapsed_s()
 
     def _usage(self, turn: _Turn) -> dict[str, Any]:
         """Live ``usageMetadata``: the context in, the answer out, details summing to their parents."""

@@ -53,7 +53,7 @@ from .common import base62 as _base62
 from .common import LoggedExchange
 from .common import sleep_until as _sleep_until
 from .common import to_json as _to_json
-from .content import content_piece
+from .content import content_piece, user_turns
 from .openai_chat_stream import ChatStream, chat_usage, fingerprint, reasoning_piece, token_plan
 from .openai_http import (AZURE_ERRORS, EFFORTS, ERRORS, MISSING_AUTH, azure_error_response, error_response,
                           litellm_error_response, ollama_error_response, openai_headers, plain_error,
@@ -229,12 +229,14 @@ class ChatCompletions:
             return self._reject(call, "bad_request", plain_error(status, message, code=code, param=param))
         if behaviour is None:
             return self._reject(call, "model_unavailable", self._error_response(call, "model_unavailable", "openai"))
+        turn = call.record.turn = user_turns(body["messages"])
+        behaviour = call.behaviour = behaviour.for_turn(turn)
         kind = self.state.injected_error(call.model, behaviour, call.draws.error_roll)
         if kind is not None and kind != "content_blocked":
             await _sleep_until(call.t0_loop + behaviour.ttfb_ms / 1000)
             return self._reject(call, kind, self._error_response(call, kind, behaviour.error_shape))
         call.record.outcome = kind or "ok"
-        delay_ms = behaviour.first_token_delay_ms(call.draws.jitter_roll)
+        delay_ms = behaviour.first_token_delay_ms(call.draws.jitter_roll, turn)
         if call.reasoning and call.record.outcome == "ok":
             delay_ms += behaviour.reasoning_ms
         call.record.injected_ttft_s = delay_ms / 1000

@@ -16,12 +16,15 @@ After the upgrade a ``RealtimeSession`` (``openai_realtime_session``) runs the
 conversation and its responses (``openai_realtime_response``), from the tables
 and builders in ``openai_realtime_events``. Faults (``fail_response_with``,
 ``error_event``, ``close_code``, ``drop_after_deltas``, ``ignore_client_after``,
-``session_max_s``) are described in ``scenario``.
+``session_max_s``) and the conversation keys (``turn_ttft_ms``,
+``faults_from_turn``, ``cancel_ms``, ``audio_after_cancel``) are described in
+``scenario``.
 
 One request-log entry per session: ``status`` 101 (or the refusal status),
 ``injected_ttft_s`` and ``actual_ttft_s`` from the upgrade request to the first
 output delta of the session, ``actual_duration_s`` to its first
-``response.done`` (or to the end of a session without one).
+``response.done`` (or to the end of a session without one); ``turns`` one
+entry per ``response.create`` (see ``app``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The session speaks GA or beta shapes (the ``OpenAI-Beta: realtime=v1`` header
 decides, modulated by ``realtime_mode``): ``session.created`` at ``ttfb_ms``;
-``session.update``, ``conversation.item.create``,
+``session.update``, ``conversation.item.create``, ``conversation.item.truncate``,
 ``input_audio_buffer.append/commit/clear``, ``response.create`` and
 ``response.cancel`` are answered; anything else gets an ``error`` event and the
 session goes on. Responses are ``openai_realtime_response``'s part of the
@@ -64,7 +64,10 @@ class RealtimeSession(ResponseFlow):
         self.context_text_tokens = text_tokens(INSTRUCTIONS)
         self.context_audio_tokens = 0
         self.buffer_bytes = 0
-        self.events_sent = self.frames_received = self.deltas_sent = self.responses = 0
+        self.events_sent = self.frames_received = self.faulty_deltas_sent = self.responses = 0
+        self.turns_started = 0  # response.create events accepted: the session's turns
+        self.item_audio_ms: dict[str, float] = {}  # audio sent per assistant item, for truncate
+        conn.record.turns = []
         self.active: RealtimeResponse | None = None
         self.ending = False
         self.ended: asyncio.Future[SessionEnd] = asyncio.get_running_loop().create_future()
@@ -82,12 +85,20 @@ class RealtimeSession(ResponseFlow):
                     tasks.append(asyncio.create_task(self._guard(self._expire())))
                 await asyncio.wait([tasks[0], self.ended], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if self.active is not None and self.active.task is not None:
-                tasks.append(self.active.task)
+            if self.active is not None:
+                tasks += [task for task in (self.active.task, self.active.cancel_task) if task is not None]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._close_turn_log()
         await close_session(self.ws, self.conn, self.ended.result() if self.ended.done() else SessionEnd())
+
+    def _close_turn_log(self) -> None:
+        """Turns the session ended during get its ending as their outcome (``unfinished`` if it had none)."""
+        ending = self.conn.record.outcome
+        for entry in self.conn.record.turns:
+            if entry["outcome"] is None:
+                entry["outcome"] = ending if ending not in (None, "ok", "content_blocked") else "unfinished"
 
     async def _open(self) -> None:
         """``session.created`` (and beta's ``conversation.created``) at ttfb, or the retirement error."""
@@ -221,6 +232,7 @@ class RealtimeSession(ResponseFlow):
         handler = {
             "session.update": self._session_update,
             "conversation.item.create": self._item_create,
+            "conversation.item.truncate": self._item_truncate,
             "input_audio_buffer.append": self._buffer_append,
             "input_audio_buffer.commit": self._buffer_commit,
             "input_audio_buffer.clear": self._buffer_clear,
@@ -323,6 +335,32 @@ class RealtimeSession(ResponseFlow):
             return
         await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
         await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": item})
+
+    async def _item_truncate(self, event: dict[str, Any]) -> None:
+        """Cut an assistant audio item at ``audio_end_ms`` (what the user heard) and confirm it."""
+        item_id = event.get("item_id")
+        for name in ("item_id", "content_index", "audio_end_ms"):
+            if event.get(name) is None:
+                raise ClientError("missing_required_parameter", f"Missing required parameter: '{name}'.", name)
+        content_index, audio_end_ms = event["content_index"], event["audio_end_ms"]
+        for name, value in (("content_index", content_index), ("audio_end_ms", audio_end_ms)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ClientError("invalid_value", f"Invalid value for '{name}': expected a non-negative integer.",
+                                  name)
+        if not isinstance(item_id, str) or item_id not in self.items:
+            raise ClientError("invalid_value", f"Item with item_id not found: {item_id}", "item_id")
+        if item_id not in self.item_audio_ms:
+            raise ClientError("invalid_value", "Only model output audio messages can be truncated", "item_id")
+        if content_index != 0:
+            raise ClientError("invalid_value", f"Invalid value for 'content_index': item {item_id} has no "
+                              f"content part {content_index}.", "content_index")
+        sent_ms = math.floor(self.item_audio_ms[item_id])
+        if audio_end_ms > sent_ms:
+            raise ClientError("invalid_value", f"Audio content of {sent_ms}ms is already shorter than "
+                              f"{audio_end_ms}ms", "audio_end_ms")
+        self.item_audio_ms[item_id] = audio_end_ms
+        await self.send({"type": "conversation.item.truncated", "item_id": item_id,
+                         "content_index": content_index, "audio_end_ms": audio_end_ms})
 
     async def _buffer_append(self, event: dict[str, Any]) -> None:
         """Count appended audio bytes; no reply."""

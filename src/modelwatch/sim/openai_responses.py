@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .common import FaultyStream, LoggedExchange, sleep_until, to_json
-from .content import SSE_CONTENT_TYPE, content_piece, estimate_prompt_tokens
+from .content import SSE_CONTENT_TYPE, content_piece, estimate_prompt_tokens, user_turns
 from .openai_http import (EFFORTS, ERRORS, MISSING_AUTH, error_response, openai_headers, plain_error,
                           reasoning_active)
 from .scenario import ModelBehaviour
@@ -218,14 +218,15 @@ class ResponsesEndpoint:
         if behaviour is None:
             return self._reject(ex, "model_unavailable", error_response(
                 "model_unavailable", "openai", model=ex.model, api_key=ex.api_key))
-        ex.behaviour = behaviour
+        turn = ex.record.turn = user_turns(body["input"])
+        behaviour = ex.behaviour = behaviour.for_turn(turn)
         kind = self.state.injected_error(ex.model, behaviour, ex.draws.error_roll)
         if kind is not None and kind != "content_blocked":
             await sleep_until(ex.t0_loop + behaviour.ttfb_ms / 1000)
             return self._reject(ex, kind, error_response(kind, behaviour.error_shape, model=ex.model,
                                                          api_key=ex.api_key))
         ex.record.outcome = kind or "ok"
-        delay_ms = behaviour.first_token_delay_ms(ex.draws.jitter_roll)
+        delay_ms = behaviour.first_token_delay_ms(ex.draws.jitter_roll, turn)
         if ex.reasons and ex.record.outcome == "ok":
             delay_ms += behaviour.reasoning_ms
         ex.record.injected_ttft_s = delay_ms / 1000

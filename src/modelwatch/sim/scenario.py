@@ -165,6 +165,53 @@ disconnect, stall, malformed, keep-alive, usage_mode, done) do not apply.
     legacy_event_names  false. In GA shapes, name the text/audio/transcript
                     delta and done events the beta way (a reported live quirk).
 
+Conversation and barge-in keys (a conversation's turns: in an OpenAI Realtime
+session the t-th ``response.create`` is turn t; in a Gemini Live session the
+t-th user turn, ended by ``clientContent.turnComplete``, ``realtimeInput.text``,
+``activityEnd`` or ``audioStreamEnd``; a REST request (Chat Completions and
+Azure, Responses, Anthropic Messages, Gemini REST) is the turn of the number of
+user messages it carries, at least 1, since a stateless conversation resends
+its history: ``messages`` / ``input`` / ``contents``, where a Gemini content
+without a role counts as the user's):
+    turn_ttft_ms    0. Extra first-token wait per turn: turn t waits ``ttft_ms``
+                    (+ jitter) + max(0, t - ``turn_ttft_after``) x turn_ttft_ms,
+                    from its ``response.create`` / the end of its user turn /
+                    the request. Also in each REST entry's ``injected_ttft_s``.
+    turn_ttft_after 0. The turns that do not grow yet (the default grows from
+                    turn 1; 1 keeps turn 1 at plain ``ttft_ms``).
+    faults_from_turn  1. The response faults apply from this turn on; earlier
+                    turns answer normally. REST: ``error``/``errors``/``outages``
+                    (``content_blocked`` included) and the stream faults
+                    (``midstream_error_after``, ``disconnect_after``,
+                    ``interrupt_after``, ``stall_after``, ``malformed_after``,
+                    ``raw_error_after``, ``fail_response_with``,
+                    ``error_event``). An earlier request still takes its seeded
+                    draw on arrival (so the RNG sequence does not depend on this
+                    key) but is not counted as one of the model's requests for
+                    ``error_draws: spread``. Realtime: ``fail_response_with``,
+                    ``error_event``, ``close_code`` where the first delta was due,
+                    ``drop_after_deltas`` (counting only deltas of turns from K),
+                    ``content_blocked`` and ``audio_after_cancel``. Gemini Live:
+                    ``close_code`` at the first output, ``drop_after_deltas`` (same
+                    count) and ``content_blocked``. Handshake errors, ``setup``
+                    failures and the session-wide faults (``close_after_events``,
+                    ``ignore_client_after``, ``session_max_s``, ``goaway_after_s``)
+                    are not turn faults and keep applying from the start.
+    cancel_ms       0. Realtime: after ``response.cancel`` the response streams
+                    on for this long (a real server's output in flight), then
+                    stops and sends ``response.done`` status ``cancelled``
+                    (``status_details`` {type: cancelled, reason:
+                    client_cancelled}) with the usage of what was sent. A
+                    response that ends on its own meanwhile ends ``completed``.
+    audio_after_cancel  0. Realtime, audio responses: right after that cancelled
+                    ``response.done`` send N more audio deltas of the cancelled
+                    response (the fault a barge-in probe must catch).
+The Realtime ``conversation.item.truncate`` {item_id, content_index,
+audio_end_ms} is answered ``conversation.item.truncated`` for an assistant audio
+item; an unknown item, a text or user item, another content index or an
+``audio_end_ms`` past the audio sent ("Audio content of Xms is already shorter
+than Yms") get an ``error`` ``invalid_value``.
+
 Gemini Live keys (``gemini_live``; see its docstring for how the realtime keys
 above map onto close codes there):
     goaway_after_s  after this many seconds of the session send ``goAway`` with
@@ -199,7 +246,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -336,6 +383,13 @@ class ModelBehaviour(BaseModel):
     audio_ms: NonNegative = 600
     audio_chunk_ms: Annotated[float, Field(gt=0)] = 100
     legacy_event_names: bool = False
+    # ---- Conversation and barge-in keys (turns of a session or of a resent history) ----
+    turn_ttft_ms: NonNegative = 0
+    turn_ttft_after: Count = 0
+    faults_from_turn: Annotated[int, Field(ge=1)] = 1
+    cancel_ms: NonNegative = 0
+    audio_after_cancel: Count = 0
+    # ---- end of conversation and barge-in keys ----
     goaway_after_s: Annotated[float, Field(gt=0)] | None = None
     binary_frames: bool = True
     # ---- Speech keys (openai_audio) ----
@@ -392,10 +446,41 @@ class ModelBehaviour(BaseModel):
                 return kind
         return None
 
-    def first_token_delay_ms(self, jitter_roll: float) -> float:
-        """``ttft_ms`` plus jitter from a uniform draw in [0, 1), never before ttfb."""
+    def first_token_delay_ms(self, jitter_roll: float, turn: int | None = None) -> float:
+        """``ttft_ms`` plus jitter from a uniform draw in [0, 1), never before ttfb, plus turn ``turn``'s growth."""
         jitter = (2 * jitter_roll - 1) * self.jitter_ms
-        return max(self.ttfb_ms, self.ttft_ms + jitter)
+        return max(self.ttfb_ms, self.ttft_ms + jitter) + self.turn_growth_ms(turn)
+
+    def turn_growth_ms(self, turn: int | None) -> float:
+        """The extra wait of conversation turn ``turn``: ``turn_ttft_ms`` a turn past ``turn_ttft_after``.
+
+        ``turn`` counts from 1; None (no turn, e.g. a session's handshake) adds nothing.
+        """
+        if turn is None:
+            return 0.0
+        return max(0, turn - self.turn_ttft_after) * self.turn_ttft_ms
+
+    def faulty_turn(self, turn: int | None) -> bool:
+        """Whether the response faults apply to turn ``turn`` (None: not a turn, so they do)."""
+        return turn is None or turn >= self.faults_from_turn
+
+    def for_turn(self, turn: int | None) -> ModelBehaviour:
+        """This behaviour as it answers turn ``turn``: before ``faults_from_turn``, without its faults."""
+        if self.faulty_turn(turn):
+            return self
+        return self.model_copy(update=_NO_TURN_FAULTS)
+
+    def may_fail(self) -> bool:
+        """Whether some request could draw an injected error kind from this behaviour."""
+        return bool(self.error is not None or self.outages or any(self.errors.values()))
+
+
+# What ``for_turn`` turns off before ``faults_from_turn``: every error draw and per-response fault.
+_NO_TURN_FAULTS: dict[str, Any] = {
+    "error": None, "errors": {}, "outages": [], "midstream_error_after": None, "disconnect_after": None,
+    "interrupt_after": None, "stall_after": None, "stall_ms": None, "malformed_after": None,
+    "raw_error_after": None, "fail_response_with": None, "error_event": None, "audio_after_cancel": 0,
+}
 
 
 def spread_roll(nth: int) -> float:
