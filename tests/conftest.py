@@ -45,6 +45,25 @@ def sim_url():
     proc.wait(10)
 
 
+@pytest.fixture(scope="session")
+def voice_sim():
+    """A simulator of its own running the voice-agent scenario (tests/data/voice-scenario.yaml)."""
+    proc, match = start_process(["sim", "--listen", "127.0.0.1:0", "--scenario", str(DATA / "voice-scenario.yaml")],
+                                r"listening on (\S+)")
+    yield match.group(1)
+    proc.terminate()
+    proc.wait(10)
+
+
+def sim_requests(url: str) -> list[dict]:
+    """The simulator's request log, oldest first."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/_sim/requests") as resp:
+        return json.load(resp)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

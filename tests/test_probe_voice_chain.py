@@ -7,32 +7,19 @@ stage in ``error_code``.
 
 from __future__ import annotations
 
-import json
 import struct
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import DATA, TEST_KEY, run_jobs, start_process
+from conftest import TEST_KEY, run_jobs, sim_requests
 from modelwatch.config import load_config
 from modelwatch.probes.voice_chain import prompt_wav
 
 TOLERANCE_S = 0.005  # the bound at idle: each stage within 5 ms of what the simulator injected
 
 
-@pytest.fixture(scope="module")
-def voice_sim():
-    proc, match = start_process(["sim", "--listen", "127.0.0.1:0", "--scenario", str(DATA / "voice-scenario.yaml")],
-                                r"listening on (\S+)")
-    yield match.group(1)
-    proc.terminate()
-    proc.wait(10)
-
-
-def log(url: str) -> list[dict]:
-    with urllib.request.urlopen(f"{url}/_sim/requests") as resp:
-        return json.load(resp)
+log = sim_requests
 
 
 def chain(tmp_path: Path, url: str, *, stt: str = "stt", llm: str = "llm", tts: str = "tts", extra: str = "",
