@@ -167,3 +167,54 @@ def test_budget_survives_reloads_and_a_reload_after_midnight_starts_the_day_at_z
         await daemon._set_budget(cfg)
         assert daemon.budget.spent_usd == 0 and not daemon.budget.exhausted()
     asyncio.run(go())
+
+
+def voice_config(tmp_path, probes: str, price: str):
+    cfg = tmp_path / "voice.yaml"
+    cfg.write_text(f"""
+providers: {{p: {{type: openai, base_url: 'http://127.0.0.1:9/v1', api_key: k}}}}
+targets: [{{name: v, provider: p, model: m, price: {price}, probes: [{probes}]}}]
+""")
+    return cfg
+
+
+def test_a_voice_chain_is_priced_stage_by_stage(tmp_path):
+    from modelwatch.probes.audio import prompt_audio_seconds
+    from modelwatch.probes.voice_chain import SPOKEN_S_PER_TOKEN
+    per_minute = voice_config(tmp_path, "{kind: voice-chain, interval: 60s}",
+                              "{input: 0, output: 0, stt: {per_minute: 0.006}, tts: {per_minute: 0.015}}")
+    [job] = load_config(per_minute).jobs
+    # speech billed by the minute: the spoken prompt, and an answer of the whole output cap
+    expected = 0.006 * prompt_audio_seconds() / 60 + 0.015 * 16 * SPOKEN_S_PER_TOKEN / 60
+    assert daily_cost_usd(job) == pytest.approx(expected * 1440)
+    llm_only = voice_config(tmp_path, "{kind: voice-chain, interval: 60s}",
+                            "{input: 1.0, output: 2.0, stt: {}, tts: {}}")
+    [job] = load_config(llm_only).jobs
+    assert daily_cost_usd(job) > 0 and daily_cost_usd(job) == pytest.approx(
+        1440 * (8 + 4 + 16 * 2.0 / 1.0 * 1.0) * 1.0 / 1e6, rel=0.01)
+
+
+def test_a_priced_voice_chain_must_price_its_speech_models(tmp_path):
+    from modelwatch.config import ConfigError
+    with pytest.raises(ConfigError) as info:
+        load_config(voice_config(tmp_path, "{kind: voice-chain}", "{input: 0.15, output: 0.6}"))
+    assert "needs stt and tts entries" in str(info.value)
+
+
+def test_a_conversation_costs_its_growing_context(tmp_path):
+    from modelwatch.cost import tokens_per_probe
+    def tokens(turns: int) -> tuple:
+        [job] = load_config(voice_config(tmp_path, f"{{kind: conversation, turns: {turns}}}",
+                                         "{input: 1, output: 1}")).jobs
+        return tokens_per_probe(job)
+    ten, twenty = tokens(10), tokens(20)
+    assert twenty[1] == 2 * ten[1]  # output: the cap per turn
+    assert twenty[0] > 3.5 * ten[0]  # input: every turn resends the history, so it grows as turns squared
+
+
+def test_a_barge_in_probe_is_estimated_at_its_larger_output_cap(tmp_path):
+    from modelwatch.cost import tokens_per_probe
+    [plain] = load_config(voice_config(tmp_path, "{kind: realtime, modality: audio}", "{input: 1, output: 1}")).jobs
+    [barge] = load_config(voice_config(tmp_path, "{kind: realtime, modality: audio, interrupt_after: 300ms}",
+                                       "{input: 1, output: 1}")).jobs
+    assert tokens_per_probe(plain)[3] == 16 and tokens_per_probe(barge)[3] == 400

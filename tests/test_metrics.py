@@ -134,3 +134,69 @@ def test_schedule_series_are_per_provider_and_promtool_clean(promtool):
     assert not any("target" in dict(k[1]) for k in v if "start_delay" in k[0] or "slot_wait" in k[0])
     check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def voice_jobs(tmp_path):
+    cfg = tmp_path / "voice.yaml"
+    cfg.write_text("""
+providers: {p: {type: openai, base_url: 'http://127.0.0.1:9/v1', api_key: k}}
+targets:
+  - {name: chain, provider: p, model: m, probes: [{kind: voice-chain}]}
+  - {name: conv, provider: p, model: m, probes: [{kind: conversation, turns: 12}]}
+  - {name: conv-rt, provider: p, model: m, probes: [{kind: conversation, api: realtime, modality: audio, turns: 3}]}
+  - {name: barge, provider: p, model: m, probes: [{kind: realtime, modality: audio, interrupt_after: 200ms}]}
+  - {name: plain, provider: p, model: m, probes: [{kind: realtime}]}
+""")
+    return {job.target: job for job in load_config(cfg).jobs}
+
+
+def test_voice_series_exist_only_where_they_apply_and_count(tmp_path, promtool):
+    from modelwatch.outcomes import StageTiming, TurnTiming
+    jobs_ = voice_jobs(tmp_path)
+    m = ProbeMetrics(CollectorRegistry())
+    for job in jobs_.values():
+        m.add_job(job)
+    v = values(page(m))
+    def series(metric: str) -> set[tuple[str, str]]:
+        return {(dict(k)["target"], dict(k).get("stage") or dict(k).get("turn_band") or "")
+                for name, k in v if name == metric + "_count"}
+    assert series("modelwatch_probe_stage_seconds") == {("chain", s) for s in ("stt", "llm", "tts")}
+    assert series("modelwatch_probe_turn_ttft_seconds") == {("conv", "1-5"), ("conv", "6-10"), ("conv", "11-20"),
+                                                            ("conv-rt", "1-5")}
+    assert series("modelwatch_probe_interrupt_seconds") == {("barge", "")}
+    info = {dict(k)["target"]: (dict(k)["api"], dict(k)["modality"], dict(k)["transport"])
+            for name, k in v if name == "modelwatch_probe_info"}
+    assert info == {"chain": ("chat", "audio", "http"), "conv": ("chat", "text", "http"),
+                    "conv-rt": ("realtime", "audio", "websocket"), "barge": ("chat", "audio", "websocket"),
+                    "plain": ("chat", "text", "websocket")}
+
+    chain = jobs_["chain"]
+    m.observe(result(chain, ttft_s=1.2, duration_s=1.5, stages=(
+        StageTiming("stt", 0.0, 0.05, 0.2, 0.4), StageTiming("llm", 0.41, 0.05, 0.3, 0.45),
+        StageTiming("tts", 0.87, 0.05, 0.33, 0.6))))
+    conv = jobs_["conv"]
+    m.observe(result(conv, ttft_s=0.3, turns=tuple(TurnTiming(k, k * 0.5, 0.2 + k / 100, 0.4) for k in range(1, 13))))
+    m.observe(result(jobs_["barge"], ttft_s=0.4, interrupt_s=0.07))
+    text = page(m)
+    v = values(text)
+    def one(metric: str, target: str, **extra: str) -> dict[str, float]:
+        return {name.rsplit("_", 1)[1]: value for (name, k), value in v.items()
+                if name.startswith(metric + "_") and not name.endswith("_bucket") and dict(k)["target"] == target
+                and all(dict(k).get(a) == b for a, b in extra.items())}
+    # stt and llm add their whole duration, tts its first audio byte
+    assert one("modelwatch_probe_stage_seconds", "chain", stage="stt") == {"count": 1, "sum": 0.4}
+    assert one("modelwatch_probe_stage_seconds", "chain", stage="llm") == {"count": 1, "sum": 0.45}
+    assert one("modelwatch_probe_stage_seconds", "chain", stage="tts") == {"count": 1, "sum": 0.33}
+    assert one("modelwatch_probe_turn_ttft_seconds", "conv", turn_band="1-5")["count"] == 5
+    assert one("modelwatch_probe_turn_ttft_seconds", "conv", turn_band="6-10")["count"] == 5
+    assert one("modelwatch_probe_turn_ttft_seconds", "conv", turn_band="11-20") == pytest.approx(
+        {"count": 2, "sum": 0.31 + 0.32})
+    assert one("modelwatch_probe_interrupt_seconds", "barge") == {"count": 1, "sum": 0.07}
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_turn_bands_follow_the_design():
+    from modelwatch.outcomes import turn_band
+    assert [turn_band(t) for t in (1, 5, 6, 10, 11, 20, 21, 50, 51, 100)] == [
+        "1-5", "1-5", "6-10", "6-10", "11-20", "11-20", "21-50", "21-50", "51+", "51+"]

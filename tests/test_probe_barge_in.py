@@ -15,6 +15,10 @@ import pytest
 from conftest import TEST_KEY, run_jobs, sim_requests
 from modelwatch.config import ConfigError, load_config
 
+# The simulator's loop (uvloop) keeps timers to the millisecond and stamps its own times a
+# step apart from the frame it times: its figures carry that much slack either way.
+CLOCK_S = 0.0015
+
 
 def barge(tmp_path: Path, url: str, model: str, extra: str = ", interrupt_after: 200ms"):
     cfg = tmp_path / "barge.yaml"
@@ -35,9 +39,10 @@ def test_the_cancel_is_timed_to_its_acknowledgement(tmp_path, voice_sim, interfa
     assert r.outcome == "ok", r
     [turn] = session["turns"]
     assert turn["outcome"] == "cancelled"
-    # the scenario acknowledges 60 ms after the cancel arrives; loopback adds well under 5 ms
-    assert 0.060 <= r.interrupt_s <= 0.060 + 0.005, r.interrupt_s
-    assert turn["cancel_latency_s"] == pytest.approx(r.interrupt_s, abs=0.005)
+    # the scenario acknowledges 60 ms after the cancel arrives (what it did: cancel_latency_s);
+    # the probe reads that plus loopback, within 5 ms
+    assert turn["cancel_latency_s"] >= 0.060 - CLOCK_S
+    assert 0 <= r.interrupt_s - turn["cancel_latency_s"] <= 0.005, (r.interrupt_s, turn)
     # cancelled 200 ms into a 2 s answer: the acknowledgement ends the probe's measurement
     assert r.duration_s == pytest.approx(r.ttft_s + 0.2 + r.interrupt_s, abs=0.01)
     assert r.output_audio_tokens and r.output_audio_tokens < 2000 / 50  # billed for what was sent

@@ -16,6 +16,9 @@ from conftest import TEST_KEY, run_jobs, sim_requests
 from modelwatch.config import load_config
 
 TOLERANCE_S = 0.005
+# The simulator's loop (uvloop) keeps timers to the millisecond and stamps its own times a
+# step apart from the frame it times: its figures carry that much slack either way.
+CLOCK_S = 0.0015
 PROVIDERS = {
     "rest": ("openai", "/v1", ""),
     "realtime": ("openai", "/v1", ", api: realtime"),
@@ -38,11 +41,22 @@ targets:
     return job, run_jobs([job])["c"], sim_requests(url)[before:]
 
 
-def injected_per_turn(how: str, requests: list[dict]) -> list[float]:
+def per_turn(how: str, requests: list[dict], key: str = "injected_ttft_s") -> list[float]:
+    """What the simulator injected (or did) for each turn, in turn order."""
     if how == "rest":  # one request per turn, each knowing its turn from the history it carries
-        return [q["injected_ttft_s"] for q in sorted(requests, key=lambda q: q["turn"])]
+        return [q[key] for q in sorted(requests, key=lambda q: q["turn"])]
     [session] = requests
-    return [t["injected_ttft_s"] for t in session["turns"]]
+    return [t[key] for t in session["turns"]]
+
+
+def assert_turns_read_truthfully(how: str, turns, requests: list[dict]) -> None:
+    """Each turn's TTFT is what the simulator did, read within 5 ms, and the simulator kept to its
+    injected delay: together, within 5 ms of the injected delay at idle. The simulator's own lateness
+    (a busy machine) is its own, so it is held apart from the probe's reading error."""
+    injected, actual = per_turn(how, requests), per_turn(how, requests, "actual_ttft_s")
+    for turn, truth, did in zip(turns, injected, actual, strict=True):
+        assert did >= truth - CLOCK_S, (turn, truth, did)
+        assert -CLOCK_S <= turn.ttft_s - did <= TOLERANCE_S, (how, turn, truth, did)
 
 
 @pytest.mark.parametrize("how", ["rest", "realtime", "live"])
@@ -50,16 +64,15 @@ def test_every_turn_is_timed_as_the_simulator_served_it(tmp_path, voice_sim, how
     job, r, requests = converse(tmp_path, voice_sim, "conv", how, turns=8)
     assert r.outcome == "ok", r
     assert [t.turn for t in r.turns] == list(range(1, 9))
-    injected = injected_per_turn(how, requests)
+    injected = per_turn(how, requests)
     assert len(injected) == 8
     assert injected[-1] - injected[2] == pytest.approx(5 * 0.008, abs=1e-6)  # the scenario's growth
-    for turn, truth in zip(r.turns, injected, strict=True):
-        assert -0.0005 <= turn.ttft_s - truth <= TOLERANCE_S, (how, turn, truth)
-        assert turn.ttft_s <= turn.duration_s
+    assert_turns_read_truthfully(how, r.turns, requests)
+    assert all(turn.ttft_s <= turn.duration_s for turn in r.turns)
     starts = [t.start_s for t in r.turns]
     assert starts == sorted(starts)
     assert r.ttft_s == pytest.approx(r.turns[0].start_s + r.turns[0].ttft_s, abs=2e-6)
-    assert r.duration_s >= r.turns[-1].start_s + r.turns[-1].duration_s - 1e-6
+    assert r.duration_s >= r.turns[-1].start_s + r.turns[-1].duration_s - 2e-6  # each rounded to 1 us
     # each turn's input is the context so far: it grows, and the probe's tokens are their sum
     inputs = [t.input_tokens for t in r.turns]
     assert all(b > a for a, b in zip(inputs, inputs[1:])), inputs
@@ -76,8 +89,7 @@ def test_audio_turns_over_a_realtime_session(tmp_path, voice_sim):
     _, r, requests = converse(tmp_path, voice_sim, "conv", "realtime", turns=3, extra=", modality: audio")
     assert r.outcome == "ok", r
     assert len(r.turns) == 3 and r.input_audio_tokens and r.output_audio_tokens
-    for turn, truth in zip(r.turns, injected_per_turn("realtime", requests), strict=True):
-        assert -0.0005 <= turn.ttft_s - truth <= TOLERANCE_S
+    assert_turns_read_truthfully("realtime", r.turns, requests)
 
 
 @pytest.mark.parametrize("how, model, outcome, code, kept", [

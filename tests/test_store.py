@@ -22,8 +22,8 @@ MIGRATION_NAMES = ["m001_probe_results", "m002_audio_tokens", "m003_cost", "m004
 
 
 def result(target: str = "t", ts: float | None = None, **kw) -> ProbeResult:
-    return ProbeResult(ts=time.time() if ts is None else ts, target=target, provider="p", model="m",
-                       kind="rest", outcome="ok", **kw)
+    return ProbeResult(**{"ts": time.time() if ts is None else ts, "target": target, "provider": "p", "model": "m",
+                          "kind": "rest", "outcome": "ok", **kw})
 
 
 def count(db_path) -> int:
@@ -259,3 +259,60 @@ def test_a_wall_clock_stepped_far_ahead_prunes_nothing(db_path, caplog):
         assert count(db_path) == 1  # ... and pruned, while the two-hour-old one stayed
     finally:
         store.close()
+
+
+def detail_rows(db_path, table: str) -> list[tuple]:
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute(f"SELECT r.target, d.* FROM {table} d JOIN probe_results r ON r.id = d.probe_id "  # noqa: S608
+                            "ORDER BY d.rowid").fetchall()
+    finally:
+        conn.close()
+
+
+def test_stages_and_turns_are_written_with_their_probe(db_path):
+    from modelwatch.outcomes import StageTiming, TurnTiming
+    store = Store(db_path, retention_s=86400)
+    try:
+        store.submit(result("plain"))
+        store.submit(result("chain", kind="voice-chain", stages=(
+            StageTiming("stt", 0.0, 0.01, 0.2, 0.3), StageTiming("llm", 0.31, 0.02, 0.1, 0.2),
+            StageTiming("tts", 0.52, 0.02, 0.15, None))))
+        store.submit(result("conv", kind="conversation", interrupt_s=None,
+                            turns=tuple(TurnTiming(k, k * 0.1, 0.05, 0.08, 10 * k, 2) for k in (1, 2, 3))))
+        store.submit(result("barge", kind="realtime", interrupt_s=0.071))
+    finally:
+        store.close()
+    assert detail_rows(db_path, "probe_stages") == [
+        ("chain", 2, "stt", 0.0, 0.01, 0.2, 0.3), ("chain", 2, "llm", 0.31, 0.02, 0.1, 0.2),
+        ("chain", 2, "tts", 0.52, 0.02, 0.15, None)]
+    assert [r[:3] + r[4:] for r in detail_rows(db_path, "probe_turns")] == [
+        ("conv", 3, 1, 0.05, 0.08, 10, 2), ("conv", 3, 2, 0.05, 0.08, 20, 2), ("conv", 3, 3, 0.05, 0.08, 30, 2)]
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT target, interrupt_s FROM probe_results WHERE interrupt_s IS NOT NULL").fetchall() \
+        == [("barge", 0.071)]
+    conn.close()
+
+
+def test_detail_rows_follow_their_probe_when_pruned_and_survive_a_repaired_batch(db_path):
+    from modelwatch.outcomes import StageTiming, TurnTiming
+    old = time.time() - 3 * 86400
+    store = Store(db_path, retention_s=30 * 86400)
+    try:
+        store.submit(result("old", ts=old, kind="conversation", turns=(TurnTiming(1, 0.0, 0.1, 0.2),)))
+        # a row SQLite refuses as it is (a lone surrogate): the batch is repaired, its details kept
+        store.submit(result("new\ud800", kind="voice-chain", stages=(StageTiming("stt", 0.0, 0.01, 0.2, 0.3),)))
+    finally:
+        store.close()
+    assert [r[0] for r in detail_rows(db_path, "probe_stages")] == ["new\ufffd"]
+    assert [r[0] for r in detail_rows(db_path, "probe_turns")] == ["old"]
+    store = Store(db_path, retention_s=86400)  # prunes at start: the old probe goes, with its turns
+    time.sleep(0.5)
+    store.close()
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("SELECT count(*) FROM probe_turns").fetchone()[0] == 0  # none left orphaned
+        assert [r[0] for r in conn.execute("SELECT target FROM probe_results")] == ["new\ufffd"]
+    finally:
+        conn.close()
+    assert [r[0] for r in detail_rows(db_path, "probe_stages")] == ["new\ufffd"]

@@ -666,6 +666,8 @@ def _option_problem(provider_type: str, probe: ProbeConfig) -> tuple[str, str] |
     """An option the probe cannot honour, as (option, reason): the spec says where each applies."""
     if probe.thinking_level is not None and probe.thinking_budget is not None:
         return "thinking_level", "set thinking_level or thinking_budget, not both (Gemini refuses both)"
+    if probe.kind == "conversation" and probe.api != "realtime" and probe.modality == "audio":
+        return "modality", "a REST conversation is text; spoken turns need api: realtime"
     return option_problem(spec_for(provider_type, probe.kind, probe.api), provider_type, probe)
 
 

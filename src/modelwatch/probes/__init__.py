@@ -123,6 +123,10 @@ def api_problem(provider_type: str, kind: str, api: str) -> str | None:
     if spec_for(provider_type, kind, api) is not None:
         return None
     specs = [s for s in SPECS if s.api == api]
+    here = [a for (ptype, k, a) in _BY_KEY if ptype == provider_type and k == kind]
+    if here and any(provider_type in s.provider_types for s in specs):
+        # "api: chat is for ... gemini providers" would contradict the refusal: name what fits instead
+        return f"{kind} probes of {provider_type} providers take api: {_and(here)}"
     return (f"api: {api} is for {_and(s.kind for s in specs)} probes of "
             f"{_and(t for s in specs for t in PROVIDER_TYPES if t in s.provider_types)} providers")
 

@@ -48,6 +48,9 @@ from modelwatch.secrets import redact, short_error
 log = logging.getLogger("modelwatch.probe")
 
 PHASES = ("connect", "ttfb", "ttft", "total")
+# Phases bounded by the total budget that a timeout still names, for what it waited for: barge-in's
+# acknowledgement of response.cancel.
+OWN_NAME_PHASES = frozenset({"interrupt"})
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
@@ -110,7 +113,9 @@ class Measurement:
         if self.parent is not None:
             if phase == "total" and self.first_output_ends_ttft:
                 self.parent.enter("total")
-            self.parent.phase = phase if phase in ("connect", "ttfb") else self.parent.budget_phase
+            budget = self.parent.budget_phase
+            self.parent.phase = phase if phase in ("connect", "ttfb") else (
+                "ttft" if budget in ("connect", "ttfb") else budget)
             return
         self.budget_phase = phase
         if self._scope is not None:
@@ -166,7 +171,8 @@ async def run_probe(job: ProbeJob, http: aiohttp.ClientSession, prober: Prober) 
         # Before any response header the phase names what never came, even when it was the total
         # budget that ran out: "ttfb" tells a dead server from a slow answer.
         before_headers = m.phase in ("connect", "ttfb")
-        phase = "total" if not before_headers and loop.time() >= m.budget.deadline("total") - 1e-3 else m.phase
+        phase = "total" if not before_headers and m.phase not in OWN_NAME_PHASES \
+            and loop.time() >= m.budget.deadline("total") - 1e-3 else m.phase
         outcome, code = Outcome.TIMEOUT, phase
         message = f"no {phase} within its budget" if phase != "total" else f"probe exceeded {job.probe.timeout:g}s"
     except Exception as exc:  # noqa: BLE001 - a probe must never raise past the runner

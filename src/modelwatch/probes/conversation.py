@@ -49,8 +49,7 @@ async def probe_rest_conversation(job: ProbeJob, http: aiohttp.ClientSession, m:
     history: list[dict] = []
     totals = [None, None]
     turns = turns_of(job)
-    m.enter("ttft")
-    for k in range(1, turns + 1):
+    for k in range(1, turns + 1):  # connect_timeout, then turn 1's first token bounds the wait (base.probe_trace)
         m.stage = f"turn{k}"
         history.append({"role": "user", "content": job.probe.prompt})
         step = m.child(first_output_ends_ttft=k == 1)

@@ -281,7 +281,7 @@ def _answered(step: Measurement, resp: aiohttp.ClientResponse) -> None:
 async def probe_voice_chain(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
     """Transcribe the spoken prompt, answer it, speak the answer: timed stage by stage."""
     chain = Chain()
-    m.enter("ttft")  # the first audio bounds everything before it
+    # The first connection's budget is connect_timeout; from there the first audio's bounds it all.
     try:
         transcript = await _stage(m, "stt", lambda step: transcribe(job, http, step, chain))
         text = await _stage(m, "llm", lambda step: answer(job, http, step, transcript, chain))
@@ -388,7 +388,7 @@ def estimate_cost(job: ProbeJob) -> float | None:
     _, _, stt_audio, tts_audio = estimate_tokens(job)
     stt = stage_cost(price.stt, stt_audio, TRANSCRIPT_TOKENS, stt_audio, None, prompt_audio_seconds())
     llm = probe_cost_usd(price, PROMPT_OVERHEAD_TOKENS + TRANSCRIPT_TOKENS, p.max_tokens) or 0.0
-    tts = stage_cost(price.tts, p.max_tokens + tts_audio, tts_audio, None, tts_audio, _answer_seconds(job))
+    tts = stage_cost(price.tts, p.max_tokens, tts_audio, None, tts_audio, _answer_seconds(job))
     return round(stt + llm + tts, 9)
 
 
