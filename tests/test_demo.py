@@ -13,7 +13,7 @@ from modelwatch.cli import demo_line
 from modelwatch.outcomes import ProbeResult
 
 # 21:40:03  flaky-model  rest  rate_limited  http 429  total 127 ms
-LINE = re.compile(r"^(\d\d:\d\d:\d\d)  (\S+) +(rest|realtime|models) +(\S+) +(.*)$")
+LINE = re.compile(r"^(\d\d:\d\d:\d\d)  (\S+) +(rest|realtime|models|voice-chain|conversation) +(\S+) +(.*)$")
 
 
 def result(**values) -> ProbeResult:
