@@ -101,6 +101,8 @@ class Measurement:
         step = Measurement(self.budget, self.byte_limit)
         step.parent = self
         step.first_output_ends_ttft = first_output_ends_ttft
+        if self.budget_phase != "connect":  # the first connection is the trace's: connect, then ttfb
+            step.enter("ttfb")
         return step
 
     def elapsed(self) -> float:

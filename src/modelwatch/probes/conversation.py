@@ -53,7 +53,6 @@ async def probe_rest_conversation(job: ProbeJob, http: aiohttp.ClientSession, m:
         m.stage = f"turn{k}"
         history.append({"role": "user", "content": job.probe.prompt})
         step = m.child(first_output_ends_ttft=k == 1)
-        step.enter("ttfb")
         start_s = step.start - m.start
         stream = ChatStream(require_done=job.provider.type == "openai",
                             require_finish=job.provider.finish_reason == "required")

@@ -300,7 +300,6 @@ async def _stage(m: Measurement, name: str, run: Callable[[Measurement], Awaitab
     """Run one stage on its own clock, its name on any failure; record what it reached, whatever happens."""
     m.stage = name
     step = m.child(first_output_ends_ttft=name == "tts")
-    step.enter("ttfb")  # until its headers come, a timeout names them
     start_s = step.start - m.start
     try:
         return await run(step)
