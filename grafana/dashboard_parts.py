@@ -102,6 +102,10 @@ AVAILABILITY_THRESHOLDS = ((0.95, "orange"), (0.99, "green"))
 TTFT_THRESHOLDS = ((2.0, "yellow"), (5.0, "red"))
 # Whole (short) answers: the probe's output cap keeps healthy ones well under 5 s.
 DURATION_THRESHOLDS = ((5.0, "yellow"), (13.0, "red"))
+# Time to first audio: past about a second a caller notices the pause; past two it feels broken.
+FIRST_AUDIO_THRESHOLDS = ((1.0, "yellow"), (2.0, "red"))
+# Barge-in: the answer should stop within a few hundred ms of the caller talking over it.
+INTERRUPT_THRESHOLDS = ((0.3, "yellow"), (1.0, "red"))
 
 
 def place(panel: P, title: str, description: str, unit: str,
@@ -204,7 +208,7 @@ VARIABLE_TEXT = {
     "model": ("Model", "The model the provider is asked for; several targets may share one, "
                        "e.g. a REST and a realtime probe of the same model."),
     "target": ("Target", "The target name from the config."),
-    "kind": ("Kind", "The probe kind: rest, realtime or models."),
+    "kind": ("Kind", "The probe kind: rest, realtime, models, voice-chain or conversation."),
 }
 
 

@@ -1,8 +1,8 @@
 """The overview dashboard: every target at a glance, "is anything broken, and whose fault is it?".
 
 Rows, top to bottom: what is broken now; each target over the selected range; failures over
-time; latency; tokens and cost; the daemon's own health. docs/dashboards.md describes each
-panel in words.
+time; latency; voice agents (collapsed); tokens and cost; the daemon's own health.
+docs/dashboards.md describes each panel in words.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
 
 import dashboard_parts as parts
+import voice_panels
 from dashboard_parts import (AVAILABILITY_THRESHOLDS, DURATION_THRESHOLDS, PROVIDER_OUTCOME_REGEX,
                              TTFT_THRESHOLDS, graph, place, query, table_query, thresholds)
 from probe_promql import FAILED, PROBES, ProbeQueries
@@ -193,8 +194,16 @@ def latency_row(board: dash.Dashboard) -> dash.Dashboard:
     return board.with_row(dash.Row("Latency")).with_panel(ttft).with_panel(duration)
 
 
+def voice_row(board: dash.Dashboard) -> dash.Dashboard:
+    """Row 5: time to first audio and turn bands of voice probes; collapsed, as not every
+    deployment has them (the target drill-down has the whole row, stages and barge-in too)."""
+    row = (dash.Row("Voice agents").collapsed(True)
+           .with_panel(voice_panels.first_audio(Q)).with_panel(voice_panels.turn_bands(Q)))
+    return board.with_row(row)
+
+
 def cost_row(board: dash.Dashboard) -> dash.Dashboard:
-    """Row 5: what probing costs, and the daily budget."""
+    """Row 6: what probing costs, and the daily budget."""
     tokens = graph(
         "Tokens per hour",
         "Tokens the providers reported for our probes, per target and direction, as an hourly "
@@ -244,7 +253,7 @@ def budget_skipped() -> stat.Panel:
 
 
 def daemon_row(board: dash.Dashboard) -> dash.Dashboard:
-    """Row 6: the daemon's own health, to rule out "it is us"."""
+    """Row 7: the daemon's own health, to rule out "it is us"."""
     note = (" Daemon-wide metrics have no location label; one series per scraped instance, "
             "not filtered by the variables.")
     up = place(
@@ -305,6 +314,6 @@ def build() -> dash.Dashboard:
     board = board.with_variable(parts.datasource_variable())
     for i, name in enumerate(VARIABLES):
         board = board.with_variable(parts.label_variable(name, VARIABLES[:i]))
-    for row in (now_row, range_row, failures_row, latency_row, cost_row, daemon_row):
+    for row in (now_row, range_row, failures_row, latency_row, voice_row, cost_row, daemon_row):
         board = row(board)
     return board

@@ -13,6 +13,12 @@ from dataclasses import dataclass
 from dashboard_parts import NOT_PROVIDER_JUDGED_REGEX, PROVIDER_OUTCOME_REGEX, matchers
 
 PROBES = "modelwatch_probes_total"
+INFO = "modelwatch_probe_info"
+# The labels that name one probe's series in one scrape, on which a probe histogram joins its
+# modelwatch_probe_info (one per probe: a target has at most one probe of a kind). job and
+# instance keep apart two daemons that probe the same target and set no location; without them
+# the join would find two info series for one bucket series and fail.
+PROBE_KEY = "job, instance, target, kind, location"
 OK = 'outcome="ok"'
 FAILED = 'outcome!="ok"'
 
@@ -56,10 +62,27 @@ class ProbeQueries:
         judged = self.probes(window, f'outcome!~"{NOT_PROVIDER_JUDGED_REGEX}"')
         return f"1 - {failed} / ({judged} > 0)"
 
-    def quantile(self, q: float, histogram: str, window: str, by: str | None = None) -> str:
-        """The ``q`` quantile of ``modelwatch_probe_<histogram>_seconds`` over ``window``."""
+    def quantile(self, q: float, histogram: str, window: str, by: str | None = None, *,
+                 extra: Sequence[str] = (), join: str = "") -> str:
+        """The ``q`` quantile of ``modelwatch_probe_<histogram>_seconds`` over ``window``.
+
+        ``extra`` narrows the buckets (``stage="stt"``); ``join`` (see :meth:`info`) keeps or
+        labels them by their probe's ``modelwatch_probe_info`` before they are summed.
+        """
         return (f"histogram_quantile({q}, sum by ({by or self.by}, le) "
-                f"(rate(modelwatch_probe_{histogram}_seconds_bucket{self.sel()}[{window}])))")
+                f"(rate(modelwatch_probe_{histogram}_seconds_bucket{self.sel(*extra)}[{window}]){join}))")
+
+    def info(self, *extra: str, copy: str = "") -> str:
+        """A join on each probe's ``modelwatch_probe_info``, to append to a per-probe vector.
+
+        Without ``copy``, ``and``: only the probes whose info matches ``extra`` (e.g.
+        ``modality="audio"``) stay, with their own labels. With ``copy``, a multiplication by
+        the info's 1 that copies those info labels (e.g. ``api``) onto each series.
+        """
+        info = f"{INFO}{self.sel(*extra)}"
+        if copy:
+            return f" * on ({PROBE_KEY}) group_left ({copy}) {info}"
+        return f" and on ({PROBE_KEY}) {info}"
 
     def buckets(self, histogram: str, window: str) -> str:
         """Per-bucket counts of a probe histogram, for a heatmap."""

@@ -1,7 +1,8 @@
 """The target drill-down: one target (or one model) in depth, "what exactly is going wrong?".
 
 Rows: now; phases over time; outcomes; realtime vs REST side by side (one column per kind);
-tokens and cost per probe. The overview links here with the target and kind preselected.
+voice agents (time to first audio, chain stages, turn bands, barge-in); tokens and cost per
+probe. The overview links here with the target and kind preselected.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from grafana_foundation_sdk.models import heatmap as heatmap_model
 from grafana_foundation_sdk.models import prometheus as prometheus_model
 
 import dashboard_parts as parts
+import voice_panels
 from dashboard_parts import (AVAILABILITY_THRESHOLDS, DURATION_THRESHOLDS, TTFT_THRESHOLDS, graph,
                              place, query, thresholds)
 from probe_promql import PROBES, ProbeQueries
@@ -152,8 +154,9 @@ def side_by_side_row(board: dash.Dashboard) -> dash.Dashboard:
     legend = "{{target}} · {{model}}"
     ttft = graph(
         "TTFT p50 / p95 · $kind",
-        "Repeated once per selected kind (rest, realtime, models), side by side: pick a Model to "
-        "compare its realtime session's time to first token or audio with its REST stream's. "
+        "Repeated once per selected kind (rest, realtime, models, voice-chain, conversation), "
+        "side by side: pick a Model to compare its realtime session's time to first token or "
+        "audio with its REST stream's. "
         "p50 dashed, p95 solid. `models` checks have no TTFT.",
         "s", [query(per_kind.quantile(0.5, "ttft", "$__rate_interval"), f"{legend} p50", ref="A"),
               query(per_kind.quantile(0.95, "ttft", "$__rate_interval"), f"{legend} p95", ref="B")],
@@ -172,8 +175,17 @@ def side_by_side_row(board: dash.Dashboard) -> dash.Dashboard:
     return board
 
 
+def voice_row(board: dash.Dashboard) -> dash.Dashboard:
+    """Row 5: voice agents: realtime audio beside the REST chain, its stages, turn bands, barge-in."""
+    board = board.with_row(dash.Row("Voice agents"))
+    for panel in (voice_panels.first_audio(Q), voice_panels.chain_stages(Q),
+                  voice_panels.turn_bands(Q), voice_panels.barge_in(Q)):
+        board = board.with_panel(panel)
+    return board
+
+
 def cost_row(board: dash.Dashboard) -> dash.Dashboard:
-    """Row 5: what one probe consumes."""
+    """Row 6: what one probe consumes."""
     tokens = graph(
         "Tokens per probe",
         "Average tokens the provider reported per completed probe, by direction (increase of "
@@ -197,10 +209,10 @@ def build() -> dash.Dashboard:
     board = parts.new_dashboard(
         parts.DRILLDOWN_UID, "modelwatch / Target",
         "One target or model in depth: phases, outcome timeline, realtime vs REST side by side, "
-        "tokens and cost per probe.")
+        "voice agents, tokens and cost per probe.")
     board = board.with_variable(parts.datasource_variable())
     for i, name in enumerate(VARIABLES):
         board = board.with_variable(parts.label_variable(name, VARIABLES[:i]))
-    for row in (now_row, phases_row, outcomes_row, side_by_side_row, cost_row):
+    for row in (now_row, phases_row, outcomes_row, side_by_side_row, voice_row, cost_row):
         board = row(board)
     return board

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -60,6 +61,14 @@ targets:
       probes: [{{kind: realtime}}]}}
   # every run stalls into its 2 s timeout: results come 4 intervals apart, so it is overdue
   - {{name: stuck, provider: sim, model: stall, probes: [{{kind: rest, interval: 500ms, timeout: 2s}}]}}
+  # voice agents, for the Voice agents panels: a realtime audio session beside a REST voice chain,
+  # conversations over the Realtime WebSocket and over REST with history, and barge-in
+  - {{name: voice-rt, provider: sim, model: rt-healthy,
+      probes: [{{kind: realtime, modality: audio}}, {{kind: conversation, api: realtime, turns: 3}}]}}
+  - {{name: voice-chain, provider: sim, model: vc-llm,
+      probes: [{{kind: voice-chain, stt_model: vc-stt, tts_model: vc-tts}}, {{kind: conversation, turns: 3}}]}}
+  - {{name: barge-in, provider: sim, model: rt-barge-in,
+      probes: [{{kind: realtime, modality: audio, interrupt_after: 100ms}}]}}
 """)
     return path
 
@@ -138,6 +147,8 @@ def test_failing_targets_fire_their_alerts_and_healthy_ones_do_not(prometheus):
     by_target = alerts_by_target(prometheus)
     assert "healthy" not in by_target, sorted(by_target.get("healthy", {}))
     assert "realtime" not in by_target, sorted(by_target.get("realtime", {}))
+    for voice in ("voice-rt", "voice-chain"):   # realtime audio, a voice chain, both conversations
+        assert voice not in by_target, (voice, sorted(by_target.get(voice, {})))
     # 429s are reported apart from availability: no provider alert for a rate-limited target.
     assert set(by_target.get("limited", {})) == {"ModelwatchRateLimited"}
     # Every probe a 500: the failure ratio and both burn rates, but no rate limit or config ticket.
@@ -181,3 +192,45 @@ def test_the_probes_overdue_panel_counts_the_stuck_probe(prometheus):
     assert len(result) == 1 and float(result[0]["value"][1]) >= 1, result
     stuck = query(prometheus, 'modelwatch:probe_last_result_age:intervals{target="stuck"} > 3')["data"]["result"]
     assert len(stuck) == 1, "the stalled probe is the one overdue"
+
+
+def panel_results(base: str, title: str, dashboard: str = "modelwatch-target") -> list[list[dict]]:
+    """What each query of one panel returns, in query order."""
+    exprs = [expr for board, panel, expr in panel_cases() if board == dashboard and panel == title]
+    assert exprs, f"{dashboard} has no panel {title!r}"
+    return [query(base, expr)["data"]["result"] for expr in exprs]
+
+
+def measured(result: list[dict], *labels: str) -> set[tuple[str, ...]]:
+    """The label values of the series that hold a number (a quantile of an empty histogram is NaN)."""
+    return {tuple(r["metric"].get(name, "") for name in labels) for r in result
+            if not math.isnan(float(r["value"][1]))}
+
+
+def test_the_voice_panels_show_what_they_say(prometheus):
+    """Returning data is not enough for the voice panels: a quantile of an empty histogram is NaN."""
+    # Time to first audio: the realtime audio session beside the voice chain; the joins keep the
+    # text probes (target realtime, the text conversation of voice-rt) out.
+    for dashboard in ("modelwatch-target", "modelwatch-overview"):
+        for result in panel_results(prometheus, "Time to first audio: realtime vs chain", dashboard):
+            assert {("voice-rt", "realtime"), ("voice-chain", "voice-chain")} <= measured(result, "target", "kind")
+            shown = {(r["metric"]["target"], r["metric"]["kind"]) for r in result}
+            assert not shown & {("realtime", "realtime"), ("voice-rt", "conversation")}, shown
+        # TTFT by turn band: the Realtime and the REST conversation, the api from modelwatch_probe_info
+        (result,) = panel_results(prometheus, "TTFT by turn band: realtime vs REST", dashboard)
+        assert measured(result, "target", "api", "turn_band") == {("voice-rt", "realtime", "1-5"),
+                                                                 ("voice-chain", "chat", "1-5")}
+    # Voice chain stages: one query per stage, in the order the chain runs them
+    stages = panel_results(prometheus, "Voice chain stages")
+    assert [measured(result, "target", "stage") for result in stages] == [
+        {("voice-chain", "stt")}, {("voice-chain", "llm")}, {("voice-chain", "tts")}]
+
+
+def test_the_barge_in_probe_is_acknowledged(prometheus):
+    """The barge-in probe succeeds (cancel acknowledged, the item truncated, no audio after) and its
+    acknowledgement time reaches the Barge-in panel. Needs the simulator's barge-in support
+    (conversation.item.truncate, cancel_ms)."""
+    outcomes = query(prometheus, 'sum by (outcome) (increase(modelwatch_probes_total{target="barge-in"}[1m])) > 0')
+    assert {r["metric"]["outcome"] for r in outcomes["data"]["result"]} == {"ok"}, outcomes["data"]["result"]
+    for result in panel_results(prometheus, "Barge-in acknowledgement"):
+        assert measured(result, "target", "kind") == {("barge-in", "realtime")}
