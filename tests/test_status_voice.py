@@ -325,3 +325,23 @@ def test_an_index_without_audio_probes_has_no_comparison(db_path):
     snap = site.refresh(NOW)
     assert snap["first_audio"] == {"window": "24h", "probes": []}
     assert "first-audio" not in site.answer("/", {}).body.decode()
+
+
+def test_the_config_tells_the_page_what_each_probes_ttft_times(tmp_path):
+    from modelwatch.config import load_config
+    from modelwatch.status.service import series_from
+
+    path = tmp_path / "modelwatch.yaml"
+    path.write_text(
+        "providers: {openai: {type: openai, base_url: 'http://127.0.0.1:9/v1', api_key: sk-test}}\n"
+        "targets:\n"
+        "  - {name: chain, provider: openai, model: gpt-4o-mini, probes: [{kind: voice-chain, "
+        "stt_model: gpt-4o-mini-transcribe, tts_model: gpt-4o-mini-tts}]}\n"
+        "  - {name: rt, provider: openai, model: gpt-4o-mini-realtime-preview, probes: ["
+        "{kind: realtime, modality: audio}, {kind: rest}]}\n"
+        "  - {name: conv, provider: openai, model: gpt-4o-mini-realtime-preview, probes: ["
+        "{kind: conversation, api: realtime, modality: audio, turns: 3}]}\n")
+    series = series_from(load_config(path).jobs)
+    assert [(s.target, s.kind, s.modality) for s in series] == [
+        ("chain", "voice-chain", "audio"), ("rt", "realtime", "audio"), ("rt", "rest", "text"),
+        ("conv", "conversation", "audio")]

@@ -99,7 +99,7 @@ class VoiceTracker:
         # One pass over the new rows (a rowid range), filtered by SQLite: few come back.
         for target, kind, ts, interrupt, audio_tokens in conn.execute(
                 "SELECT target, kind, ts, interrupt_s, output_audio_tokens FROM probe_results "
-                "WHERE id > ? AND id <= ? AND outcome = 'ok' AND ts >= ? "
+                "WHERE id > ? AND id <= ? AND outcome = 'ok' AND +ts >= ? "  # +: the id range, never the ts index
                 "AND (interrupt_s IS NOT NULL OR output_audio_tokens > 0)", [lo, hi, since_ts]):
             key = (target, kind)
             if interrupt is not None:
