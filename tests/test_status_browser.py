@@ -394,3 +394,86 @@ def test_screenshots(site, tmp_path):
         assert png_size(path)[0] == width, name
         assert path.stat().st_size > 5000, name  # a page, not a blank
     assert png_size(shots["status-embed.png"][0]) == (420, 260)
+
+
+# --- voice figures (issue 13 point 7), from a database the store wrote ----------------------------
+
+class _SiteServer(http.server.ThreadingHTTPServer):
+    """The status site of one snapshot, served with the daemon's Content-Security-Policy."""
+
+    def __init__(self, status_site) -> None:  # noqa: ANN001 - a modelwatch.status.site.Site
+        self.status_site = status_site
+        super().__init__(("127.0.0.1", 0), _SiteHandler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _SiteHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        from urllib.parse import parse_qsl, urlsplit
+
+        from modelwatch.status.service import BASE_CSP
+
+        parts = urlsplit(self.path)
+        answer = self.server.status_site.answer(parts.path, dict(parse_qsl(parts.query)))
+        self.send_response(answer.status)
+        self.send_header("Content-Type", answer.content_type)
+        self.send_header("Content-Length", str(len(answer.body)))
+        self.send_header("Content-Security-Policy", f"{BASE_CSP}; frame-ancestors 'none'")
+        self.end_headers()
+        self.wfile.write(answer.body)
+
+    def log_message(self, *args) -> None:  # noqa: ANN002
+        pass
+
+
+def test_voice_figures_in_a_real_browser(db_path, tmp_path):
+    """Stage, turn-band and interrupt tables and the first-audio comparison: shown, escaped, no CSP error."""
+    from test_status_voice import BARGE, CHAIN, CONV, HOSTILE, SERIES, write_voice_db
+    from test_status_snapshot import NOW
+
+    from modelwatch.status import html
+    from modelwatch.status.site import Site as StatusSite
+    from modelwatch.status.snapshot import Settings, SnapshotBuilder
+
+    require_chromium()
+    write_voice_db(db_path)
+    status_site = StatusSite(SnapshotBuilder(db_path, Settings(), SERIES))
+    snap = status_site.refresh(NOW)
+    server = _SiteServer(status_site)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with chrome(js=True, width=1280, height=900) as driver:
+            driver.get(server.url + "/")
+            rows = driver.find_elements("css selector", "#first-audio tr.first-audio-probe")
+            expected = snap["first_audio"]["probes"]
+            assert [(r.get_attribute("data-target"), r.get_attribute("data-kind")) for r in rows] == \
+                [(e["target"], e["kind"]) for e in expected]
+            for row, e in zip(rows, expected):
+                assert row.find_element("css selector", "td[data-figure='ttft_p50']").text == \
+                    html.fmt_latency(e["ttft_p50_s"])
+            assert HOSTILE in driver.find_element("css selector", "#first-audio").text  # as text
+            assert driver.find_elements("css selector", "#first-audio b") == []
+            full_page(driver, 1280)
+            index_shot = _save(driver, tmp_path, "status-first-audio.png")
+            for path in (f"/targets/{CHAIN}/", f"/targets/{BARGE}/", "/targets/" + CONV.replace("&", "%26") + "/"):
+                driver.get(server.url + path)
+                assert driver.find_elements("css selector", ".probe table.voice"), path
+            driver.get(f"{server.url}/targets/{CHAIN}/")
+            stages = driver.find_element("css selector", "table.voice.stages[data-kind='voice-chain']")
+            assert stages.is_displayed()
+            assert [r.get_attribute("data-stage") for r in stages.find_elements("css selector", "tbody tr")] == \
+                ["stt", "llm", "tts"]
+            # the table stays inside its kind's column
+            column = driver.find_element("css selector", "#kinds .probe[data-kind='voice-chain']")
+            assert stages.rect["x"] + stages.rect["width"] <= column.rect["x"] + column.rect["width"] + 1
+            logs = driver.get_log("browser")
+            assert not [e for e in logs if e["level"] == "SEVERE"], logs
+            assert not [e for e in logs if "Content Security Policy" in e["message"]], logs
+            set_viewport(driver, 1280, 900)
+            full_page(driver, 1280)
+            shot = _save(driver, tmp_path, "status-voice.png")
+        for path in (shot, index_shot):
+            assert png_size(path)[0] == 1280 and path.stat().st_size > 5000, path.name
+    finally:
+        server.shutdown()
+        server.server_close()

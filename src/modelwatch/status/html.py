@@ -40,6 +40,16 @@ The contract for browser tests (stable ids, classes and data attributes):
 - ``#incidents`` holds ``tr.incident[data-target][data-kind][data-ongoing][data-attribution]``.
 - ``a.back`` (target page) goes to ``{root}``; ``a.details`` (embed) opens the target page in a
   new tab.
+- Voice figures (target page), inside the kind's ``.probe``, windows ``24h`` and ``7d`` (the
+  JSON has all four): ``table.voice.stages[data-kind]`` (voice chain) with one
+  ``tr[data-stage]`` per stage (``stt``, ``llm``, ``tts``); ``table.voice.turn-bands[data-kind]``
+  (conversation) with one ``tr[data-band]`` per band; ``table.voice.interrupt[data-kind]``
+  (barge-in). Their cells ``td[data-window]`` hold ``span[data-figure=p50]`` and
+  ``span[data-figure=p95]`` and ``span.n`` (how many values), or are ``td.no-data`` ("No
+  measurements yet", fewer than ``min_runs`` values).
+- ``#first-audio`` (index, when some probe's TTFT is a first audio) holds ``table.first-audio``
+  with one ``tr.first-audio-probe[data-target][data-kind][data-basis]`` per probe, fastest 24 h
+  P50 first, cells ``td[data-figure]`` (``ttft_p50``, ``ttft_p95``, ``runs``) or ``td.no-data``.
 """
 
 from __future__ import annotations
@@ -302,14 +312,14 @@ def _index_figures(probe: dict, window_name: str) -> str:
     return f"<p class=\"figures\" data-window=\"{esc(name)}\">{' '.join(figures)}</p>\n"
 
 
-def _probe_block(target: dict, probe: dict, head_tag: str, figures: str) -> str:
-    """A probe's block: its kind and state in ``head_tag``, ``figures``, our side, strip and bars."""
+def _probe_block(target: dict, probe: dict, head_tag: str, figures: str, extra: str = "") -> str:
+    """A probe's block: its kind and state in ``head_tag``, ``figures``, our side, strip, bars, ``extra``."""
     s = state_of(probe.get("state"))
     return (
         f"<div class=\"probe\" data-target=\"{esc(target.get('target'))}\" "
         f"data-kind=\"{esc(probe.get('kind'))}\" data-state=\"{s}\">\n"
         f"<{head_tag} class=\"probe-head\"><span class=\"kind\">{esc(probe.get('kind'))}</span> "
-        f"{_state(s)}</{head_tag}>\n{figures}{_our_side(probe)}{_strip(probe)}{_bars(probe)}</div>\n"
+        f"{_state(s)}</{head_tag}>\n{figures}{_our_side(probe)}{_strip(probe)}{_bars(probe)}{extra}</div>\n"
     )
 
 
@@ -368,7 +378,7 @@ def render_index(snapshot: dict, root: str = "", page: int = 1, per_page: int = 
     pager = _pager(root, page, pages, (first + 1, first + len(chosen)), len(every))
     body = (
         _banner(snapshot, esc(title), snapshot.get("state"))
-        + f"<main>\n{_legend()}{pager}<section id=\"targets\">\n{targets}</section>\n{pager}"
+        + f"<main>\n{_first_audio(snapshot, root)}{_legend()}{pager}<section id=\"targets\">\n{targets}</section>\n{pager}"
         + _incidents(snapshot.get("incidents") or [], root, "Incidents")
         + "</main>\n" + _footer(root, "api/v1/status.json")
     )
@@ -479,9 +489,105 @@ def _last_run(run: dict | None) -> str:
     return _fig("last_run", text)
 
 
-def _target_probe(target: dict, probe: dict) -> str:
-    """One kind's column on the target page: state, last run, recent strip, daily bars."""
-    return _probe_block(target, probe, "h2", f"<p class=\"figures\">{_last_run(probe.get('last_run'))}</p>\n")
+def _target_probe(target: dict, probe: dict, min_runs: int) -> str:
+    """One kind's column on the target page: state, last run, recent strip, daily bars, voice figures."""
+    return _probe_block(target, probe, "h2", f"<p class=\"figures\">{_last_run(probe.get('last_run'))}</p>\n",
+                        _voice_tables(probe, min_runs))
+
+
+# --- voice figures (target page) and time to first audio (index) ------------------------------
+
+VOICE_WINDOWS = ("24h", "7d")  # on the page; the JSON has every window
+STAGE_LABELS = {"stt": "Speech to text (whole transcript)", "llm": "LLM (whole answer)",
+                "tts": "Text to speech (first audio)"}
+BASIS_LABELS = {"config": "modality: audio", "kind": "voice chain", "audio_tokens": "audio output seen"}
+KIND_LABELS = {"voice-chain": "chain: stt → llm → tts", "realtime": "realtime",
+               "conversation": "conversation, turn 1"}
+
+
+def _p50_p95(figure: dict | None, count: str, noun: str, min_runs: int, attrs: str) -> str:
+    """One cell: "P50 / P95 (n noun)", or No measurements yet below ``min_runs`` values."""
+    figure = figure or {}
+    n = figure.get(count) or 0
+    if n < min_runs:
+        return f"<td {attrs} class=\"no-data\">{NO_DATA}</td>"
+    return (f"<td {attrs}><span data-figure=\"p50\">{esc(fmt_latency(figure.get('p50_s')))}</span> / "
+            f"<span data-figure=\"p95\">{esc(fmt_latency(figure.get('p95_s')))}</span> "
+            f"<span class=\"n\">({n} {noun})</span></td>")
+
+
+def _voice_table(probe: dict, css: str, caption: str, head: str,
+                 rows: list[tuple[str, str, str, dict]], count: str, noun: str, min_runs: int) -> str:
+    """A small table: one row per (attribute, value, label, {window: figure}), P50 / P95 per window."""
+    kind = esc(probe.get("kind"))
+    heads = "".join(f"<th scope=\"col\" data-window=\"{w}\">P50 / P95 · {w}</th>" for w in VOICE_WINDOWS)
+    body = "".join(
+        f"<tr {attr}=\"{esc(value)}\"><th scope=\"row\">{esc(label)}</th>"
+        + "".join(_p50_p95(per.get(w), count, noun, min_runs,
+                           f"data-kind=\"{kind}\" data-window=\"{w}\" {attr}=\"{esc(value)}\"")
+                  for w in VOICE_WINDOWS) + "</tr>\n"
+        for attr, value, label, per in rows)
+    return (f"<div class=\"scroll\"><table class=\"voice {css}\" data-kind=\"{kind}\">\n<caption>{caption}</caption>\n"
+            f"<thead><tr><th scope=\"col\">{head}</th>{heads}</tr></thead>\n<tbody>\n{body}</tbody>\n</table></div>\n")
+
+
+def _voice_tables(probe: dict, min_runs: int) -> str:
+    """A voice chain's stages, a conversation's turn bands, barge-in times (what the probe has)."""
+    out = ""
+    stages = probe.get("stages")
+    if isinstance(stages, dict):
+        rows = [("data-stage", stage, STAGE_LABELS.get(stage, stage),
+                 {w: (stages.get(w) or {}).get(stage) for w in VOICE_WINDOWS}) for stage in STAGE_LABELS]
+        out += _voice_table(probe, "stages", "What each stage adds to the time to first audio (ok runs)",
+                            "Stage", rows, "runs", "runs", min_runs)
+    bands = probe.get("turn_bands")
+    if isinstance(bands, dict):
+        names = list(dict.fromkeys(b for w in bands.values() if isinstance(w, dict) for b in w))
+        rows = [("data-band", band, f"Turns {band}", {w: (bands.get(w) or {}).get(band) for w in VOICE_WINDOWS})
+                for band in names]
+        out += _voice_table(probe, "turn-bands", "TTFT of each turn by band of turns (ok runs)",
+                            "Turns", rows, "turns", "turns", min_runs)
+    interrupt = probe.get("interrupt")
+    if isinstance(interrupt, dict):
+        rows = [("data-figure", "interrupt", "Cancel sent → acknowledged",
+                 {w: interrupt.get(w) for w in VOICE_WINDOWS})]
+        out += _voice_table(probe, "interrupt", "Barge-in (ok runs)", "Interrupt", rows, "runs", "runs", min_runs)
+    return out
+
+
+def _first_audio_row(entry: dict, root: str) -> str:
+    """One probe of the comparison: target, how its TTFT is made, 24 h P50, P95 and runs."""
+    name, kind = entry.get("target"), entry.get("kind")
+    basis = entry.get("basis") or "config"
+    attrs = f"data-target=\"{esc(name)}\" data-kind=\"{esc(kind)}\""
+    if entry.get("enough_data"):
+        cells = (f"<td {attrs} data-figure=\"ttft_p50\">{esc(fmt_latency(entry.get('ttft_p50_s')))}</td>"
+                 f"<td {attrs} data-figure=\"ttft_p95\">{esc(fmt_latency(entry.get('ttft_p95_s')))}</td>")
+    else:
+        cells = f"<td {attrs} class=\"no-data\" colspan=\"2\">{NO_DATA}</td>"
+    return (f"<tr class=\"first-audio-probe\" {attrs} data-basis=\"{esc(basis)}\">"
+            f"<td><a href=\"{target_href(root, name)}\">{esc(name)}</a> "
+            f"<span class=\"meta\">{esc(entry.get('model'))}</span></td>"
+            f"<td>{esc(KIND_LABELS.get(kind, kind))}</td>"
+            f"<td>{_state(entry.get('state'))}</td>{cells}"
+            f"<td {attrs} data-figure=\"runs\">{esc(entry.get('runs', 0))}</td></tr>\n")
+
+
+def _first_audio(snapshot: dict, root: str) -> str:
+    """Time to first audio: realtime audio probes, voice chains and audio conversations side by side."""
+    found = snapshot.get("first_audio") or {}
+    entries = found.get("probes") or []
+    if not entries:
+        return ""
+    window = esc(found.get("window") or INDEX_WINDOW)
+    rows = "".join(_first_audio_row(entry, root) for entry in entries)
+    return (f"<section id=\"first-audio\" data-window=\"{window}\">\n<h2>Time to first audio · {window}</h2>\n"
+            "<p class=\"meta\">From the request to the first audio of the spoken answer: a realtime session "
+            "against a chain of speech to text, LLM and text to speech. Fastest P50 first; ok runs.</p>\n"
+            "<div class=\"scroll\"><table class=\"first-audio\">\n<thead><tr><th scope=\"col\">Target</th>"
+            f"<th scope=\"col\">How</th><th scope=\"col\">State</th><th scope=\"col\">P50 · {window}</th>"
+            f"<th scope=\"col\">P95 · {window}</th><th scope=\"col\">Runs · {window}</th></tr></thead>\n"
+            f"<tbody>\n{rows}</tbody>\n</table></div>\n</section>\n")
 
 
 def render_target(snapshot: dict, target: dict, root: str = "../../") -> str:
@@ -490,7 +596,8 @@ def render_target(snapshot: dict, target: dict, root: str = "../../") -> str:
     probes = target.get("probes") or []
     meta = f"<p class=\"meta\">{esc(target.get('provider'))} · {esc(target.get('model'))}</p>\n"
     back = f"<nav><a class=\"back\" href=\"{esc(root) or './'}\">\u2190 All targets</a></nav>\n"
-    columns = "".join(_target_probe(target, probe) for probe in probes)
+    min_runs = max(1, int(snapshot.get("min_runs") or 0))
+    columns = "".join(_target_probe(target, probe, min_runs) for probe in probes)
     tables = "".join(_window_table(probes, w) for w in snapshot.get("windows") or ("24h", "7d", "30d", "90d"))
     incidents = [incident for probe in probes for incident in probe.get("incidents") or []]
     body = (

@@ -206,8 +206,12 @@ def settings_from(status) -> Settings:  # noqa: ANN001 - config.StatusConfig
 
 
 def series_from(jobs) -> list[Series]:  # noqa: ANN001 - ProbeJob sequence
-    """The probes the page shows: every configured probe, targets and kinds in config order."""
-    return [Series(job.target, job.probe.kind, job.provider_name, job.model) for job in jobs]
+    """The probes the page shows: every configured probe, targets and kinds in config order, each
+    with what its ttft_s times (``modality``: a first audio or a first token, as the metrics say)."""
+    from modelwatch.probes import probe_info  # the probe registry: only where a config is read
+
+    return [Series(job.target, job.probe.kind, job.provider_name, job.model, probe_info(job)["modality"])
+            for job in jobs]
 
 
 def for_config(config, db_path: str | None = None, metrics=None) -> StatusService:  # noqa: ANN001

@@ -44,6 +44,7 @@ from modelwatch.status import badges, html
 from modelwatch.status.snapshot import WINDOWS, SnapshotBuilder, Tally, day_rollups, rollup_rows
 
 METRICS = ("availability", "ttft_p50", "ttft_p95")
+VOICE_KEYS = ("stages", "turn_bands", "interrupt")  # a probe has those its kind has (status.voice)
 GRAINS = {"hour": (3600, 31 * 86400.0, 86400.0), "day": (86400, 400 * 86400.0, 90 * 86400.0)}
 STATIC = {"status.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml"}
 HTML_TYPE = "text/html; charset=utf-8"
@@ -305,19 +306,24 @@ def _probe_and_window(target: dict, query: dict) -> tuple[dict, str] | Answer:
 
 
 def api_status(snapshot: dict) -> dict:
-    """The JSON of ``/``: DESIGN.md's keys (the page's strips and bars are in the target JSON)."""
+    """The JSON of ``/``: DESIGN.md's keys (the page's strips and bars are in the target JSON), and
+    ``first_audio``: the probes whose ttft_s is a first audio, by 24 h P50."""
     return {"as_of": snapshot["as_of"], "state": snapshot["state"], "targets": [
         {"target": t["target"], "provider": t["provider"], "model": t["model"], "state": t["state"],
          "probes": [{"kind": p["kind"], "state": p["state"], "last_run": p["last_run"],
                      "windows": p["windows"]} for p in t["probes"]]}
-        for t in snapshot["targets"]]}
+        for t in snapshot["targets"]],
+        "first_audio": snapshot.get("first_audio") or {"window": "24h", "probes": []}}
 
 
 def api_target(snapshot: dict, target: dict) -> dict:
-    """The JSON of ``/targets/{target}``: every probe with its daily entries and incidents."""
+    """The JSON of ``/targets/{target}``: every probe with its daily entries and incidents, what its
+    ttft_s times (``first_audio``) and the voice figures of its kind."""
     return {"as_of": snapshot["as_of"], **{k: target[k] for k in ("target", "provider", "model", "state")},
-            "probes": [{k: p[k] for k in ("kind", "state", "last_run", "windows", "daily", "incidents",
-                                          "recent", "our_side")} for p in target["probes"]]}
+            "probes": [{**{k: p[k] for k in ("kind", "state", "last_run", "windows", "daily", "incidents",
+                                             "recent", "our_side")},
+                        "first_audio": p.get("first_audio"), **{k: p[k] for k in VOICE_KEYS if k in p}}
+                       for p in target["probes"]]}
 
 
 def _history(db_path: str, target: str, kind: str, grain: str, since: float, until: float,

@@ -12,6 +12,9 @@ Where each figure comes from, so that a refresh costs about the same at 1,000 ta
 - The last runs (strip, last run, current state) and the incidents come from the raw rows,
   read once and then only the rows written since the last refresh
   (:mod:`modelwatch.status.incidents`).
+- Voice figures (a voice chain's stages, a conversation's turn bands, barge-in times, and which
+  probes time a first audio) come from the raw rows and their stage and turn rows, read the
+  same way: once, then only what was written since (:mod:`modelwatch.status.voice`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from modelwatch import figures, rollups
 from modelwatch.figures import iso
 from modelwatch.report import has_table
+from modelwatch.status import voice
 from modelwatch.status.incidents import IncidentTracker, Rules
 
 WINDOWS = {"24h": ("hour", 24), "7d": ("day", 7), "30d": ("day", 30), "90d": ("day", 90)}
@@ -45,6 +49,9 @@ class Series:
     kind: str
     provider: str
     model: str
+    # What the probe's ttft_s times: "audio" (a first audio) or "text" (a first token), from the
+    # config (probes.probe_info); None when the page has no config: then the database decides.
+    modality: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,6 +235,7 @@ class SnapshotBuilder:
         self._bars_day: int | None = None
         self._dates: dict[int, str] = {}
         self._incidents = IncidentTracker(_rules(self.settings), max(RECENT_RUNS, self.settings.state_runs))
+        self._voice = voice.VoiceTracker()
 
     def configure(self, settings: Settings, series: Sequence[Series] | None) -> None:
         """New settings or probes (a reload); with new settings everything is read again."""
@@ -245,15 +253,18 @@ class SnapshotBuilder:
             self._days.read(conn, *day_rollups(conn), now)
             series = self.series if self.series is not None else _series_in(conn, self._days, self._hours)
             self._incidents.scan(conn, now - DAYS * DAY_S)
+            self._voice.scan(conn, self._days.current - (WINDOWS["90d"][1] - 1) * DAY_S)
         finally:
             conn.close()
         targets = [self._target(group, now) for group in _by_target(series)]
         probes = [p for t in targets for p in t["probes"]]
+        audio = [voice.first_audio_entry(t, p) for t in targets for p in t["probes"] if p["first_audio"]]
         return {"as_of": iso(now), "title": self.settings.title,
                 "state": figures.worst([p["state"] for p in probes]),
                 "windows": list(WINDOWS), "min_runs": self.settings.min_runs,
                 "thresholds": self.settings.threshold_map, "targets": targets,
-                "incidents": self._incidents.incidents(now)}
+                "incidents": self._incidents.incidents(now),
+                "first_audio": voice.comparison(audio)}
 
     def _target(self, group: list[Series], now: float) -> dict:
         first = group[0]
@@ -263,10 +274,11 @@ class SnapshotBuilder:
 
     def _probe(self, s: Series, now: float) -> dict:
         settings, key = self.settings, (s.target, s.kind)
-        windows = {}
+        windows, starts = {}, {}
         for name, (grain, _n) in WINDOWS.items():
             start, tally = (self._hours if grain == "hour" else self._days).window(key, name)
             windows[name] = tally.window(start, now, settings.min_runs)
+            starts[name] = start
         recent = self._incidents.recent(s.target, s.kind, now - DAY_S)
         deciding = recent[-settings.state_runs:]
         decided = figures.counts(_outcome_counts(deciding))
@@ -278,7 +290,23 @@ class SnapshotBuilder:
                 "our_side": {"errors": decided["our_errors"], "outcomes": ours},
                 "windows": windows,
                 "daily": self._daily(key),
-                "incidents": self._incidents.incidents(now, s.target, s.kind)}
+                "incidents": self._incidents.incidents(now, s.target, s.kind),
+                **self._voice_figures(s, starts)}
+
+    def _voice_figures(self, s: Series, starts: dict[str, float]) -> dict:
+        """``first_audio`` (why the probe's ttft_s is a first audio, or None) and the voice keys
+        its kind has: ``stages``, ``turn_bands``, ``interrupt`` (:mod:`modelwatch.status.voice`)."""
+        key, tracker = (s.target, s.kind), self._voice
+        found: dict = {"first_audio": voice.first_audio_basis(
+            s.kind, s.modality, tracker.audio_since(key, starts[voice.FIRST_AUDIO_WINDOW]))}
+        if s.kind == voice.VOICE_CHAIN:
+            found["stages"] = tracker.stages(key, starts)
+        elif s.kind == voice.CONVERSATION:
+            found["turn_bands"] = tracker.turn_bands(key, starts)
+        interrupt = tracker.interrupt(key, starts)
+        if interrupt is not None:
+            found["interrupt"] = interrupt
+        return found
 
     def _daily(self, key: tuple[str, str]) -> list[dict]:
         """90 bars, oldest first: the settled ones made once a day, yesterday's and today's each time."""
