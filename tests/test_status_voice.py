@@ -169,6 +169,8 @@ def test_interrupt_times_of_a_barge_in_probe_and_none_elsewhere(db_path):
         assert interrupt[window] == expect(values, "runs"), window
     assert "interrupt" not in probe_of(snap, AUDIO_RT, "realtime")
     assert "stages" not in probe_of(snap, BARGE, "realtime") and "turn_bands" not in probe_of(snap, BARGE, "realtime")
+    # read through the config's audio probes (their index) or through every raw row: the same figures
+    assert probe_of(build(db_path, series=None), BARGE, "realtime")["interrupt"] == interrupt
 
 
 def test_time_to_first_audio_compares_the_audio_probes_by_their_24h_p50(db_path):

@@ -253,7 +253,10 @@ class SnapshotBuilder:
             self._days.read(conn, *day_rollups(conn), now)
             series = self.series if self.series is not None else _series_in(conn, self._days, self._hours)
             self._incidents.scan(conn, now - DAYS * DAY_S)
-            self._voice.scan(conn, self._days.current - (WINDOWS["90d"][1] - 1) * DAY_S)
+            # With a config, the probes that can interrupt are known: the first scan reads theirs alone.
+            audio_keys = None if self.series is None else [
+                (s.target, s.kind) for s in self.series if s.kind == "realtime" and s.modality == "audio"]
+            self._voice.scan(conn, self._days.current - (WINDOWS["90d"][1] - 1) * DAY_S, audio_keys)
         finally:
             conn.close()
         targets = [self._target(group, now) for group in _by_target(series)]

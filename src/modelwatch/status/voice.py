@@ -27,7 +27,7 @@ of the detail tables the rest), every later one only the ids written since.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from modelwatch import figures
 from modelwatch.outcomes import TURN_BANDS, turn_band
@@ -57,9 +57,14 @@ class VoiceTracker:
         self._audio: dict[Key, float] = {}  # newest start of an ok run with output audio tokens
         self._kept_since = float("-inf")
 
-    def scan(self, conn: sqlite3.Connection, since_ts: float) -> int:
+    def scan(self, conn: sqlite3.Connection, since_ts: float, audio_keys: Sequence[Key] | None = None) -> int:
         """Read what was written since the last scan (the first reads from ``since_ts``); forget
-        values that started before ``since_ts``. Return how many values were read."""
+        values that started before ``since_ts``. Return how many values were read.
+
+        ``audio_keys``: the probes that can interrupt (realtime, audio), when a config says which:
+        the first scan then reads their rows alone, through the (target, kind, ts) index, instead
+        of every raw row of the window.
+        """
         if not has_table(conn, "probe_stages"):  # a database from before the voice kinds (m007)
             return 0
         hi = conn.execute("SELECT max(id) FROM probe_results").fetchone()[0] or 0
@@ -70,13 +75,15 @@ class VoiceTracker:
             lo = first[0] - 1 if first else hi
         seen = 0
         if hi > lo:
-            seen = self._read(conn, lo, hi, since_ts)
+            first = self._after_id is None and audio_keys is not None
+            seen = self._read(conn, lo, hi, since_ts, audio_keys if first else None)
         self._after_id = max(hi, lo)
         if since_ts > self._kept_since:
             self._forget_before(since_ts)
         return seen
 
-    def _read(self, conn: sqlite3.Connection, lo: int, hi: int, since_ts: float) -> int:
+    def _read(self, conn: sqlite3.Connection, lo: int, hi: int, since_ts: float,
+              audio_keys: Sequence[Key] | None) -> int:
         seen = 0
         # Stage and turn rows through their probe_id index, each joined to its probe's row by id.
         for target, kind, ts, stage, ttft, duration in conn.execute(
@@ -96,11 +103,17 @@ class VoiceTracker:
             if ttft is not None and isinstance(turn, int) and turn >= 1:
                 self._turns.setdefault((target, kind), {}).setdefault(turn_band(turn), []).append((ts, ttft))
                 seen += 1
-        # One pass over the new rows (a rowid range), filtered by SQLite: few come back.
-        for target, kind, ts, interrupt, audio_tokens in conn.execute(
+        if audio_keys is not None:  # the config named the probes that can have these: read theirs alone
+            rows = [row for target, kind in audio_keys for row in conn.execute(
+                "SELECT target, kind, ts, interrupt_s, output_audio_tokens FROM probe_results "
+                "WHERE target = ? AND kind = ? AND ts >= ? AND id > ? AND id <= ? AND outcome = 'ok' "
+                "AND (interrupt_s IS NOT NULL OR output_audio_tokens > 0)", [target, kind, since_ts, lo, hi])]
+        else:  # one pass over the new rows (a rowid range), filtered by SQLite: few come back
+            rows = conn.execute(
                 "SELECT target, kind, ts, interrupt_s, output_audio_tokens FROM probe_results "
                 "WHERE id > ? AND id <= ? AND outcome = 'ok' AND +ts >= ? "  # +: the id range, never the ts index
-                "AND (interrupt_s IS NOT NULL OR output_audio_tokens > 0)", [lo, hi, since_ts]):
+                "AND (interrupt_s IS NOT NULL OR output_audio_tokens > 0)", [lo, hi, since_ts])
+        for target, kind, ts, interrupt, audio_tokens in rows:
             key = (target, kind)
             if interrupt is not None:
                 self._interrupts.setdefault(key, []).append((ts, interrupt))
