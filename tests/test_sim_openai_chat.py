@@ -602,7 +602,8 @@ def test_request_log_lists_and_clears():
 def test_bundled_demo_scenario():
     scenario = default_scenario()
     assert set(scenario.models) == {"gpt-4o-mini", "flaky-model", "slow-model", "gpt-4o-mini-realtime-preview",
-                                    "claude-haiku-4-5", "gemini-2.5-flash", "gemini-live-2.5-flash-preview"}
+                                    "claude-haiku-4-5", "gemini-2.5-flash", "gemini-live-2.5-flash-preview",
+                                    "gpt-4o-mini-transcribe", "gpt-4o-mini-tts"}
     assert scenario.default is None and scenario.keys == []
     assert scenario.models["flaky-model"].errors == {"server_error": 0.10, "overloaded": 0.05,
                                                      "rate_limited": 0.03}
