@@ -201,7 +201,7 @@ def main() -> None:
                             "daemon CPU % of a core", "simulator CPU % of a core",
                             "reading error vs sim actual, ms p50 / p95 / p99 / max", "loop lag p99, ms"], rows)
     head = (f"Run: {time.strftime('%Y-%m-%d')}; {cpu_model()}; Python {sys.version.split()[0]}; "
-            f"modelwatch {code_version()}.  \nCommand: `python bench/voice_kinds.py {' '.join(sys.argv[1:])}`")
+            f"{code_version()}.  \nCommand: `python bench/voice_kinds.py {' '.join(sys.argv[1:])}`")
     print(table)
     if args.write:
         replace_section(DOC, MARKER, head + "\n\n" + table)

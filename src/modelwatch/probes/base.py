@@ -40,7 +40,8 @@ from contextvars import ContextVar
 import aiohttp
 
 from modelwatch.job import ProbeJob
-from modelwatch.outcomes import LocalFault, Outcome, ProbeFailure, ProbeResult, StageTiming, TurnTiming, storable_text
+from modelwatch.outcomes import (LocalFault, Outcome, ProbeFailure, ProbeResult, StageTiming, TurnTiming,
+                                 storable_text)
 from modelwatch.pricing import probe_cost_usd
 from modelwatch.probes.http import read_body, request_id_from
 from modelwatch.secrets import redact, short_error
@@ -60,7 +61,8 @@ class Measurement:
     __slots__ = ("start", "phase", "connect_s", "ttfb_s", "ttft_s", "duration_s", "http_status",
                  "input_tokens", "output_tokens", "input_audio_tokens", "output_audio_tokens",
                  "request_id", "bytes_read", "byte_limit", "budget", "websocket", "handshake_body",
-                 "stage", "stages", "turns", "interrupt_s", "cost_usd", "parent", "budget_phase", "first_output_ends_ttft", "_scope")
+                 "stage", "stages", "turns", "interrupt_s", "cost_usd", "parent", "budget_phase",
+                 "first_output_ends_ttft", "_scope")
 
     def __init__(self, budget: Budget, byte_limit: int) -> None:
         self.start = time.perf_counter()

@@ -82,30 +82,56 @@ def _headers(job: ProbeJob, accept: str) -> dict[str, str]:
             **openai_auth(job)}
 
 
-class TranscriptStream:
-    """A streamed transcription (``transcript.text.delta`` ... ``transcript.text.done``), fed SSE events."""
+class _SpeechStream:
+    """What both speech endpoints stream: data-only SSE of typed JSON events, usage on the last one."""
 
-    __slots__ = ("finished", "parts", "text", "usage")
+    __slots__ = ("finished", "usage")
+    DONE = ""  # the terminal event's type
 
     def __init__(self) -> None:
         self.finished = False
-        self.parts: list[str] = []
-        self.text: str | None = None
         self.usage: dict = {}
 
-    def feed(self, data: str, event: str = "") -> bool:
-        """Consume one event; True if it carried transcript text."""
+    def _event(self, data: str, event: str) -> tuple[Any, dict]:
+        """The event's type and body; an error event raises its classified failure, the terminal
+        event is taken in (finished, usage)."""
         obj = _json_event(data)
         kind = obj.get("type")
         if event == "error" or kind == "error" or obj.get("error"):
             raise ProbeFailure(*classify_openai_error(None, obj))
+        if kind == self.DONE:
+            self.finished = True
+            self.usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
+        return kind, obj
+
+    def tokens(self) -> tuple[int | None, int | None]:
+        return as_int(self.usage.get("input_tokens")), as_int(self.usage.get("output_tokens"))
+
+    def _verdict(self, has_output: bool, nothing: str) -> ProbeFailure | None:
+        if not self.finished:
+            return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_terminator", f"stream ended without {self.DONE}")
+        return None if has_output else ProbeFailure(Outcome.PROTOCOL_ERROR, "no_content", nothing)
+
+
+class TranscriptStream(_SpeechStream):
+    """A streamed transcription (``transcript.text.delta`` ... ``transcript.text.done``), fed SSE events."""
+
+    __slots__ = ("parts", "text")
+    DONE = "transcript.text.done"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self.text: str | None = None
+
+    def feed(self, data: str, event: str = "") -> bool:
+        """Consume one event; True if it carried transcript text."""
+        kind, obj = self._event(data, event)
         if kind == "transcript.text.delta" and isinstance(obj.get("delta"), str) and obj["delta"]:
             self.parts.append(obj["delta"])
             return True
-        if kind == "transcript.text.done":
-            self.finished = True
+        if kind == self.DONE:
             self.text = obj.get("text") if isinstance(obj.get("text"), str) else None
-            self.usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
             return bool(self.text) and not self.parts
         return False
 
@@ -113,59 +139,38 @@ class TranscriptStream:
         """The whole transcript: the done event's text, else the deltas joined."""
         return (self.text or "".join(self.parts)).strip()
 
-    def tokens(self) -> tuple[int | None, int | None]:
-        return as_int(self.usage.get("input_tokens")), as_int(self.usage.get("output_tokens"))
-
     def verdict(self) -> ProbeFailure | None:
-        if not self.finished:
-            return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_terminator", "transcription stream ended without "
-                                "transcript.text.done")
-        if not self.transcript():
-            return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_content", "empty transcript")
-        return None
+        return self._verdict(bool(self.transcript()), "empty transcript")
 
 
-class SpeechEvents:
+class SpeechEvents(_SpeechStream):
     """Speech as SSE (``speech.audio.delta`` ... ``speech.audio.done``), fed one event at a time."""
 
-    __slots__ = ("finished", "audio_bytes", "usage")
+    __slots__ = ("audio_bytes",)
+    DONE = "speech.audio.done"
 
     def __init__(self) -> None:
-        self.finished = False
+        super().__init__()
         self.audio_bytes = 0
-        self.usage: dict = {}
 
     def feed(self, data: str, event: str = "") -> bool:
         """Consume one event; True if it carried audio."""
-        obj = _json_event(data)
-        kind = obj.get("type")
-        if event == "error" or kind == "error" or obj.get("error"):
-            raise ProbeFailure(*classify_openai_error(None, obj))
+        kind, obj = self._event(data, event)
         if kind == "speech.audio.delta" and isinstance(obj.get("audio"), str) and obj["audio"]:
             self.audio_bytes += len(obj["audio"]) * 3 // 4  # base64: no need to decode to count
             return True
-        if kind == "speech.audio.done":
-            self.finished = True
-            self.usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
         return False
 
-    def tokens(self) -> tuple[int | None, int | None]:
-        return as_int(self.usage.get("input_tokens")), as_int(self.usage.get("output_tokens"))
-
     def verdict(self) -> ProbeFailure | None:
-        if not self.finished:
-            return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_terminator", "speech stream ended without "
-                                "speech.audio.done")
-        if not self.audio_bytes:
-            return ProbeFailure(Outcome.PROTOCOL_ERROR, "no_content", "speech without audio")
-        return None
+        return self._verdict(bool(self.audio_bytes), "speech without audio")
 
 
 def _json_event(data: str) -> dict:
     try:
         obj = json.loads(data)
     except ValueError:
-        raise ProbeFailure(Outcome.PROTOCOL_ERROR, "malformed_chunk", f"malformed JSON in stream: {data[:60]}") from None
+        raise ProbeFailure(Outcome.PROTOCOL_ERROR, "malformed_chunk",
+                           f"malformed JSON in stream: {data[:60]}") from None
     if not isinstance(obj, dict):
         raise ProbeFailure(Outcome.PROTOCOL_ERROR, "malformed_chunk", "stream event is not an object")
     return obj

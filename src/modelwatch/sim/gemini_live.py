@@ -536,7 +536,8 @@ class _Session:
                 self.end(SessionEnd(drop=True), "disconnect")
                 raise _SessionOver
             if kind == 0:
-                part = {"inlineData": {"mimeType": OUTPUT_MIME, "data": audio_chunk_b64(index, self.b.audio_chunk_ms, self.b.audio_ms)}}
+                data = audio_chunk_b64(index, self.b.audio_chunk_ms, self.b.audio_ms)
+                part = {"inlineData": {"mimeType": OUTPUT_MIME, "data": data}}
                 await self.send({"serverContent": {"modelTurn": {"parts": [part]}}})
                 turn.audio_ms_sent = min(self.b.audio_ms, (index + 1) * self.b.audio_chunk_ms)
             elif turn.audio:

@@ -378,7 +378,8 @@ def render_index(snapshot: dict, root: str = "", page: int = 1, per_page: int = 
     pager = _pager(root, page, pages, (first + 1, first + len(chosen)), len(every))
     body = (
         _banner(snapshot, esc(title), snapshot.get("state"))
-        + f"<main>\n{_first_audio(snapshot, root)}{_legend()}{pager}<section id=\"targets\">\n{targets}</section>\n{pager}"
+        + f"<main>\n{_first_audio(snapshot, root)}{_legend()}{pager}"
+        + f"<section id=\"targets\">\n{targets}</section>\n{pager}"
         + _incidents(snapshot.get("incidents") or [], root, "Incidents")
         + "</main>\n" + _footer(root, "api/v1/status.json")
     )
