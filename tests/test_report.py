@@ -297,7 +297,7 @@ def test_a_short_range_table_says_percentiles_are_exact(recent_db):
     (("--since", "yesterday"), "--since must be now, a duration ago"),
     (("--until", "2026-02-30"), "--until must be now, a duration ago"),
     (("--since", "1h", "--until", "2h"), "--since (1h) must be earlier than --until (2h)"),
-    (("--kind", "grpc"), "--kind must be one of rest, realtime, models"),
+    (("--kind", "grpc"), "--kind must be one of rest, realtime, voice-chain, conversation, models"),
     (("--format", "xml"), "--format must be one of table, json, csv"),
     (("--source", "cache"), "--source must be one of auto, raw, rollups"),
 ])
