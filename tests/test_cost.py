@@ -126,7 +126,7 @@ def test_dry_run_prices_each_probe_and_weighs_the_budget(tmp_path, sim_url):
 def test_audio_prompt_estimate_follows_the_bundled_audio_and_the_provider_rate(tmp_path, monkeypatch):
     from modelwatch.cost import tokens_per_probe
     from modelwatch.probes.spec import PROMPT_AUDIO_S
-    from modelwatch.probes.openai_realtime import prompt_audio
+    from modelwatch.probes.audio import prompt_audio
 
     assert PROMPT_AUDIO_S == len(prompt_audio()) / 48000  # PCM16 mono at 24 kHz
     path = tmp_path / "c.yaml"

@@ -17,7 +17,7 @@ from modelwatch.config import load_config
 from modelwatch.outcomes import ProbeFailure
 from modelwatch.probes.gemini_live import (LiveSession, classify_error_frame, classify_live_close, decode_frame,
                                            live_endpoint, setup_message, user_turn)
-from modelwatch.probes.openai_realtime import prompt_audio
+from modelwatch.probes.audio import prompt_audio
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
 KEY = "AIzaSyTestLiveKey0000000000000000000000"

@@ -59,7 +59,8 @@ def module_file(name: str) -> Path:
 
 def test_the_registry_names_the_provider_modules():
     assert PROVIDER_MODULES == ["modelwatch.probes." + m for m in (
-        "anthropic", "gemini", "gemini_live", "models", "openai_chat", "openai_realtime", "openai_responses")]
+        "anthropic", "gemini", "gemini_live", "models", "openai_chat", "openai_realtime", "openai_responses",
+        "openai_webrtc")]
 
 
 @pytest.mark.parametrize("module", PROVIDER_MODULES)
@@ -112,7 +113,9 @@ def test_every_spec_is_documented_and_classifies_a_bad_key_as_auth_error(spec):
 def test_a_spec_names_the_transport_its_module_uses(spec):
     imports = runtime_imports(module_file(spec.prober.__module__))
     assert ("modelwatch.probes.websocket" in imports) is (spec.transport == "websocket")
-    assert ("modelwatch.probes.http" in imports) is (spec.transport == "http")
+    # a WebRTC call is signalled over HTTP: its module reads answers with the HTTP helpers
+    assert ("modelwatch.probes.http" in imports) is (spec.transport in ("http", "webrtc"))
+    assert ("modelwatch.ice" in imports) is (spec.transport == "webrtc")
 
 
 def test_config_cost_and_the_daemon_read_every_spec(tmp_path):
@@ -120,8 +123,9 @@ def test_config_cost_and_the_daemon_read_every_spec(tmp_path):
     providers = "\n".join(f"  p{i}: {{type: {t}, base_url: 'http://127.0.0.1:9/v1', api_key: k}}"
                           for i, t in enumerate(registry.PROVIDER_TYPES))
     targets = "\n".join(
-        f"  - {{name: t{i}-{spec.kind}-{spec.api}, provider: p{i}, model: m, "
-        f"probes: [{{kind: {spec.kind}, api: {spec.api}}}]}}"
+        f"  - {{name: t{i}-{spec.kind}-{spec.api}-{spec.transport}, provider: p{i}, model: m, "
+        f"probes: [{{kind: {spec.kind}, api: {spec.api}"
+        + (", transport: webrtc" if spec.transport == "webrtc" else "") + "}]}"
         for i, t in enumerate(registry.PROVIDER_TYPES) for spec in registry.SPECS if t in spec.provider_types)
     path = tmp_path / "all.yaml"
     path.write_text(f"providers:\n{providers}\ntargets:\n{targets}\n")

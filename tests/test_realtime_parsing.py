@@ -9,8 +9,9 @@ import pytest
 
 from modelwatch.config import load_config
 from modelwatch.outcomes import ProbeFailure
-from modelwatch.probes.openai_realtime import (RealtimeSession, classify_close, prompt_audio,
-                                               realtime_endpoint, session_update, user_turn)
+from modelwatch.probes.audio import prompt_audio
+from modelwatch.probes.openai_realtime import (RealtimeSession, classify_close, realtime_endpoint, session_update,
+                                               user_turn)
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
 

@@ -257,7 +257,7 @@ def test_the_migration_adds_daily_rollups_to_a_database_with_hourly_ones(db_path
     conn.execute(f"DELETE FROM probe_results WHERE ts < {T0 + 86400}")  # raw rows of the first day pruned
     assert not db[rollups.DAILY_TABLE].exists()
     hourly = rollup_table(conn)
-    assert migrate(db) == ["m006_daily_rollups", "m007_voice_details"]
+    assert migrate(db) == ["m006_daily_rollups", "m007_voice_details", "m008_webrtc_phases"]
     assert rollup_table(conn) == hourly  # untouched
     assert_same_rollups(rollup_table(conn, rollups.DAILY), summed_by_day(hourly))
     assert_same_rollups(summed_by_day(hourly), summed_by_day(backfilled(rows)))

@@ -18,7 +18,7 @@ from modelwatch.store import LEGACY_MIGRATIONS_TABLE, MIGRATIONS, Store, migrate
 
 # Every migration, as databases record it: a rename would make old databases run one again.
 MIGRATION_NAMES = ["m001_probe_results", "m002_audio_tokens", "m003_cost", "m004_hourly_rollups",
-                   "m005_loop_lag", "m006_daily_rollups", "m007_voice_details"]
+                   "m005_loop_lag", "m006_daily_rollups", "m007_voice_details", "m008_webrtc_phases"]
 
 
 def result(target: str = "t", ts: float | None = None, **kw) -> ProbeResult:

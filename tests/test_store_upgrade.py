@@ -46,7 +46,8 @@ def snapshot(path: Path) -> dict:
         conn.close()
 
 
-# What migrations after 0.1.0 add or change (probe_results gains interrupt_s in m007).
+# What migrations after 0.1.0 add or change (probe_results gains interrupt_s in m007, WebRTC's
+# phases in m008).
 ADDED_SINCE_0_1_0 = {rollups.DAILY_TABLE, "probe_results", "probe_stages", "probe_turns",
                      "idx_probe_stages_probe_id", "idx_probe_turns_probe_id"}
 
@@ -65,7 +66,7 @@ def test_a_database_of_release_0_1_0_upgrades_in_place(tmp_path, caplog):
     assert [name for name, _ in before["legacy"]] == RELEASE_0_1_0 and len(before["rows"]) == 12
 
     db, applied = opened(path)
-    assert applied == ["m006_daily_rollups", "m007_voice_details"]  # only what came after 0.1.0 runs
+    assert applied == ["m006_daily_rollups", "m007_voice_details", "m008_webrtc_phases"]  # what came after 0.1.0
     records = MIGRATIONS.applied(db)
     assert [m.name for m in records] == MIGRATION_NAMES
     # the records are the old ones, carried over with their times, not new runs
@@ -82,8 +83,9 @@ def test_a_database_of_release_0_1_0_upgrades_in_place(tmp_path, caplog):
     assert [s for s in after["schema"] if s[1] not in ADDED_SINCE_0_1_0] == [
         s for s in before["schema"] if s[1] != "probe_results"]
     assert len(after["schema"]) == len(before["schema"]) + len(ADDED_SINCE_0_1_0) - 1
-    assert [row[:-1] for row in after["rows"]] == before["rows"] and after["rollups"] == before["rollups"]
-    assert {row[-1] for row in after["rows"]} == {None}  # interrupt_s, added empty
+    added = 5  # interrupt_s (m007), signal_s, ice_s, dtls_s, channel_s (m008): added empty
+    assert [row[:-added] for row in after["rows"]] == before["rows"] and after["rollups"] == before["rollups"]
+    assert {value for row in after["rows"] for value in row[-added:]} == {None}
     assert_same_rollups(after["daily"], summed_by_day(before["rollups"]))
     assert sum(r["probes"] for r in after["daily"].values()) == 12
 
@@ -114,7 +116,8 @@ def test_a_database_of_a_release_before_rollups_adopts_its_records_and_runs_the_
     database_before_rollups(path, rows)
     legacy_records(path)
     db, applied = opened(path)
-    assert applied == ["m004_hourly_rollups", "m005_loop_lag", "m006_daily_rollups", "m007_voice_details"]
+    assert applied == ["m004_hourly_rollups", "m005_loop_lag", "m006_daily_rollups", "m007_voice_details",
+                       "m008_webrtc_phases"]
     assert [m.name for m in MIGRATIONS.applied(db)] == MIGRATION_NAMES
     assert rollup_table(db.conn) == backfilled(rows)
     assert_same_rollups(rollup_table(db.conn, rollups.DAILY), summed_by_day(backfilled(rows)))
@@ -152,5 +155,6 @@ def test_adoption_is_one_transaction(tmp_path):
     assert db[LEGACY_MIGRATIONS_TABLE].count == 5 and db[MIGRATIONS.migrations_table].count == 0
     assert not db[rollups.DAILY_TABLE].exists()  # nothing after the failed adoption ran either
     db.execute("DROP TRIGGER refuse")
-    assert migrate(db) == ["m006_daily_rollups", "m007_voice_details"] and [m.name for m in MIGRATIONS.applied(db)] == MIGRATION_NAMES
+    assert migrate(db) == ["m006_daily_rollups", "m007_voice_details", "m008_webrtc_phases"]
+    assert [m.name for m in MIGRATIONS.applied(db)] == MIGRATION_NAMES
     db.conn.close()

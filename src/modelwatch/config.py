@@ -29,7 +29,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from modelwatch.job import ProbeJob
 from modelwatch.probes import (PROBE_APIS, PROBE_KINDS, PROVIDER_TYPES, PROVIDERS, api_problem, default_api,
-                               option_problem, spec_for, supported_kinds)
+                               option_problem, spec_for, supported_kinds, webrtc_provider_types)
 from modelwatch.probes.audio import DEFAULT_VOICE
 from modelwatch.secrets import Secret, register_secret
 from modelwatch.validation import Problems as _Problems
@@ -263,6 +263,18 @@ class ProbeSettings(_Strict):
     tts_stream_format: Literal["audio", "sse"] | None = None
     turns: int | None = Field(None, ge=1, le=MAX_TURNS)
     interrupt_after: Annotated[Duration, AfterValidator(_within(0.01, 60.0))] | None = None
+    # Realtime over WebRTC (docs/probes.md): the transport, how the call is signalled, ICE servers.
+    transport: Literal["websocket", "webrtc"] | None = None
+    signalling: Literal["ephemeral", "multipart"] | None = None
+    ice_servers: list[str] | None = Field(None, max_length=4)
+
+    @field_validator("ice_servers")
+    @classmethod
+    def _ice_servers(cls, v: list[str] | None) -> list[str] | None:
+        for url in v or ():
+            if not re.match(r"^(stun|turns?):[A-Za-z0-9.\-\[\]:]+(\?transport=(udp|tcp))?$", url):
+                raise ValueError(f"{url[:80]!r} is not a STUN or TURN URL such as stun:stun.example.com:3478")
+        return v
 
     @field_validator("extra_body")
     @classmethod
@@ -668,7 +680,13 @@ def _option_problem(provider_type: str, probe: ProbeConfig) -> tuple[str, str] |
         return "thinking_level", "set thinking_level or thinking_budget, not both (Gemini refuses both)"
     if probe.kind == "conversation" and probe.api != "realtime" and probe.modality == "audio":
         return "modality", "a REST conversation is text; spoken turns need api: realtime"
-    return option_problem(spec_for(provider_type, probe.kind, probe.api), provider_type, probe)
+    if probe.transport is not None and spec_for(provider_type, probe.kind, probe.api, probe.transport) is None:
+        return "transport", (f"transport: {probe.transport} applies to realtime probes of "
+                             f"{', '.join(webrtc_provider_types())} providers")
+    if (probe.signalling is not None or probe.ice_servers is not None) and probe.transport != "webrtc":
+        option = "signalling" if probe.signalling is not None else "ice_servers"
+        return option, f"{option} applies to probes with transport: webrtc"
+    return option_problem(spec_for(provider_type, probe.kind, probe.api, probe.transport), provider_type, probe)
 
 
 def _price_problem(probe: ProbeConfig, price: PriceConfig | None) -> str | None:

@@ -129,7 +129,7 @@ def _outcome_lines(s: _Series) -> Iterator[str]:
         yield f'modelwatch_probes_total{{{s.labels},outcome="{outcome}"}} {count}.0\n'
 
 
-PHASES = ("connect", "ttfb", "ttft", "duration")
+PHASES = ("connect", "ttfb", "ttft", "duration", "signal", "ice", "dtls", "channel")
 
 
 def _phase_lines(s: _Series) -> Iterator[str]:
@@ -173,7 +173,7 @@ PROBE_FAMILIES = (
             lambda s: s.ttft.lines("modelwatch_probe_ttft_seconds", s.labels)),
     _family("modelwatch_probe_phase_seconds", "gauge",
             "Seconds from the start of the last completed probe to each phase it reached "
-            "(connect, ttfb, ttft, duration)", _phase_lines),
+            "(connect, ttfb, ttft, duration; WebRTC also signal, ice, dtls, channel)", _phase_lines),
     _family("modelwatch_probe_interval_seconds", "gauge",
             "The probe's configured interval: a last run older than a few of these is overdue",
             _gauge_line("modelwatch_probe_interval_seconds", "interval")),
@@ -374,7 +374,7 @@ class ProbeMetrics:
         s.outcomes[_OUTCOME_INDEX[r.outcome]] += 1
         s.success = 1.0 if ok else 0.0
         s.last_run = r.ts
-        s.phases = (r.connect_s, r.ttfb_s, r.ttft_s, r.duration_s)
+        s.phases = (r.connect_s, r.ttfb_s, r.ttft_s, r.duration_s, r.signal_s, r.ice_s, r.dtls_s, r.channel_s)
         if ok and r.duration_s is not None:
             s.duration.observe(r.duration_s)
         if r.ttft_s is not None:

@@ -175,6 +175,12 @@ class ProbeResult:
     loop_lag_s: float | None = None
     # Barge-in (``interrupt_after``): seconds from response.cancel sent to its acknowledgement.
     interrupt_s: float | None = None
+    # WebRTC (``transport: webrtc``), from the probe's start: SDP answer received, ICE connected,
+    # DTLS done, data channel open.
+    signal_s: float | None = None
+    ice_s: float | None = None
+    dtls_s: float | None = None
+    channel_s: float | None = None
     # Not columns: rows of their own tables (probe_stages, probe_turns), keyed by the row's id.
     stages: tuple[StageTiming, ...] = ()
     turns: tuple[TurnTiming, ...] = ()

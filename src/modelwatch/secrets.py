@@ -24,12 +24,13 @@ _MIN_HEAD = 4
 
 # Shapes that carry a key whatever its value: bearer/basic credentials, key-like query
 # parameters and well-known key prefixes. Masked echoes are handled by _MASKED below.
-_KEY_PREFIX = r"(?:(?:sk|rk|pk|gsk|xai|sess)[-_]|AIza)"
+# ek_: OpenAI's ephemeral client secrets, which a WebRTC probe mints for every call.
+_KEY_PREFIX = r"(?:(?:sk|rk|pk|gsk|xai|sess|ek)[-_]|AIza)"
 _PATTERNS = [
     re.compile(r"(?i)\b(bearer\s+|basic\s+)[A-Za-z0-9._~+/=\-]{4,}"),
     re.compile(r"(?i)([?&](?:key|api[-_]?key|access_token|token)=)[^&\s\"']+"),
     # not \b: a key glued to a word by "_" (``incomplete_sk-...``) must not slip through
-    re.compile(r"(?<![A-Za-z0-9])(?:sk|rk|pk|gsk|xai|sess)[-_][A-Za-z0-9_\-]{6,}"),
+    re.compile(r"(?<![A-Za-z0-9])(?:sk|rk|pk|gsk|xai|sess|ek)[-_][A-Za-z0-9_\-]{6,}"),
     re.compile(r"(?<![A-Za-z0-9])AIza[A-Za-z0-9_\-]{10,}"),
     re.compile(r"(?i)(incorrect api key provided:\s*)\S+"),
 ]

@@ -126,6 +126,13 @@ def m007_voice_details(db: sqlite_utils.Database) -> None:
     db["probe_turns"].create_index(["probe_id"])
 
 
+@MIGRATIONS()
+def m008_webrtc_phases(db: sqlite_utils.Database) -> None:
+    """WebRTC probes' phases: signalling, ICE, DTLS, data channel."""
+    for column in ("signal_s", "ice_s", "dtls_s", "channel_s"):
+        db["probe_results"].add_column(column, float)
+
+
 def open_db(path: str | Path) -> sqlite_utils.Database:
     """Open (creating) a database in WAL mode with all migrations applied."""
     path = Path(path)

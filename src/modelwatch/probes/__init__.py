@@ -16,7 +16,7 @@ import aiohttp
 
 from modelwatch.job import ProbeJob
 from modelwatch.probes import (anthropic, conversation, conversation_realtime, gemini, gemini_live, openai_chat,
-                               openai_realtime, openai_responses, voice_chain)
+                               openai_realtime, openai_responses, openai_webrtc, voice_chain)
 from modelwatch.probes.base import Measurement, Prober
 from modelwatch.probes.google_family import GEMINI
 from modelwatch.probes.models import models_spec
@@ -33,6 +33,7 @@ SPECS: tuple[ProbeSpec, ...] = (
     anthropic.SPEC,
     gemini.SPEC,
     openai_realtime.SPEC,
+    openai_webrtc.SPEC,  # transport: webrtc
     gemini_live.SPEC,
     voice_chain.SPEC,
     conversation.SPEC_REST,
@@ -44,30 +45,41 @@ SPECS: tuple[ProbeSpec, ...] = (
 PROVIDER_TYPES: tuple[str, ...] = tuple(PROVIDERS)
 PROBE_KINDS: tuple[str, ...] = tuple(dict.fromkeys(spec.kind for spec in SPECS))
 PROBE_APIS: tuple[str, ...] = tuple(dict.fromkeys(spec.api for spec in SPECS))  # the ``api`` setting's values
+# WebRTC specs stand beside the WebSocket ones of the same kind and API: ``transport: webrtc``
+# picks them, and only them.
 _BY_KEY: dict[tuple[str, str, str], ProbeSpec] = {
-    (ptype, spec.kind, spec.api): spec for spec in SPECS for ptype in spec.provider_types}
+    (ptype, spec.kind, spec.api): spec for spec in SPECS if spec.transport != "webrtc"
+    for ptype in spec.provider_types}
+_WEBRTC: dict[tuple[str, str, str], ProbeSpec] = {
+    (ptype, spec.kind, spec.api): spec for spec in SPECS if spec.transport == "webrtc"
+    for ptype in spec.provider_types}
 
 
-def spec_for(provider_type: str, kind: str, api: str = "chat") -> ProbeSpec | None:
-    """The spec of a provider type's kind (and ``api``), or None if it has none."""
-    return _BY_KEY.get((provider_type, kind, api))
+def spec_for(provider_type: str, kind: str, api: str = "chat", transport: str | None = None) -> ProbeSpec | None:
+    """The spec of a provider type's kind (and ``api``, and ``transport: webrtc``), or None if it has none."""
+    return (_WEBRTC if transport == "webrtc" else _BY_KEY).get((provider_type, kind, api))
 
 
 def job_spec(job: ProbeJob) -> ProbeSpec:
     """The spec a valid job runs (config validation guarantees it exists)."""
-    return _BY_KEY[(job.provider.type, job.probe.kind, job.probe.api)]
+    return (_WEBRTC if job.probe.transport == "webrtc" else _BY_KEY)[(job.provider.type, job.probe.kind, job.probe.api)]
+
+
+def webrtc_provider_types() -> list[str]:
+    """The provider types that have a WebRTC probe, in registry order."""
+    return [t for t in PROVIDER_TYPES if any(ptype == t for (ptype, _, _) in _WEBRTC)]
 
 
 def detail_series(job: ProbeJob) -> DetailSeries:
     """The extra series (stages, turn bands, interrupt) a job exports; none for an unknown job."""
-    spec = _BY_KEY.get((job.provider.type, job.probe.kind, job.probe.api))
+    spec = spec_for(job.provider.type, job.probe.kind, job.probe.api, job.probe.transport)
     return NO_DETAILS if spec is None else spec.details(job)
 
 
 def probe_info(job: ProbeJob) -> dict[str, str]:
     """What a probe's series labels do not say: its ``api``, ``modality`` (what its ttft_s times: a
     first token, or a first audio) and ``transport``."""
-    spec = _BY_KEY.get((job.provider.type, job.probe.kind, job.probe.api))
+    spec = spec_for(job.provider.type, job.probe.kind, job.probe.api, job.probe.transport)
     transport = spec.transport if spec is not None else "http"
     if job.probe.kind == "voice-chain":
         modality = "audio"
@@ -90,17 +102,19 @@ def supported_kinds(provider_type: str) -> set[str]:
     return {kind for (ptype, kind, _) in _BY_KEY if ptype == provider_type}
 
 
-def _by_api(variants: dict[str, Prober]) -> Prober:
-    """One prober for a kind with several wire APIs: the job's ``api`` picks one."""
+def _by_api(variants: dict[tuple[str, bool], Prober]) -> Prober:
+    """One prober for a kind with several wire APIs or transports: the job's ``api`` and
+    ``transport`` pick one."""
     async def probe(job: ProbeJob, http: aiohttp.ClientSession, m: Measurement) -> None:
-        await variants[job.probe.api](job, http, m)
+        await variants[(job.probe.api, job.probe.transport == "webrtc")](job, http, m)
     return probe
 
 
 def _probers() -> dict[tuple[str, str], Prober]:
-    variants: dict[tuple[str, str], dict[str, Prober]] = {}
-    for (ptype, kind, api), spec in _BY_KEY.items():
-        variants.setdefault((ptype, kind), {})[api] = spec.prober
+    variants: dict[tuple[str, str], dict[tuple[str, bool], Prober]] = {}
+    for webrtc, table in ((False, _BY_KEY), (True, _WEBRTC)):
+        for (ptype, kind, api), spec in table.items():
+            variants.setdefault((ptype, kind), {})[(api, webrtc)] = spec.prober
     return {key: next(iter(by_api.values())) if len(by_api) == 1 else _by_api(by_api)
             for key, by_api in variants.items()}
 

@@ -62,7 +62,7 @@ class Measurement:
                  "input_tokens", "output_tokens", "input_audio_tokens", "output_audio_tokens",
                  "request_id", "bytes_read", "byte_limit", "budget", "websocket", "handshake_body",
                  "stage", "stages", "turns", "interrupt_s", "cost_usd", "parent", "budget_phase",
-                 "first_output_ends_ttft", "_scope")
+                 "first_output_ends_ttft", "signal_s", "ice_s", "dtls_s", "channel_s", "_scope")
 
     def __init__(self, budget: Budget, byte_limit: int) -> None:
         self.start = time.perf_counter()
@@ -89,6 +89,7 @@ class Measurement:
         self.parent: Measurement | None = None
         self.budget_phase = "connect"  # the phase whose deadline bounds the probe now
         self.first_output_ends_ttft = False  # a step whose first output is the probe's ttft
+        self.signal_s = self.ice_s = self.dtls_s = self.channel_s = None  # WebRTC's phases
         self._scope: asyncio.Timeout | None = None
 
     def child(self, first_output_ends_ttft: bool = False) -> Measurement:
@@ -145,7 +146,9 @@ class Budget:
         first = p.ttft_timeout or p.timeout
         # REST phases, then the realtime stages that must also come before the first token.
         self._limits = {"connect": connect, "ttfb": first, "ttft": first, "total": p.timeout,
-                        "session": first, "configure": first}
+                        "session": first, "configure": first,
+                        # WebRTC: everything before the session's first event comes before the first token
+                        "signal": first, "ice": first, "dtls": first, "channel": first}
 
     def deadline(self, phase: str) -> float:
         """Loop time by which ``phase`` must be reached."""
@@ -206,6 +209,7 @@ def _result(job: ProbeJob, ts: float, m: Measurement, outcome: Outcome, code: st
         cost_usd=m.cost_usd if m.cost_usd is not None else probe_cost_usd(
             job.price, m.input_tokens, m.output_tokens, m.input_audio_tokens, m.output_audio_tokens),
         interrupt_s=_r(m.interrupt_s), stages=tuple(m.stages), turns=tuple(m.turns),
+        signal_s=_r(m.signal_s), ice_s=_r(m.ice_s), dtls_s=_r(m.dtls_s), channel_s=_r(m.channel_s),
     )
 
 

@@ -78,7 +78,7 @@ class ProbeSpec:
     estimate: Estimate
     doc: str
     api: str = "chat"  # the ``api`` setting that selects it, when a kind has more than one wire API
-    transport: Literal["http", "websocket"] = "http"
+    transport: Literal["http", "websocket", "webrtc"] = "http"
     paid: bool = True  # spends tokens: a spent daily budget pauses it
     # Restricted probe options (RESTRICTED_OPTIONS) it honours, and for which of its provider types.
     options: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
