@@ -176,10 +176,12 @@ def side_by_side_row(board: dash.Dashboard) -> dash.Dashboard:
 
 
 def voice_row(board: dash.Dashboard) -> dash.Dashboard:
-    """Row 5: voice agents: realtime audio beside the REST chain, its stages, turn bands, barge-in."""
+    """Row 5: voice agents: realtime audio beside the REST chain, its stages, turn bands, barge-in,
+    WebRTC beside WebSocket and a WebRTC call's phases."""
     board = board.with_row(dash.Row("Voice agents"))
     for panel in (voice_panels.first_audio(Q), voice_panels.chain_stages(Q),
-                  voice_panels.turn_bands(Q), voice_panels.barge_in(Q)):
+                  voice_panels.turn_bands(Q), voice_panels.barge_in(Q),
+                  voice_panels.webrtc_vs_websocket(Q), voice_panels.webrtc_phases(Q)):
         board = board.with_panel(panel)
     return board
 

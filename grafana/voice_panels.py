@@ -83,3 +83,36 @@ def barge_in(q: ProbeQueries, *, span: int = 12) -> timeseries.Panel:
               query(q.quantile(0.95, "interrupt", "$__rate_interval"), f"{LEGEND} p95", ref="B")],
         span=span, height=9)
     return parts.dashed_query(panel.thresholds(thresholds("green", *INTERRUPT_THRESHOLDS)), "A")
+
+
+def webrtc_vs_websocket(q: ProbeQueries, *, span: int = 12) -> timeseries.Panel:
+    """p50 (dashed) and p95 time to first token or audio of realtime probes, by model and transport."""
+    join = q.info(copy="transport, modality")
+    by = "model, transport, modality"
+    panel = graph(
+        "Realtime: WebRTC vs WebSocket",
+        "Time to first token (text) or first audio of realtime probes, p50 dashed and p95 solid, per "
+        "model, transport and modality (from modelwatch_probe_info). A WebRTC probe makes the call "
+        "as a browser does (signalling, ICE, DTLS, data channel, audio as RTP: its first audio is "
+        "the first audible RTP packet); a WebSocket probe holds a server-side session. Put the two "
+        "transports of one model side by side: a gap that opens is the transport, not the model.",
+        "s", [query(q.quantile(0.5, "ttft", "$__rate_interval", by=by, extra=['kind="realtime"'], join=join),
+                    "{{model}} {{transport}} {{modality}} p50", ref="A"),
+              query(q.quantile(0.95, "ttft", "$__rate_interval", by=by, extra=['kind="realtime"'], join=join),
+                    "{{model}} {{transport}} {{modality}} p95", ref="B")],
+        span=span, height=9)
+    return parts.dashed_query(panel.thresholds(thresholds("green", *FIRST_AUDIO_THRESHOLDS)), "A")
+
+
+def webrtc_phases(q: ProbeQueries, *, span: int = 12) -> timeseries.Panel:
+    """The last WebRTC call's phases: signal, ice, dtls, channel (seconds from its start)."""
+    phases = 'phase=~"signal|ice|dtls|channel"'
+    expr = f"max by ({q.by}, phase) (modelwatch_probe_phase_seconds{q.sel(phases)})"
+    panel = graph(
+        "WebRTC call phases",
+        "Seconds from the start of the last WebRTC probe (transport: webrtc) to each phase it "
+        "reached: signal (the SDP answer), ice (connectivity), dtls (keys agreed), channel (the "
+        "oai-events data channel open). A phase missing from a probe that failed is where it "
+        "failed (its error_code names it too); a phase that grows is where calls slow down.",
+        "s", [query(expr, "{{target}} {{phase}}")], span=span, height=9)
+    return panel.thresholds(thresholds("green", *FIRST_AUDIO_THRESHOLDS))
