@@ -246,7 +246,7 @@ def test_the_json_adds_the_voice_keys_and_keeps_the_old_ones(db_path):
     chain = json.loads(site.answer(f"/api/v1/targets/{CHAIN}", {}).body)
     [p] = chain["probes"]
     assert set(p) == {"kind", "state", "last_run", "windows", "daily", "incidents", "recent", "our_side",
-                      "first_audio", "stages"}
+                      "first_audio", "transport", "stages"}
     assert set(p["stages"]) == {"24h", "7d", "30d", "90d"}
     assert set(p["stages"]["7d"]) == {"stt", "llm", "tts"}
     assert set(p["stages"]["7d"]["tts"]) == {"p50_s", "p95_s", "runs"}
@@ -256,12 +256,13 @@ def test_the_json_adds_the_voice_keys_and_keeps_the_old_ones(db_path):
     assert set(barge["probes"][0]["interrupt"]["24h"]) == {"p50_s", "p95_s", "runs"}
     text = json.loads(site.answer(f"/api/v1/targets/{TEXT_RT}", {}).body)
     assert [set(p) - {"kind", "state", "last_run", "windows", "daily", "incidents", "recent", "our_side"}
-            for p in text["probes"]] == [{"first_audio"}, {"first_audio", "turn_bands"}]
+            for p in text["probes"]] == [{"first_audio", "transport"}, {"first_audio", "transport", "turn_bands"}]
     status = json.loads(site.answer("/api/v1/status", {}).body)
     assert set(status) == {"as_of", "state", "targets", "first_audio"}
     assert status["first_audio"] == site.snapshot["first_audio"]
-    assert set(status["first_audio"]["probes"][0]) == {"target", "provider", "model", "kind", "state", "basis",
-                                                      "ttft_p50_s", "ttft_p95_s", "runs", "ok", "enough_data"}
+    assert set(status["first_audio"]["probes"][0]) == {"target", "provider", "model", "kind", "transport", "state",
+                                                      "basis", "ttft_p50_s", "ttft_p95_s", "runs", "ok",
+                                                      "enough_data"}
 
 
 def _cell(page: str, attrs: str) -> str:
@@ -347,3 +348,20 @@ def test_the_config_tells_the_page_what_each_probes_ttft_times(tmp_path):
     assert [(s.target, s.kind, s.modality) for s in series] == [
         ("chain", "voice-chain", "audio"), ("rt", "realtime", "audio"), ("rt", "rest", "text"),
         ("conv", "conversation", "audio")]
+
+
+def test_a_webrtc_probe_stands_beside_the_websocket_one_in_the_comparison(db_path):
+    write_voice_db(db_path)
+    series = [Series(s.target, s.kind, s.provider, s.model, s.modality,
+                     "webrtc" if s.target == AUDIO_RT else "websocket" if s.kind == "realtime" else "http")
+              for s in SERIES]
+    site = Site(SnapshotBuilder(db_path, Settings(), series))
+    site.refresh(NOW)
+    entries = {e["target"]: e for e in site.snapshot["first_audio"]["probes"] if e["kind"] == "realtime"}
+    assert entries[AUDIO_RT]["transport"] == "webrtc" and entries[BARGE]["transport"] == "websocket"
+    page = html.render_index(site.snapshot)
+    rows = {m.group(1): m.group(2) for m in re.finditer(
+        r'<tr class="first-audio-probe" data-target="([^"]+)" data-kind="realtime".*?</td><td>([^<]+)</td>', page)}
+    assert rows[html.esc(AUDIO_RT)] == "realtime over WebRTC" and rows[html.esc(BARGE)] == "realtime"
+    target = json.loads(site.answer(f"/api/v1/targets/{AUDIO_RT}", {}).body)
+    assert target["probes"][0]["transport"] == "webrtc"

@@ -681,8 +681,9 @@ def _option_problem(provider_type: str, probe: ProbeConfig) -> tuple[str, str] |
     if probe.kind == "conversation" and probe.api != "realtime" and probe.modality == "audio":
         return "modality", "a REST conversation is text; spoken turns need api: realtime"
     if probe.transport is not None and spec_for(provider_type, probe.kind, probe.api, probe.transport) is None:
-        return "transport", (f"transport: {probe.transport} applies to realtime probes of "
-                             f"{', '.join(webrtc_provider_types())} providers")
+        types = webrtc_provider_types()
+        named = types[0] if len(types) == 1 else f"{', '.join(types[:-1])} and {types[-1]}"
+        return "transport", f"transport: {probe.transport} applies to realtime probes of {named} providers"
     if (probe.signalling is not None or probe.ice_servers is not None) and probe.transport != "webrtc":
         option = "signalling" if probe.signalling is not None else "ice_servers"
         return option, f"{option} applies to probes with transport: webrtc"

@@ -569,9 +569,15 @@ def _first_audio_row(entry: dict, root: str) -> str:
     return (f"<tr class=\"first-audio-probe\" {attrs} data-basis=\"{esc(basis)}\">"
             f"<td><a href=\"{target_href(root, name)}\">{esc(name)}</a> "
             f"<span class=\"meta\">{esc(entry.get('model'))}</span></td>"
-            f"<td>{esc(KIND_LABELS.get(kind, kind))}</td>"
+            f"<td>{esc(_how(kind, entry.get('transport')))}</td>"
             f"<td>{_state(entry.get('state'))}</td>{cells}"
             f"<td {attrs} data-figure=\"runs\">{esc(entry.get('runs', 0))}</td></tr>\n")
+
+
+def _how(kind: str | None, transport: str | None) -> str:
+    """How a probe's first audio is made: its kind, and for realtime its transport when known."""
+    label = KIND_LABELS.get(kind, kind)
+    return f"{label} over WebRTC" if transport == "webrtc" else label
 
 
 def _first_audio(snapshot: dict, root: str) -> str:

@@ -210,8 +210,8 @@ def series_from(jobs) -> list[Series]:  # noqa: ANN001 - ProbeJob sequence
     with what its ttft_s times (``modality``: a first audio or a first token, as the metrics say)."""
     from modelwatch.probes import probe_info  # the probe registry: only where a config is read
 
-    return [Series(job.target, job.probe.kind, job.provider_name, job.model, probe_info(job)["modality"])
-            for job in jobs]
+    return [Series(job.target, job.probe.kind, job.provider_name, job.model, info["modality"], info["transport"])
+            for job in jobs for info in (probe_info(job),)]
 
 
 def for_config(config, db_path: str | None = None, metrics=None) -> StatusService:  # noqa: ANN001

@@ -322,7 +322,8 @@ def api_target(snapshot: dict, target: dict) -> dict:
     return {"as_of": snapshot["as_of"], **{k: target[k] for k in ("target", "provider", "model", "state")},
             "probes": [{**{k: p[k] for k in ("kind", "state", "last_run", "windows", "daily", "incidents",
                                              "recent", "our_side")},
-                        "first_audio": p.get("first_audio"), **{k: p[k] for k in VOICE_KEYS if k in p}}
+                        "first_audio": p.get("first_audio"), "transport": p.get("transport"),
+                        **{k: p[k] for k in VOICE_KEYS if k in p}}
                        for p in target["probes"]]}
 
 

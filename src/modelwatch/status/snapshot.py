@@ -52,6 +52,9 @@ class Series:
     # What the probe's ttft_s times: "audio" (a first audio) or "text" (a first token), from the
     # config (probes.probe_info); None when the page has no config: then the database decides.
     modality: str | None = None
+    # How a realtime probe reaches the model ("websocket", "webrtc"; "http" for REST), from the
+    # config; None without one.
+    transport: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,7 +304,8 @@ class SnapshotBuilder:
         its kind has: ``stages``, ``turn_bands``, ``interrupt`` (:mod:`modelwatch.status.voice`)."""
         key, tracker = (s.target, s.kind), self._voice
         found: dict = {"first_audio": voice.first_audio_basis(
-            s.kind, s.modality, tracker.audio_since(key, starts[voice.FIRST_AUDIO_WINDOW]))}
+            s.kind, s.modality, tracker.audio_since(key, starts[voice.FIRST_AUDIO_WINDOW])),
+            "transport": s.transport}
         if s.kind == voice.VOICE_CHAIN:
             found["stages"] = tracker.stages(key, starts)
         elif s.kind == voice.CONVERSATION:

@@ -181,7 +181,8 @@ def first_audio_entry(target: dict, probe: dict) -> dict:
     """One row of the index's "Time to first audio" comparison, from a probe's 24 h window."""
     w = probe["windows"][FIRST_AUDIO_WINDOW]
     return {"target": target["target"], "provider": target["provider"], "model": target["model"],
-            "kind": probe["kind"], "state": probe["state"], "basis": probe["first_audio"],
+            "kind": probe["kind"], "transport": probe.get("transport"), "state": probe["state"],
+            "basis": probe["first_audio"],
             "ttft_p50_s": w["ttft_p50_s"], "ttft_p95_s": w["ttft_p95_s"],
             "runs": w["runs"], "ok": w["ok"], "enough_data": w["enough_data"]}
 
