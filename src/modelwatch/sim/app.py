@@ -67,6 +67,7 @@ from . import anthropic
 from . import gemini
 from . import gemini_live
 from . import openai_audio
+from . import openai_webrtc
 from .scenario import ModelBehaviour, Scenario
 
 __all__ = ["RequestDraws", "RequestRecord", "SimServer", "SimState", "create_app", "listen_address", "serve",
@@ -182,6 +183,7 @@ def create_app(scenario: Scenario, *, clock: Callable[[], float] | None = None) 
     anthropic.register(app, state)
     models.register(app, state)
     openai_audio.register(app, state)
+    openai_webrtc.register(app, state)
     return app
 
 
