@@ -135,6 +135,9 @@ class WebRTCEndpoint:
         behaviour = self._behaviour(conn, key)
         await self._injected_error(conn, behaviour, key)
         value = "ek_" + base62(conn.draws.id_bits)[:24]
+        now = self.state.clock()
+        # Forget secrets an hour past expiry (until then a late use is told "expired").
+        self.secrets = {k: v for k, v in self.secrets.items() if v.expires_clock > now - 3600}
         self.secrets[value] = ClientSecret(conn.model, settings, self.state.clock() + ttl)
         expires_at = int(time.time() + ttl)
         session_object = merge_session(_ga_session(conn.model, "sess_" + base62(conn.draws.id_bits >> 3)[:20]),

@@ -175,9 +175,9 @@ is open); ``error``/``errors``/``outages`` refuse the signalling requests
 and bodies; ``ttft_ms`` (+ ``jitter_ms``) runs from a ``response.create`` to
 the first text delta, or to the first audible RTP packet of an audio answer
 (``audio_ms`` of the tone as 48 kHz Opus, digital silence before and after
-it; no ``response.output_audio.delta`` events); ``drop_after_deltas`` and
-a 1006-style drop end the call abruptly (as ``kill_peer`` does), every other
-session ending hangs the call up. ``realtime_mode``, ``auth_failure_style``
+it; no ``response.output_audio.delta`` events); ``drop_after_deltas`` ends
+the call abruptly (as ``kill_peer`` does), every other session ending hangs
+the call up. ``realtime_mode``, ``auth_failure_style``
 and ``legacy_event_names`` do not apply.
     webrtc_fault    no_candidates | no_datachannel | no_media |
                     events_without_audio | kill_peer | dtls_fail. Default none.
