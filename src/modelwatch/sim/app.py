@@ -1,12 +1,13 @@
 """The simulator's aiohttp application, request log and server lifecycle.
 
 Each wire protocol lives in its own module (``openai_chat``,
-``openai_responses``, ``openai_realtime``, ``openai_audio``, ``anthropic``,
-``gemini``, ``gemini_live``, and ``models`` for every provider's model list)
+``openai_responses``, ``openai_realtime``, ``openai_webrtc``, ``openai_audio``,
+``anthropic``, ``gemini``, ``gemini_live``, and ``models`` for every provider's
+model list)
 and registers its routes on the app with ``register(app, state)``. A protocol
 too big for one file keeps its routes in that module and splits the rest by
 concern (``openai_chat_stream``; ``openai_realtime_session``, ``_response``,
-``_events``; ``openai_audio_transcribe``, ``_speech``). What several protocols
+``_events``; ``openai_webrtc_peer``; ``openai_audio_transcribe``, ``_speech``). What several protocols
 send lives in ``content`` (text, token estimates, audio) and ``openai_http``
 (OpenAI's error table, bodies and headers). No module here imports from
 ``modelwatch.probes``: the simulator must not agree with the probes by
@@ -35,7 +36,9 @@ construction. This module owns what the protocols share at run time:
   ``disconnect``, ``stall``, ``malformed``, ``raw_error`` (Gemini); a Realtime
   or Live session (one entry,
   status 101) may also end ``beta_retired``, ``response_failed``,
-  ``error_event``, ``close``, ``ignore_client`` or ``session_expired``.
+  ``error_event``, ``close``, ``ignore_client`` or ``session_expired``; a
+  WebRTC call (one entry, status 201, TTFTs from its ``response.create``, see
+  ``openai_webrtc``) also ``kill_peer`` or its ``webrtc_fault``.
   Durations are taken just before the last byte is handed to the socket, so a
   client that has read the whole answer always finds its entry complete;
 * ``GET /_sim/health`` -> ``ok``; unknown routes -> OpenAI-style 404 JSON;
@@ -67,6 +70,7 @@ from . import anthropic
 from . import gemini
 from . import gemini_live
 from . import openai_audio
+from . import openai_webrtc
 from .scenario import ModelBehaviour, Scenario
 
 __all__ = ["RequestDraws", "RequestRecord", "SimServer", "SimState", "create_app", "listen_address", "serve",
@@ -182,6 +186,7 @@ def create_app(scenario: Scenario, *, clock: Callable[[], float] | None = None) 
     anthropic.register(app, state)
     models.register(app, state)
     openai_audio.register(app, state)
+    openai_webrtc.register(app, state)
     return app
 
 

@@ -12,17 +12,22 @@ import math
 import struct
 from typing import Any
 
-__all__ = ["SAMPLE_RATE", "SSE_CONTENT_TYPE", "WORDS", "content_piece", "estimate_prompt_tokens", "pcm_tone",
-           "text_tokens", "user_turns"]
+__all__ = ["SAMPLE_RATE", "SSE_CONTENT_TYPE", "WORDS", "WEBRTC_SAMPLE_RATE", "content_piece", "estimate_prompt_tokens",
+           "pcm_tone", "pcm_tone_48k", "text_tokens", "user_turns"]
 
 WORDS = (" from", " the", " modelwatch", " simulator", ",", " streaming", " one", " token", " at", " a", " time", ".")
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 SAMPLE_RATE = 24_000
+WEBRTC_SAMPLE_RATE = 48_000  # Opus over RTP (PROTOCOLS.md §3.1)
 
 # A quiet 400 Hz tone: exactly 60 samples a period at 24 kHz, so one period tiles seamlessly.
 _TONE_PERIOD = 60
 _TONE = b"".join(struct.pack("<h", round(1000 * math.sin(2 * math.pi * i / _TONE_PERIOD)))
                  for i in range(_TONE_PERIOD))
+# The same tone at 48 kHz (120 samples a period), for the WebRTC call's outbound Opus track.
+_TONE_PERIOD_48K = 2 * _TONE_PERIOD
+_TONE_48K = b"".join(struct.pack("<h", round(1000 * math.sin(2 * math.pi * i / _TONE_PERIOD_48K)))
+                     for i in range(_TONE_PERIOD_48K))
 
 
 def content_piece(index: int) -> str:
@@ -66,6 +71,13 @@ def pcm_tone(offset_samples: int, samples: int) -> bytes:
     start = (offset_samples % _TONE_PERIOD) * 2
     repeats = (start + 2 * samples) // len(_TONE) + 1
     return (_TONE * repeats)[start:start + 2 * samples]
+
+
+def pcm_tone_48k(offset_samples: int, samples: int) -> bytes:
+    """``samples`` of the tone at 48 kHz PCM16 mono from ``offset_samples``, phase-continuous."""
+    start = (offset_samples % _TONE_PERIOD_48K) * 2
+    repeats = (start + 2 * samples) // len(_TONE_48K) + 1
+    return (_TONE_48K * repeats)[start:start + 2 * samples]
 
 
 def audio_chunk_b64(index: int, chunk_ms: float, audio_ms: float) -> str:

@@ -174,10 +174,14 @@ class ResponseFlow:
             else:
                 await self._send_audio(response, index)
             self.faulty_deltas_sent += response.faulty
-            if response.log["actual_ttft_s"] is None:
-                response.log["actual_ttft_s"] = time.perf_counter() - response.received_perf
-            if self.conn.record.actual_ttft_s is None:
-                self.conn.record.actual_ttft_s = self.conn.elapsed_s()
+            self.output_sent(response, kind == 1)
+
+    def output_sent(self, response: RealtimeResponse, audio: bool) -> None:
+        """Stamp the first output of the turn and of the session (a WebRTC call stamps audio at RTP instead)."""
+        if response.log["actual_ttft_s"] is None:
+            response.log["actual_ttft_s"] = time.perf_counter() - response.received_perf
+        if self.conn.record.actual_ttft_s is None:
+            self.conn.record.actual_ttft_s = self.conn.elapsed_s()
 
     async def _send_audio(self, response: RealtimeResponse, index: int) -> None:
         """Audio delta ``index`` of a response (past its planned audio: another chunk of the tone)."""

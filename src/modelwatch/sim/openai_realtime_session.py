@@ -91,7 +91,11 @@ class RealtimeSession(ResponseFlow):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._close_turn_log()
-        await close_session(self.ws, self.conn, self.ended.result() if self.ended.done() else SessionEnd())
+        await self.close_transport(self.ended.result() if self.ended.done() else SessionEnd())
+
+    async def close_transport(self, how: SessionEnd) -> None:
+        """End the connection as decided: close frame, TCP reset or nothing (a WebRTC call overrides it)."""
+        await close_session(self.ws, self.conn, how)
 
     def _close_turn_log(self) -> None:
         """Turns the session ended during get its ending as their outcome (``unfinished`` if it had none)."""

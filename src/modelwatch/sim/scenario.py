@@ -165,6 +165,45 @@ disconnect, stall, malformed, keep-alive, usage_mode, done) do not apply.
     legacy_event_names  false. In GA shapes, name the text/audio/transcript
                     delta and done events the beta way (a reported live quirk).
 
+WebRTC keys (OpenAI Realtime over WebRTC, ``openai_webrtc``: ``POST
+/v1/realtime/calls`` and ``/v1/realtime/client_secrets``, PROTOCOLS.md §3).
+A call runs the realtime session above over its ``oai-events`` data channel,
+GA shapes only, so the realtime keys apply with these meanings: ``ttfb_ms`` is
+the wait from the call request to ``session.created`` (sent once the channel
+is open); ``error``/``errors``/``outages`` refuse the signalling requests
+(client secrets and calls; each request draws) with the handshake's statuses
+and bodies; ``ttft_ms`` (+ ``jitter_ms``) runs from a ``response.create`` to
+the first text delta, or to the first audible RTP packet of an audio answer
+(``audio_ms`` of the tone as 48 kHz Opus, digital silence before and after
+it; no ``response.output_audio.delta`` events); ``drop_after_deltas`` ends
+the call abruptly (as ``kill_peer`` does), every other session ending hangs
+the call up. ``realtime_mode``, ``auth_failure_style``
+and ``legacy_event_names`` do not apply.
+    webrtc_fault    no_candidates | no_datachannel | no_media |
+                    events_without_audio | kill_peer | dtls_fail. Default none.
+                    no_candidates: the SDP answer has no ``a=candidate`` line
+                    and the server's ICE agent is shut at once, so ICE never
+                    connects. no_datachannel: ICE and DTLS connect but the
+                    server never starts SCTP, so ``oai-events`` never opens
+                    (and no event is ever sent). no_media: no RTP packet at all
+                    (the events still flow, ``output_audio_buffer.*``
+                    included). events_without_audio: audio answers run their
+                    events but the track sends only silence (for turns from
+                    ``faults_from_turn``). kill_peer: the server's ICE sockets
+                    are closed at ``kill_peer_after_ms`` with no DTLS alert
+                    and no SCTP ABORT: the client sees a peer that went
+                    silent. dtls_fail: the answer's ``a=fingerprint`` is
+                    corrupted, so the client's DTLS check of the server's
+                    certificate fails.
+    kill_peer_after_ms  0. With ``webrtc_fault: kill_peer``: 0 kills the peer
+                    right after the first ``response.create`` arrives (before
+                    ``response.created``); N > 0 kills it N ms after
+                    ``session.created`` was sent.
+    media_stops_after_ms  N: an audio answer's RTP stops for good N ms after
+                    its first audible packet was due (no packet at all from
+                    then on, silence included); the events carry on (for turns
+                    from ``faults_from_turn``).
+
 Conversation and barge-in keys (a conversation's turns: in an OpenAI Realtime
 session the t-th ``response.create`` is turn t; in a Gemini Live session the
 t-th user turn, ended by ``clientContent.turnComplete``, ``realtimeInput.text``,
@@ -281,6 +320,7 @@ ErrorKind = Literal[
 ERROR_KINDS: tuple[str, ...] = get_args(ErrorKind)
 
 RealtimeMode = Literal["ga", "beta", "beta_retired"]
+WebRTCFault = Literal["no_candidates", "no_datachannel", "no_media", "events_without_audio", "kill_peer", "dtls_fail"]
 AuthFailureStyle = Literal["http_401", "error_then_close", "close_only"]
 UsageMode = Literal["include_usage", "none", "always_final", "x_groq"]
 ErrorShape = Literal["openai", "openai_numeric_code", "vllm_flat", "gemini_array", "mistral_detail"]
@@ -383,6 +423,11 @@ class ModelBehaviour(BaseModel):
     audio_ms: NonNegative = 600
     audio_chunk_ms: Annotated[float, Field(gt=0)] = 100
     legacy_event_names: bool = False
+    # ---- WebRTC keys (openai_webrtc) ----
+    webrtc_fault: WebRTCFault | None = None
+    kill_peer_after_ms: NonNegative = 0
+    media_stops_after_ms: NonNegative | None = None
+    # ---- end of WebRTC keys ----
     # ---- Conversation and barge-in keys (turns of a session or of a resent history) ----
     turn_ttft_ms: NonNegative = 0
     turn_ttft_after: Count = 0
@@ -406,6 +451,8 @@ class ModelBehaviour(BaseModel):
         if self.stall_ms is not None and self.stall_after is None:
             raise ValueError("stall_ms has no effect without stall_after")
         self._check_close()
+        if self.kill_peer_after_ms and self.webrtc_fault != "kill_peer":
+            raise ValueError("kill_peer_after_ms has no effect without webrtc_fault: kill_peer")
         return self
 
     def _check_close(self) -> None:
@@ -480,6 +527,7 @@ _NO_TURN_FAULTS: dict[str, Any] = {
     "error": None, "errors": {}, "outages": [], "midstream_error_after": None, "disconnect_after": None,
     "interrupt_after": None, "stall_after": None, "stall_ms": None, "malformed_after": None,
     "raw_error_after": None, "fail_response_with": None, "error_event": None, "audio_after_cancel": 0,
+    "media_stops_after_ms": None,
 }
 
 
