@@ -23,6 +23,9 @@ Kinds (``--kinds`` picks some):
   conversation      {kind: conversation, turns: 20}: REST with the growing history
   conversation-rt   {kind: conversation, api: realtime, turns: 20}: one OpenAI Realtime session
   conversation-live {kind: conversation, turns: 20} on gemini: one Gemini Live session
+  webrtc-text       {kind: realtime, transport: webrtc}: a call as a browser makes it (no reading
+                    error: the simulator times from response.create, which the probe cannot see)
+  webrtc-audio      the same with modality: audio: audio as RTP, the first audible packet tapped
 
 Example:  .venv/bin/python bench/voice_kinds.py --write
           .venv/bin/python bench/voice_kinds.py --kinds voice-chain,conversation-rt --targets 10 --window 20
@@ -56,6 +59,8 @@ KINDS = {
     "conversation-rt": ("openai", "/v1", "{kind: conversation, api: realtime, turns: 20, timeout: 60s}",
                         ("conv",), 30),
     "conversation-live": ("gemini", "/v1beta", "{kind: conversation, turns: 20, timeout: 60s}", ("conv",), 30),
+    "webrtc-text": ("openai", "/v1", "{kind: realtime, transport: webrtc}", ("rt",), 10),
+    "webrtc-audio": ("openai", "/v1", "{kind: realtime, transport: webrtc, modality: audio}", ("rt",), 10),
 }
 # Realistic-looking delays (ms): a hosted model's, not the simulator's defaults.
 BEHAVIOUR = {
@@ -133,6 +138,8 @@ def reading_errors(kind: str, db: Path, window: tuple[float, float], log: list[d
                 session = by_id.get(rid)
                 actual = {t["turn"]: t["actual_ttft_s"] for t in (session or {}).get("turns") or []}
             errors += [t_ttft - actual[t] for t, t_ttft in turns if t_ttft is not None and actual.get(t) is not None]
+        elif kind.startswith("webrtc"):
+            steps += 1  # the simulator times from response.create, the probe from its start: no join
         else:
             steps += 1
             served = by_id.get(rid)

@@ -59,6 +59,9 @@ targets:
   - {{name: broken, provider: sim, model: err-server, probes: [{{kind: rest}}]}}
   - {{name: realtime, provider: sim, model: rt-healthy, price: {{input: 0.6, output: 2.4}},
       probes: [{{kind: realtime}}]}}
+  # the same model over WebRTC, as a browser calls it (issue 14): beside the WebSocket probe above
+  - {{name: realtime-webrtc, provider: sim, model: rt-healthy, price: {{input: 0.6, output: 2.4}},
+      probes: [{{kind: realtime, transport: webrtc}}]}}
   # every run stalls into its 2 s timeout: results come 4 intervals apart, so it is overdue
   - {{name: stuck, provider: sim, model: stall, probes: [{{kind: rest, interval: 500ms, timeout: 2s}}]}}
   # voice agents, for the Voice agents panels: a realtime audio session beside a REST voice chain,

@@ -49,9 +49,9 @@ from modelwatch.secrets import redact, short_error
 log = logging.getLogger("modelwatch.probe")
 
 PHASES = ("connect", "ttfb", "ttft", "total")
-# Phases bounded by the total budget that a timeout still names, for what it waited for: barge-in's
-# acknowledgement of response.cancel.
-OWN_NAME_PHASES = frozenset({"interrupt"})
+# Phases a timeout names even when it was the total budget that ran out, for what never came:
+# barge-in's acknowledgement of response.cancel, and a WebRTC call's connection phases.
+OWN_NAME_PHASES = frozenset({"interrupt", "signal", "ice", "dtls", "channel"})
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 

@@ -167,7 +167,13 @@ async def _until(call: Call, session: RealtimeSession, m: Measurement, goal: str
                                    f"no RTP for {MEDIA_GAP_S:g}s in the middle of the answer") from None
             continue
         if what == "event":
-            reached = session.feed(session.decode(data))
+            try:
+                reached = session.feed(session.decode(data))
+            except ProbeFailure as exc:
+                if goal == "audible" and exc.error_code == "no_content":  # the decoder's word for it
+                    raise ProbeFailure(Outcome.PROTOCOL_ERROR, "no_audio", "response.done before any audible "
+                                       f"RTP packet ({call.packets} packets, none louder than silence)") from None
+                raise
             if reached == goal or (goal == "audible" and reached == "response"):
                 if goal == "audible":
                     raise ProbeFailure(Outcome.PROTOCOL_ERROR, "no_audio", "response.done before any audible "
@@ -259,11 +265,17 @@ async def probe_openai_webrtc(job: ProbeJob, http: aiohttp.ClientSession, m: Mea
         session: RealtimeSession | None = None
         try:
             session = await converse(job, http, m, pc, call)
+        except BaseException:
+            _hang_up(job, http, pc, call)  # the outcome is decided: the goodbye must not stretch it
+            raise
         finally:
             if session is not None:
                 m.input_tokens, m.output_tokens, m.input_audio_tokens, m.output_audio_tokens = session.tokens()
             m.request_id = m.request_id or call.location
-            _hang_up(job, http, pc, call)
+    # A success hangs up before returning, on a grace of its own (off the clock: duration_s is
+    # stamped), so that `modelwatch probe` leaves no call open behind it.
+    m.finishing(2 * HANGUP_TIMEOUT_S + 0.5)
+    await _hangup(job, http, pc, call.location)
 
 
 def _hang_up(job: ProbeJob, http: aiohttp.ClientSession, pc: Any, call: Call) -> None:
