@@ -1,18 +1,25 @@
 """Which local addresses a WebRTC peer offers as host candidates (aioice, under aiortc).
 
 aioice gathers host candidates on every interface address except loopback,
-and offers no per-connection choice. A probe of a provider on this machine
-(the simulator, a local gateway) and the simulator itself must use loopback
-alone: nothing leaves the machine, and a host without another interface still
-works. :func:`host_addresses` chooses the addresses for the gathering done in
-the current task (a context variable, so concurrent peers choose apart);
-outside it aioice's own choice stands.
+and offers no per-connection choice. :func:`host_addresses` chooses the
+addresses for the gathering done in the current task (a context variable, so
+concurrent peers choose apart); outside it aioice's own choice stands.
+
+* A provider on this machine (the simulator, a local gateway), and the
+  simulator itself, use loopback alone: nothing leaves the machine, and a host
+  without another interface still works.
+* A remote provider gets the one address its traffic leaves from
+  (:func:`route_address`): what the kernel picks for a UDP socket "connected" to
+  it, no packet sent. aioice's own way lists every interface with
+  ``getifaddrs``, which needs a netlink socket, and the hardened systemd unit
+  allows none (``RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import socket
 from collections.abc import Iterator
 from contextvars import ContextVar
 
@@ -59,3 +66,14 @@ def is_loopback(host: str) -> bool:
 
 
 LOOPBACK = ("127.0.0.1",)
+
+
+def route_address(ip: str) -> str | None:
+    """The local address traffic to ``ip`` leaves from (a routing lookup: nothing is sent)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((ip, 9))
+            return probe.getsockname()[0]
+    except OSError:
+        return None

@@ -29,8 +29,9 @@ buffer, and never decoded, so the probe spends no CPU on Opus. The prompt is
 sent as text (a probe has no microphone), the answer asked in audio.
 
 No STUN or TURN server unless ``ice_servers`` names them (an unreachable one
-stalls gathering); a provider on this machine (the simulator) is offered
-loopback candidates alone (:mod:`modelwatch.ice`). aiortc is imported on the
+stalls gathering). Host candidates (:mod:`modelwatch.ice`): loopback alone for a
+provider on this machine (the simulator), else the address that routes to the
+provider, found without listing interfaces (the hardened unit allows no netlink). aiortc is imported on the
 first WebRTC probe, so daemons without one never load it.
 """
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -256,11 +258,10 @@ async def probe_openai_webrtc(job: ProbeJob, http: aiohttp.ClientSession, m: Mea
     """One Realtime call over WebRTC, timed phase by phase, hung up off the clock."""
     from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
-    host = urlsplit(job.provider.base_url).hostname or ""
     servers = [RTCIceServer(urls=url) for url in job.probe.ice_servers or ()]
     call = Call()
-    local = ice.host_addresses(ice.LOOPBACK) if ice.is_loopback(host) else contextlib.nullcontext()
-    with local:
+    addresses = await _host_addresses(job)
+    with ice.host_addresses(addresses) if addresses else contextlib.nullcontext():
         pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         session: RealtimeSession | None = None
         try:
@@ -276,6 +277,20 @@ async def probe_openai_webrtc(job: ProbeJob, http: aiohttp.ClientSession, m: Mea
     # stamped), so that `modelwatch probe` leaves no call open behind it.
     m.finishing(2 * HANGUP_TIMEOUT_S + 0.5)
     await _hangup(job, http, pc, call.location)
+
+
+async def _host_addresses(job: ProbeJob) -> tuple[str, ...] | None:
+    """The host candidates to offer: loopback for a provider on this machine, else the address
+    that routes to the provider (None: aioice's own choice, if no route is known)."""
+    host = urlsplit(job.provider.base_url).hostname or ""
+    if ice.is_loopback(host):
+        return ice.LOOPBACK
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(host, 443, type=socket.SOCK_DGRAM)
+    except OSError:
+        return None  # the signalling request will name the DNS failure
+    routes = {ice.route_address(info[4][0]) for info in found} - {None}
+    return tuple(sorted(routes)) or None
 
 
 def _hang_up(job: ProbeJob, http: aiohttp.ClientSession, pc: Any, call: Call) -> None:
