@@ -63,10 +63,10 @@ def config_option(fn):  # noqa: ANN001, ANN201
                              "/etc/modelwatch/modelwatch.yaml).")(fn)
 
 
-def _load(path: str | None):  # noqa: ANN202
+def _load(path: str | None, whole: bool = False):  # noqa: ANN202
     path = path or default_config_path()
     try:
-        return load_config(path)
+        return load_config(path, whole=whole)
     except ConfigError as exc:
         raise Failure("invalid configuration:\n  " + "\n  ".join(exc.problems)) from None
 
@@ -209,22 +209,31 @@ def format_result(r: ProbeResult) -> str:
 
 @cli.command("check-config")
 @config_option
+@click.option("--shards", type=click.IntRange(1, 1000), metavar="N",
+              help="Also print which probes each of N shards would run (shard: i/N on N hosts).")
 @log_level_option
-def check_config(config_path: str | None) -> None:
+def check_config(config_path: str | None, shards: int | None) -> None:
     """Validate a config file and its includes; name every problem.
 
-    Example: modelwatch check-config -c modelwatch.yaml
+    Example: modelwatch check-config -c modelwatch.yaml --shards 3
     Exit 0 if valid, 2 otherwise (each problem as file: key.path: reason).
     Warns (still exit 0) when a max_concurrent_probes, a provider's or the
     global one, is too small for the schedule: probes x expected duration /
-    interval above it means probes will start late.
+    interval above it means probes will start late. With --shards N, prints
+    each shard's probes, their rate and targets, for the whole config.
     """
     from modelwatch.capacity import shortfalls
+    from modelwatch.shards import plan_lines
 
     config = _load(config_path)
     targets = len({j.target for j in config.jobs})
+    share = f" (shard {config.shard[0]}/{config.shard[1]})" if config.shard else ""
     click.echo(f"{config.path}: ok, {len(config.providers)} providers, {targets} targets, "
-               f"{len(config.jobs)} probes")
+               f"{len(config.jobs)} probes{share}")
+    if shards is not None:
+        whole = _load(config_path, whole=True)
+        for line in plan_lines(whole.jobs, shards):
+            click.echo(line)
     for shortfall in shortfalls(config):
         click.echo(f"modelwatch: warning: {config.path}: {shortfall.message()}", err=True)
 

@@ -32,6 +32,7 @@ from modelwatch.probes import (PROBE_APIS, PROBE_KINDS, PROVIDER_TYPES, PROVIDER
                                option_problem, spec_for, supported_kinds, webrtc_provider_types)
 from modelwatch.probes.audio import DEFAULT_VOICE
 from modelwatch.secrets import Secret, register_secret
+from modelwatch.shards import parse_shard, shard_of
 from modelwatch.validation import Problems as _Problems
 from modelwatch.validation import parse_listen
 # MAX_YAML_* stay importable from here, where they were defined.
@@ -419,9 +420,11 @@ class Config:
     jobs: tuple[ProbeJob, ...]
     budget: BudgetConfig | None = None
     status: StatusConfig = StatusConfig()
+    # ``shard: i/N``: this daemon probes shard i of N (``jobs`` holds its share; modelwatch.shards).
+    shard: tuple[int, int] | None = None
 
 
-_TOP_KEYS = {"storage", "server", "location", "defaults", "include", "providers", "targets",
+_TOP_KEYS = {"storage", "server", "location", "shard", "defaults", "include", "providers", "targets",
              "max_concurrent_probes", "budget", "status"}
 _INCLUDE_KEYS = {"include", "providers", "targets"}
 
@@ -576,8 +579,12 @@ def _read_key_file(file: Path, path: str, key_file: Path, problems: _Problems) -
     return None
 
 
-def load_config(path: str | os.PathLike) -> Config:
-    """Load, expand, validate and resolve a config file and its includes."""
+def load_config(path: str | os.PathLike, *, whole: bool = False) -> Config:
+    """Load, expand, validate and resolve a config file and its includes.
+
+    With ``shard: i/N`` the jobs are this shard's share, unless ``whole`` (``check-config
+    --shards`` plans over every probe).
+    """
     file = Path(path)
     problems = _Problems()
     data = _read_yaml(file, problems)
@@ -608,13 +615,22 @@ def load_config(path: str | os.PathLike) -> Config:
         if resolved:
             providers[name] = resolved
 
+    shard = None
+    if data.get("shard") is not None:
+        try:
+            shard = parse_shard(data["shard"])
+        except ValueError as exc:
+            problems.add(file, "shard", str(exc))
+
     jobs = _resolve_targets(pieces, providers, default_values, location, problems)
     if problems.lines:
         raise ConfigError(problems.lines)
+    if shard is not None and not whole:
+        jobs = [j for j in jobs if shard_of(j.target, j.probe.kind, shard[1]) == shard[0]]
     return Config(path=file, storage=storage, server=server, location=location,
                   max_concurrent_probes=max_concurrent,
                   providers={n: p for n, (p, _) in providers.items()}, jobs=tuple(jobs), budget=budget,
-                  status=status)
+                  status=status, shard=shard)
 
 
 def _resolve_targets(pieces: _Pieces, providers: dict, default_values: dict, location: str | None,

@@ -85,6 +85,7 @@ class Daemon:
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())
+        self.metrics.set_shard(cfg.shard)
         self._apply_jobs(cfg.jobs)
         # Everything allocated so far lives as long as the daemon: keep it out of full garbage
         # collections, whose pauses (20-35 ms at 1,000 targets) land in the readings.
@@ -306,6 +307,7 @@ class Daemon:
                             extra=fields(error=type(exc).__name__))
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())
+        self.metrics.set_shard(new.shard)
         log.info("reloaded", extra=fields(probes=len(new.jobs)))
         return True, f"reloaded {len(new.jobs)} probes"
 

@@ -306,11 +306,20 @@ class ProbeMetrics:
         self.status_failures = Counter("modelwatch_status_refresh_failures",
                                        "Status page refreshes that failed (the page keeps its last "
                                        "figures and says how old they are)", registry=r)
+        self.shard_info = Gauge("modelwatch_shard_info",
+                                "1 for the shard this daemon probes (shard: i/N; 0/1 without one)",
+                                ("shard", "shards"), registry=r)
         self.build = Gauge("modelwatch_build_info", "Build information",
                            ("version", "python"), registry=r)
         self.build.labels(__version__, platform.python_version()).set(1)
         # provider -> how its probes kept to their schedule (filled by the scheduler)
         self.schedule: dict[str, ProviderSchedule] = {}
+
+    def set_shard(self, shard: tuple[int, int] | None) -> None:
+        """Say which shard this daemon probes (the one series there is: a reload may change it)."""
+        index, count = shard or (0, 1)
+        self.shard_info.clear()
+        self.shard_info.labels(str(index), str(count)).set(1)
 
     def family_names(self) -> list[str]:
         """Every metric name this daemon exports (as it appears in samples)."""
