@@ -27,7 +27,6 @@ raw audio), the chat at the target's own price.
 
 from __future__ import annotations
 
-import base64
 import json
 import struct
 from functools import cache
