@@ -49,7 +49,8 @@ from aiohttp import web
 
 from . import openai_audio_speech, openai_audio_transcribe
 from .common import LoggedExchange, sleep_until, to_json
-from .openai_http import AZURE_ERRORS, MISSING_AUTH, azure_error_response, error_response, openai_headers, plain_error
+from .openai_http import (AZURE_ERRORS, MISSING_AUTH, azure_error_response, error_response, openai_headers,
+                          plain_error, request_key)
 from .scenario import ModelBehaviour
 
 if TYPE_CHECKING:
@@ -169,10 +170,7 @@ class AudioEndpoints:
 
     def _authenticate(self, call: AudioCall) -> web.Response | None:
         """Check the key like OpenAI (Azure: ``api-key`` or bearer); None when it is accepted."""
-        key = call.request.headers.get("api-key", "").strip() if call.azure else ""
-        if not key:
-            scheme, _, token = call.request.headers.get("Authorization", "").strip().partition(" ")
-            key = token.strip() if scheme.lower() == "bearer" else ""
+        key = request_key(call.request.headers, bool(call.azure))
         if not key:
             missing = azure_error_response("auth_error") if call.azure else plain_error(401, MISSING_AUTH)
             return self._reject(call, "auth_error", missing)

@@ -57,7 +57,7 @@ from .content import content_piece, user_turns
 from .openai_chat_stream import ChatStream, chat_usage, fingerprint, reasoning_piece, token_plan
 from .openai_http import (AZURE_ERRORS, EFFORTS, ERRORS, MISSING_AUTH, azure_error_response, error_response,
                           litellm_error_response, ollama_error_response, openai_headers, plain_error,
-                          reasoning_active)
+                          reasoning_active, request_key)
 from .scenario import ModelBehaviour
 
 if TYPE_CHECKING:
@@ -263,10 +263,7 @@ class ChatCompletions:
         """Check the key like OpenAI (Azure: ``api-key`` or bearer); None when it is accepted."""
         if call.ollama:
             return None  # Ollama takes any bearer token, or none
-        key = call.request.headers.get("api-key", "").strip() if call.azure else ""
-        if not key:
-            scheme, _, token = call.request.headers.get("Authorization", "").strip().partition(" ")
-            key = token.strip() if scheme.lower() == "bearer" else ""
+        key = request_key(call.request.headers, bool(call.azure))
         if not key:
             missing = azure_error_response("auth_error") if call.azure else plain_error(401, MISSING_AUTH)
             return self._reject(call, "auth_error", missing)

@@ -224,6 +224,15 @@ def openai_headers(request_id: str, elapsed_s: float, uptime_s: float, kind: str
     return headers
 
 
+def request_key(headers: Any, azure: bool) -> str:
+    """The key a request carries: Azure's ``api-key`` header (on Azure routes), else a bearer token; "" if none."""
+    key = headers.get("api-key", "").strip() if azure else ""
+    if not key:
+        scheme, _, token = headers.get("Authorization", "").strip().partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else ""
+    return key
+
+
 def mask_api_key(key: str) -> str:
     """Echo a key the way OpenAI's 401 message does: first 8, stars, last 4."""
     if len(key) <= 12:

@@ -62,7 +62,7 @@ from aiohttp import web
 from .common import FaultyStream, LoggedExchange, sleep_until, to_json
 from .content import SSE_CONTENT_TYPE, content_piece, estimate_prompt_tokens, user_turns
 from .openai_http import (EFFORTS, ERRORS, MISSING_AUTH, error_response, openai_headers, plain_error,
-                          reasoning_active)
+                          reasoning_active, request_key)
 from .scenario import ModelBehaviour
 
 if TYPE_CHECKING:
@@ -236,10 +236,7 @@ class ResponsesEndpoint:
 
     def _authenticate(self, ex: _Exchange) -> web.Response | None:
         """Check the key (Azure: ``api-key`` header or bearer); None when accepted."""
-        key = ex.request.headers.get("api-key", "").strip() if ex.azure else ""
-        if not key:
-            scheme, _, token = ex.request.headers.get("Authorization", "").strip().partition(" ")
-            key = token.strip() if scheme.lower() == "bearer" else ""
+        key = request_key(ex.request.headers, bool(ex.azure))
         if not key:
             return self._reject(ex, "auth_error", plain_error(401, MISSING_AUTH))
         ex.api_key = key

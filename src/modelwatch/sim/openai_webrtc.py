@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .common import base62, sleep_until
-from .openai_http import MISSING_AUTH, error_response, mask_api_key, openai_headers, plain_error
+from .openai_http import MISSING_AUTH, error_response, mask_api_key, openai_headers, plain_error, request_key
 from .openai_realtime import RealtimeConnection
 from .openai_realtime_events import GA_SESSION_KEYS, INSTRUCTIONS, PCM, TURN_DETECTION, merge_session
 from .openai_webrtc_peer import WebRTCCall
@@ -210,12 +210,7 @@ class WebRTCEndpoint:
     def _api_key(self, conn: RealtimeConnection, *, allow_ephemeral: bool) -> str:
         """The request's key if it is accepted (an unexpired ``ek_`` where allowed); raises _Refused."""
         request = conn.request
-        key = ""
-        if conn.azure:
-            key = (request.headers.get("api-key") or "").strip()
-        if not key:
-            scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
-            key = token.strip() if scheme.lower() == "bearer" else ""
+        key = request_key(request.headers, bool(conn.azure))
         conn.api_key = key
         if not key:
             raise _Refused("auth_error", plain_error(401, MISSING_AUTH))
