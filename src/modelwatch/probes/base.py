@@ -108,6 +108,11 @@ class Measurement:
             step.enter("ttfb")
         return step
 
+    def took_step(self, step: Measurement) -> None:
+        """A step ended: its status and request id are the probe's latest (on failure, the failing step's)."""
+        self.http_status = step.http_status or self.http_status
+        self.request_id = step.request_id or self.request_id
+
     def elapsed(self) -> float:
         """Seconds since the probe started."""
         return time.perf_counter() - self.start
@@ -157,6 +162,24 @@ class Budget:
 
 Prober = Callable[[ProbeJob, aiohttp.ClientSession, Measurement], Awaitable[None]]
 
+# Goodbyes a probe leaves running once its outcome is decided (a WebSocket's close, a WebRTC
+# call's hangup), held here until they finish; a one-shot run waits for them (goodbyes()).
+_goodbyes: set[asyncio.Task] = set()
+
+
+def say_goodbye(work: Awaitable[None]) -> None:
+    """Run ``work`` in the background: the probe has already ended and must not wait for it."""
+    task = asyncio.ensure_future(work)
+    _goodbyes.add(task)
+    task.add_done_callback(_goodbyes.discard)
+
+
+async def goodbyes(timeout_s: float) -> None:
+    """Wait (at most ``timeout_s``) for the goodbyes still running, before a one-shot run's loop
+    ends: ``modelwatch probe`` must not leave a call open at the provider behind it."""
+    if _goodbyes:
+        await asyncio.wait(list(_goodbyes), timeout=timeout_s)
+
 
 async def run_probe(job: ProbeJob, http: aiohttp.ClientSession, prober: Prober) -> ProbeResult:
     """Run one probe attempt to its end and classify how it ended."""
@@ -201,15 +224,16 @@ def _result(job: ProbeJob, ts: float, m: Measurement, outcome: Outcome, code: st
         ts=ts, target=job.target, provider=job.provider_name, model=job.model, kind=job.probe.kind,
         outcome=outcome.value, http_status=m.http_status, error_code=clean_code(code),
         error=short_error(storable_text(str(message))) if message else None,
-        connect_s=_r(m.connect_s), ttfb_s=_r(m.ttfb_s), ttft_s=_r(m.ttft_s),
-        duration_s=_r(m.duration_s) if outcome is Outcome.OK else _r(m.elapsed()),
+        connect_s=round_s(m.connect_s), ttfb_s=round_s(m.ttfb_s), ttft_s=round_s(m.ttft_s),
+        duration_s=round_s(m.duration_s) if outcome is Outcome.OK else round_s(m.elapsed()),
         input_tokens=m.input_tokens, output_tokens=m.output_tokens,
         input_audio_tokens=m.input_audio_tokens, output_audio_tokens=m.output_audio_tokens,
         request_id=clean_request_id(m.request_id), location=job.location,
         cost_usd=m.cost_usd if m.cost_usd is not None else probe_cost_usd(
             job.price, m.input_tokens, m.output_tokens, m.input_audio_tokens, m.output_audio_tokens),
-        interrupt_s=_r(m.interrupt_s), stages=tuple(m.stages), turns=tuple(m.turns),
-        signal_s=_r(m.signal_s), ice_s=_r(m.ice_s), dtls_s=_r(m.dtls_s), channel_s=_r(m.channel_s),
+        interrupt_s=round_s(m.interrupt_s), stages=tuple(m.stages), turns=tuple(m.turns),
+        signal_s=round_s(m.signal_s), ice_s=round_s(m.ice_s), dtls_s=round_s(m.dtls_s),
+        channel_s=round_s(m.channel_s),
     )
 
 
@@ -250,7 +274,8 @@ def clean_request_id(value: object) -> str | None:
     return text[:MAX_REQUEST_ID_LEN] or None
 
 
-def _r(value: float | None) -> float | None:
+def round_s(value: float | None) -> float | None:
+    """Seconds as stored: to the microsecond."""
     return None if value is None else round(value, 6)
 
 

@@ -25,11 +25,13 @@ input is the whole context so far: that is what is billed).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import aiohttp
 
 from modelwatch.job import ProbeJob
 from modelwatch.outcomes import TURN_BANDS, TurnTiming
-from modelwatch.probes.base import Measurement
+from modelwatch.probes.base import Measurement, round_s
 from modelwatch.probes.http import stream_request
 from modelwatch.probes.openai_chat import ERRORS, ChatStream, build_request
 from modelwatch.probes.openai_family import FAMILY, classify_openai_error
@@ -60,10 +62,11 @@ async def probe_rest_conversation(job: ProbeJob, http: aiohttp.ClientSession, m:
             await stream_request(http, step, build_request(job, history), stream, ERRORS)
         finally:
             tokens = stream.tokens()
-            totals = [t if n is None else (t or 0) + n for t, n in zip(totals, tokens, strict=True)]
+            totals = add_counts(totals, tokens)
             m.input_tokens, m.output_tokens = totals
-            m.turns.append(TurnTiming(k, r6(start_s), r6(step.ttft_s), r6(step.duration_s), *tokens))
-            m.http_status, m.request_id = step.http_status or m.http_status, step.request_id or m.request_id
+            m.turns.append(TurnTiming(k, round_s(start_s), round_s(step.ttft_s), round_s(step.duration_s),
+                                      *tokens))
+            m.took_step(step)
             if k == 1:
                 m.ttfb_s = None if step.ttfb_s is None else start_s + step.ttfb_s
                 m.ttft_s = None if step.ttft_s is None else start_s + step.ttft_s
@@ -72,8 +75,10 @@ async def probe_rest_conversation(job: ProbeJob, http: aiohttp.ClientSession, m:
     m.duration_s = m.elapsed()
 
 
-def r6(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
+def add_counts(totals: Sequence[int | None], more: Sequence[int | None]) -> list[int | None]:
+    """Token counts summed position by position; a count stays None until some step reports it."""
+    return [t if n is None else (t or 0) + n for t, n in zip(totals, more, strict=True)]
+
 
 
 def conversation_tokens(realtime: bool, audio_tokens_per_s: int = DEFAULT_AUDIO_TOKENS_PER_S):

@@ -17,8 +17,8 @@ import aiohttp
 from modelwatch.job import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure, TurnTiming
 from modelwatch.probes import gemini_live, openai_realtime
-from modelwatch.probes.base import Measurement
-from modelwatch.probes.conversation import DEFAULT_TURNS, conversation_tokens, r6, turn_details, turns_of
+from modelwatch.probes.base import Measurement, round_s
+from modelwatch.probes.conversation import DEFAULT_TURNS, add_counts, conversation_tokens, turn_details, turns_of
 from modelwatch.probes.google_family import classify_google_error
 from modelwatch.probes.openai_family import FAMILY, classify_openai_error
 from modelwatch.probes.spec import ProbeSpec
@@ -40,7 +40,7 @@ class TurnTotals:
     def end_turn(self) -> tuple[int | None, ...]:
         """Add the turn's tokens to the totals; return them."""
         turn = self.inner.tokens()
-        self._totals = [t if n is None else (t or 0) + n for t, n in zip(self._totals, turn, strict=True)]
+        self._totals = add_counts(self._totals, turn)
         return turn
 
     def tokens(self) -> tuple[int | None, int | None, int | None, int | None]:
@@ -76,7 +76,7 @@ async def realtime_turns(job: ProbeJob, ws: aiohttp.ClientWebSocketResponse, tot
             done = at - sent
         finally:
             tokens = totals.end_turn()
-            m.turns.append(TurnTiming(k, r6(sent - m.start), r6(ttft), r6(done), tokens[0], tokens[1]))
+            m.turns.append(TurnTiming(k, round_s(sent - m.start), round_s(ttft), round_s(done), tokens[0], tokens[1]))
         _turn_failure_on_go_away(totals.inner, k, turns)
     m.stage = None
     m.duration_s = at - m.start

@@ -40,7 +40,7 @@ from modelwatch.job import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure, StageTiming
 from modelwatch.pricing import probe_cost_usd
 from modelwatch.probes.audio import DEFAULT_VOICE, PROMPT_RATE, prompt_audio, prompt_audio_seconds
-from modelwatch.probes.base import Measurement
+from modelwatch.probes.base import Measurement, round_s
 from modelwatch.probes.http import BodyReader, read_body, read_stream, refuse, request_id_from, stream_request
 from modelwatch.probes.openai_chat import ERRORS, ChatStream, build_request
 from modelwatch.probes.openai_family import FAMILY, classify_openai_error, openai_auth
@@ -308,14 +308,12 @@ async def _stage(m: Measurement, name: str, run: Callable[[Measurement], Awaitab
     try:
         return await run(step)
     finally:
-        m.stages.append(StageTiming(name, start_s, _r(step.ttfb_s), _r(step.ttft_s), _r(step.duration_s)))
-        m.http_status, m.request_id = step.http_status or m.http_status, step.request_id or m.request_id
+        m.stages.append(StageTiming(name, start_s, round_s(step.ttfb_s), round_s(step.ttft_s),
+                                    round_s(step.duration_s)))
+        m.took_step(step)
         if name == "stt" and step.ttfb_s is not None:
             m.ttfb_s = start_s + step.ttfb_s
 
-
-def _r(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
 
 
 def _sum(*values: int | None) -> int | None:
