@@ -160,12 +160,13 @@ def run_jobs(jobs, http_factory=None) -> dict:  # noqa: ANN001
     import asyncio
 
     from modelwatch.probes import prober_for
-    from modelwatch.probes.base import new_http_session, run_probe
+    from modelwatch.probes.base import goodbyes, new_http_session, run_probe
 
     async def go():
         async with (http_factory or new_http_session)() as http:
             results = await asyncio.gather(*(run_probe(j, http, prober_for(j.provider.type, j.probe.kind))
                                              for j in jobs))
+            await goodbyes(5.0)  # as `modelwatch probe` does: no call left open behind
         return {r.target: r for r in results}
     return asyncio.run(go())
 

@@ -31,6 +31,7 @@ from modelwatch.logs import LEVELS, setup_logging, stop_logging
 from modelwatch.outcomes import LocalFault, Outcome, ProbeResult
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+GOODBYE_WAIT_S = 5.0  # `probe`: how long the probes' background closes and hangups may still take
 
 
 class Failure(Exception):
@@ -146,7 +147,7 @@ def probe(config_path: str | None, targets: tuple[str, ...], kind: str | None, a
         click.echo("\n".join(dry_run_lines(jobs, config.budget.daily_usd if config.budget else None)))
         return
     from modelwatch.probes import prober_for
-    from modelwatch.probes.base import new_http_session, run_probe
+    from modelwatch.probes.base import goodbyes, new_http_session, run_probe
 
     async def one(http, job: ProbeJob) -> ProbeResult | LocalFault:  # noqa: ANN001
         try:
@@ -163,6 +164,7 @@ def probe(config_path: str | None, targets: tuple[str, ...], kind: str | None, a
             by_target.setdefault(job.target, []).append(job)
         async with new_http_session() as http:
             done = await asyncio.gather(*(one_target(http, group) for group in by_target.values()))
+            await goodbyes(GOODBYE_WAIT_S)  # a failed call's hangup, a socket's close: before the loop ends
         results = dict(pair for group in done for pair in group)
         return [results[job.key] for job in jobs]  # in config order, as before
 

@@ -50,7 +50,7 @@ import aiohttp
 from modelwatch import ice
 from modelwatch.job import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure
-from modelwatch.probes.base import Measurement
+from modelwatch.probes.base import Measurement, say_goodbye
 from modelwatch.probes.http import ErrorReading, read_body, refuse, request_id_from
 from modelwatch.probes.openai_family import classify_openai_error, openai_auth
 from modelwatch.probes.parsing import parse_body
@@ -65,7 +65,6 @@ HANGUP_TIMEOUT_S = 2.0
 ERRORS = ErrorReading(classify_openai_error)
 WEBRTC_TYPES = ("openai", "azure-openai")
 
-_closing: set[asyncio.Task] = set()  # strong references until the background hangups finish
 
 
 def session_config(job: ProbeJob) -> dict:
@@ -295,9 +294,7 @@ async def _host_addresses(job: ProbeJob) -> tuple[str, ...] | None:
 
 def _hang_up(job: ProbeJob, http: aiohttp.ClientSession, pc: Any, call: Call) -> None:
     """End the call in the background: the provider's hangup, then the peer (its goodbyes are slow)."""
-    task = asyncio.get_running_loop().create_task(_hangup(job, http, pc, call.location))
-    _closing.add(task)
-    task.add_done_callback(_closing.discard)
+    say_goodbye(_hangup(job, http, pc, call.location))
 
 
 async def _hangup(job: ProbeJob, http: aiohttp.ClientSession, pc: Any, location: str | None) -> None:

@@ -27,21 +27,15 @@ import aiohttp
 
 from modelwatch.job import ProbeJob
 from modelwatch.outcomes import Outcome, ProbeFailure
-from modelwatch.probes.base import Measurement
+from modelwatch.probes.base import Measurement, say_goodbye
 from modelwatch.probes.parsing import parse_body, status_failure
 
 CLOSE_GRACE_S = 1.0  # also the ws_close timeout the probes pass to ws_connect
 
-_closing: set[asyncio.Task] = set()  # strong references until the background closes finish
-
-
 def close_in_background(ws: aiohttp.ClientWebSocketResponse) -> None:
     """Start closing ``ws`` without waiting for it (the probe has already failed)."""
-    if ws.closed:
-        return
-    task = asyncio.get_running_loop().create_task(_close_quietly(ws))
-    _closing.add(task)
-    task.add_done_callback(_closing.discard)
+    if not ws.closed:
+        say_goodbye(_close_quietly(ws))
 
 
 async def _close_quietly(ws: aiohttp.ClientWebSocketResponse) -> None:
